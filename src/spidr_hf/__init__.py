@@ -1,0 +1,32 @@
+"""SpidR and DinoSR as Hugging Face Transformers models.
+
+Importing this package registers the model with the Auto classes (`AutoConfig`, `AutoModel`,
+`AutoModelForPreTraining`, `AutoFeatureExtractor`) and marks the classes for remote code, so that
+`save_pretrained` writes an `auto_map` and the code files that `trust_remote_code=True` loads.
+"""
+
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
+
+from .configuration_spidr import SpidrConfig
+from .feature_extraction_spidr import SpidrFeatureExtractor
+from .modeling_spidr import SpidrForPreTraining, SpidrModel, SpidrPreTrainedModel, compute_span_mask
+
+AutoConfig.register(SpidrConfig.model_type, SpidrConfig, exist_ok=True)
+AutoModel.register(SpidrConfig, SpidrModel, exist_ok=True)
+AutoModelForPreTraining.register(SpidrConfig, SpidrForPreTraining, exist_ok=True)
+AutoFeatureExtractor.register(SpidrConfig, SpidrFeatureExtractor, exist_ok=True)
+
+SpidrConfig.register_for_auto_class()
+SpidrModel.register_for_auto_class("AutoModel")
+SpidrForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+SpidrFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+
+__version__ = "0.1.0"
+__all__ = [
+    "SpidrConfig",
+    "SpidrFeatureExtractor",
+    "SpidrForPreTraining",
+    "SpidrModel",
+    "SpidrPreTrainedModel",
+    "compute_span_mask",
+]

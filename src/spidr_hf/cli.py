@@ -1,0 +1,31 @@
+"""`spidr-hf` command line: one sub-command per module, each module providing `add_arguments` and `run`."""
+
+import argparse
+import importlib
+import sys
+
+# sub-command -> (module, one-line help). Modules are imported only when their sub-command runs.
+SUBCOMMANDS = {
+    "convert": ("spidr_hf.convert", "convert an official SpidR/DinoSR checkpoint to a Hub-ready folder"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="spidr-hf", description="SpidR / DinoSR for Hugging Face Transformers")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module_name).add_arguments(subparser)
+    args = parser.parse_args(argv)
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    try:
+        return module.run(args)
+    except ValueError as error:  # bad input or configuration: a one-line message, not a traceback
+        parser.exit(2, f"spidr-hf {args.command}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""SpidR / DinoSR model configuration."""
+
+import functools
+import math
+import operator
+
+from transformers import PreTrainedConfig
+
+OBJECTIVES = ("spidr", "dinosr")
+FEAT_EXTRACT_NORMS = ("layer", "group")
+
+
+class SpidrConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`SpidrModel`] / [`SpidrForPreTraining`]. The defaults are SpidR base (arXiv 2512.20308);
+    [`SpidrConfig.dinosr_base`] gives DinoSR base.
+
+    Architecture:
+        conv_dim, conv_kernel, conv_stride (`tuple[int, ...]`): channels, kernel sizes and strides of the convolutional
+            feature encoder. The defaults give 20 ms frames (stride 320) and a 400-sample receptive field.
+        conv_bias (`bool`, defaults to `False`): whether the feature-encoder convolutions have a bias.
+        feat_extract_norm (`str`, defaults to `"layer"`): `"layer"` puts a LayerNorm over channels after every
+            convolution; `"group"` puts a GroupNorm (one group per channel) after the first convolution only.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size (`int`): Transformer encoder sizes.
+        num_conv_pos_embeddings (`int`, defaults to 95): total kernel size of the convolutional positional embedding;
+            it is split over `conv_pos_depth` convolutions of kernel `max(3, num_conv_pos_embeddings // conv_pos_depth)`.
+        num_conv_pos_embedding_groups (`int`, defaults to 16): groups of the positional convolutions.
+        conv_pos_depth (`int`, defaults to 5): number of positional convolutions.
+        do_stable_layer_norm (`bool`, defaults to `False`): pre-LN encoder layers (LayerNorm before attention and
+            feed-forward, one LayerNorm after the stack) instead of the default post-LN layers.
+        qkv_bias (`bool`, defaults to `False`): bias of the fused query/key/value projection.
+        hidden_dropout, attention_dropout, activation_dropout, feat_proj_dropout (`float`): dropout after attention and
+            feed-forward blocks and at the encoder input; on attention weights; inside the feed-forward block; on the
+            projected features fed to the student (pretraining only, the teacher always sees clean features).
+        layerdrop (`float`): probability of skipping an encoder layer in training. A skipped layer leaves the
+            residual stream unchanged but its feed-forward output ("layer result") is still computed and used.
+        layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm.
+
+    Pretraining:
+        objective (`str`, defaults to `"spidr"`): `"spidr"` (head k reads the layer result of student layer
+            `num_hidden_layers - num_codebooks + 1 + k`) or `"dinosr"` (every head reads the final student output).
+        num_codebooks (`int`, defaults to 8): number of codebooks, one per teacher layer among the last ones.
+        codebook_size (`int`, defaults to 256): codewords per codebook.
+        codebook_decay (`float`, defaults to 0.9): EMA decay of the codebooks (1.0 freezes them).
+        ema_start_decay (`float`, defaults to 0.999): teacher EMA decay at step 0.
+        ema_timescale (`float`, defaults to 20000): SpidR schedule `1 - (1 - ema_start_decay) * exp(-step / ema_timescale)`.
+        ema_threshold (`float`, defaults to 1e-7): SpidR freezes the teacher once `1 - decay <= ema_threshold`.
+        ema_final_decay (`float`, defaults to 0.9999), ema_final_step (`int`, defaults to 30000): DinoSR schedule,
+            linear from `ema_start_decay` to `ema_final_decay` over `ema_final_step` steps.
+        freeze_step (`int`, defaults to 200000): from this step the feature encoder and projection are frozen, and
+            the DinoSR teacher stops moving.
+        mask_time_prob (`float`, defaults to 0.8), mask_time_length (`int`, defaults to 10),
+        mask_time_min_masks (`int`, defaults to 2): span masking; an utterance of T frames gets
+            `max(mask_time_min_masks, int(mask_time_prob * T / mask_time_length + U[0, 1)))` spans.
+    """
+
+    model_type = "spidr"
+
+    conv_dim: list[int] | tuple[int, ...] = (512, 512, 512, 512, 512, 512, 512)
+    conv_kernel: list[int] | tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: list[int] | tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    conv_bias: bool = False
+    feat_extract_norm: str = "layer"
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    num_conv_pos_embeddings: int = 95
+    num_conv_pos_embedding_groups: int = 16
+    conv_pos_depth: int = 5
+    do_stable_layer_norm: bool = False
+    qkv_bias: bool = False
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    feat_proj_dropout: float = 0.0
+    layerdrop: float = 0.0
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+
+    objective: str = "spidr"
+    num_codebooks: int = 8
+    codebook_size: int = 256
+    codebook_decay: float = 0.9
+    ema_start_decay: float = 0.999
+    ema_timescale: float = 20_000.0
+    ema_threshold: float = 1e-7
+    ema_final_decay: float = 0.9999
+    ema_final_step: int = 30_000
+    freeze_step: int = 200_000
+    mask_time_prob: float = 0.8
+    mask_time_length: int = 10
+    mask_time_min_masks: int = 2
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.conv_dim, self.conv_kernel, self.conv_stride = (
+            tuple(self.conv_dim),
+            tuple(self.conv_kernel),
+            tuple(self.conv_stride),
+        )
+        self.check_values()
+
+    @classmethod
+    def dinosr_base(cls, **kwargs) -> "SpidrConfig":
+        """DinoSR base: the SpidR architecture with LayerDrop 0.05, heads on the last layer and a linear EMA ramp."""
+        return cls(**{"objective": "dinosr", "layerdrop": 0.05, **kwargs})
+
+    @property
+    def num_feat_extract_layers(self) -> int:
+        return len(self.conv_dim)
+
+    @property
+    def inputs_to_logits_ratio(self) -> int:
+        """Samples per output frame (320 = 20 ms at 16 kHz by default)."""
+        return functools.reduce(operator.mul, self.conv_stride, 1)
+
+    @property
+    def receptive_field(self) -> int:
+        """Number of input samples that the first output frame sees; shorter inputs give no frame."""
+        field = 1
+        for kernel, stride in zip(reversed(self.conv_kernel), reversed(self.conv_stride), strict=True):
+            field = (field - 1) * stride + kernel
+        return field
+
+    @property
+    def pos_conv_kernel_size(self) -> int:
+        """Kernel size of each positional convolution."""
+        return max(3, self.num_conv_pos_embeddings // self.conv_pos_depth)
+
+    @property
+    def codebook_layers(self) -> tuple[int, ...]:
+        """1-based indices of the encoder layers that have a codebook and a prediction head."""
+        return tuple(range(self.num_hidden_layers - self.num_codebooks + 1, self.num_hidden_layers + 1))
+
+    def check_values(self) -> None:
+        """Raise a `ValueError` naming the first invalid hyper-parameter."""
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if self.feat_extract_norm not in FEAT_EXTRACT_NORMS:
+            raise ValueError(f"`feat_extract_norm` must be one of {FEAT_EXTRACT_NORMS}, got {self.feat_extract_norm!r}.")
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride) > 0:
+            raise ValueError(
+                "`conv_dim`, `conv_kernel` and `conv_stride` must be non-empty and of equal length, got "
+                f"{len(self.conv_dim)}, {len(self.conv_kernel)} and {len(self.conv_stride)}."
+            )
+        positive = {
+            "conv_dim": min(self.conv_dim),
+            "conv_kernel": min(self.conv_kernel),
+            "conv_stride": min(self.conv_stride),
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size,
+            "num_conv_pos_embeddings": self.num_conv_pos_embeddings,
+            "num_conv_pos_embedding_groups": self.num_conv_pos_embedding_groups,
+            "conv_pos_depth": self.conv_pos_depth,
+            "num_codebooks": self.num_codebooks,
+            "codebook_size": self.codebook_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "ema_timescale": self.ema_timescale,
+            "ema_final_step": self.ema_final_step,
+            "mask_time_length": self.mask_time_length,
+            "initializer_range": self.initializer_range,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"`{name}` must be positive, got {value}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        if self.hidden_size % self.num_conv_pos_embedding_groups:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_conv_pos_embedding_groups` "
+                f"({self.num_conv_pos_embedding_groups})."
+            )
+        if self.num_codebooks > self.num_hidden_layers:
+            raise ValueError(
+                f"`num_codebooks` ({self.num_codebooks}) cannot exceed `num_hidden_layers` ({self.num_hidden_layers})."
+            )
+        probabilities = {
+            "hidden_dropout": self.hidden_dropout,
+            "attention_dropout": self.attention_dropout,
+            "activation_dropout": self.activation_dropout,
+            "feat_proj_dropout": self.feat_proj_dropout,
+            "layerdrop": self.layerdrop,
+            "mask_time_prob": self.mask_time_prob,
+            "codebook_decay": self.codebook_decay,
+            "ema_start_decay": self.ema_start_decay,
+            "ema_final_decay": self.ema_final_decay,
+            "ema_threshold": self.ema_threshold,
+        }
+        for name, value in probabilities.items():
+            if not (isinstance(value, int | float) and math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"`{name}` must be in [0, 1], got {value}.")
+        for name in ("freeze_step", "mask_time_min_masks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)}.")
+
+
+__all__ = ["SpidrConfig"]

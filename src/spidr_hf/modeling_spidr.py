@@ -1,0 +1,774 @@
+"""PyTorch SpidR / DinoSR model (arXiv 2512.20308)."""
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import distributed as dist
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+from .configuration_spidr import SpidrConfig
+
+NORM_EPS = 1e-5  # epsilon of the input standardization, the instance norms and the codebook initialisation
+
+
+@dataclass
+class SpidrModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, frames, hidden_size)`):
+        Residual stream after the last encoder layer (after the final LayerNorm for pre-LN models).
+    extract_features (`torch.FloatTensor` of shape `(batch_size, frames, conv_dim[-1])`):
+        Output of the convolutional feature encoder.
+    hidden_states (`tuple(torch.FloatTensor)`, returned with `output_hidden_states`):
+        Entry 0 is the encoder input after the positional convolution and input norm, entry `i` the output of layer
+        `i`. With a layer-index form of `output_hidden_states`, unselected entries are `None`.
+    layer_results (`tuple(torch.FloatTensor)`, returned with `output_layer_results=True`):
+        One tensor per layer (entry `i - 1` for layer `i`): the feed-forward output before the residual sum. These
+        are SpidR's representations; the layer-6 result (`layer_results[5]`) is the recommended feature.
+    attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True` and eager attention):
+        Attention weights of each layer.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    extract_features: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor | None, ...] | None = None
+    layer_results: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SpidrForPreTrainingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`):
+        Mean over masked frames of the cross-entropy between the heads' predictions and the teacher's codebook
+        assignments, averaged over codebooks.
+    target_perplexity (`torch.FloatTensor` of shape `()`):
+        Mean over codebooks of `2 ** H(mean one-hot target)` over the masked frames.
+    prediction_perplexity (`torch.FloatTensor` of shape `()`):
+        Mean over codebooks of `2 ** H(mean predicted distribution)` over the masked frames.
+    mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`):
+        The masked frames the loss was computed on.
+    """
+
+    loss: torch.FloatTensor | None = None
+    target_perplexity: torch.FloatTensor | None = None
+    prediction_perplexity: torch.FloatTensor | None = None
+    mask_time_indices: torch.BoolTensor | None = None
+
+
+def normalize_over_time(hidden_states: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """Standardize each channel of `(batch, time, channels)` over the valid frames of its utterance (biased variance)."""
+    if frame_mask is None:
+        return F.instance_norm(hidden_states.transpose(1, 2), eps=NORM_EPS).transpose(1, 2)
+    weights = frame_mask.unsqueeze(-1).to(hidden_states.dtype)
+    count = weights.sum(1, keepdim=True).clamp(min=1)
+    mean = (hidden_states * weights).sum(1, keepdim=True) / count
+    var = ((hidden_states - mean).square() * weights).sum(1, keepdim=True) / count
+    return (hidden_states - mean) * torch.rsqrt(var + NORM_EPS)
+
+
+def conv_output_lengths(input_lengths: torch.Tensor, kernels: Sequence[int], strides: Sequence[int]) -> torch.Tensor:
+    """Frames produced by a stack of unpadded 1-d convolutions, floor((L - k) / s) + 1 per layer, never negative."""
+    for kernel, stride in zip(kernels, strides, strict=True):
+        input_lengths = torch.div(input_lengths - kernel, stride, rounding_mode="floor") + 1
+    return input_lengths.clamp(min=0)
+
+
+def compute_span_mask(
+    lengths: Sequence[int],
+    max_frames: int,
+    mask_prob: float,
+    mask_length: int,
+    min_masks: int,
+    generator: torch.Generator | None = None,
+) -> torch.BoolTensor:
+    """
+    Draw SpidR's time masks for utterances of `lengths` valid frames, padded to `max_frames`.
+
+    Each utterance of T frames gets `max(min_masks, int(mask_prob * T / mask_length + U[0, 1)))` spans of
+    `mask_length` frames starting at distinct positions in `[0, T - mask_length)`; spans may overlap and are clipped
+    to T. Every row is then cut down to a random subset of the smallest masked count in the batch, so all rows have
+    the same number of masked frames. The random draws come in the same order as in the reference implementation,
+    so a seeded generator gives the reference's masks.
+    """
+    # The reference draws one batch-level rounding number first and never uses it when lengths are known; drawing it
+    # too keeps seeded masks identical to the reference's.
+    torch.rand(1, generator=generator)
+    positions_per_row = []
+    for length in lengths:
+        # float32 rounding, as in the reference
+        num_spans = max(min_masks, int(mask_prob * length / mask_length + torch.rand(1, generator=generator)))
+        start_range = length - mask_length
+        if start_range <= num_spans:  # short utterance: allow starts further right so that enough distinct ones exist
+            start_range = length - num_spans - 1
+        starts = torch.randperm(max(start_range, 0), generator=generator)[:num_spans]
+        positions = (starts.unsqueeze(1) + torch.arange(mask_length)).flatten()
+        positions_per_row.append(torch.unique(positions[positions < length]))
+    num_masked = min((len(p) for p in positions_per_row), default=0)
+    mask = torch.zeros(len(positions_per_row), max_frames, dtype=torch.bool)
+    for row, positions in enumerate(positions_per_row):
+        if len(positions) > num_masked:
+            positions = positions[torch.randperm(len(positions), generator=generator)[:num_masked]]
+        mask[row, positions] = True
+    return mask
+
+
+class SpidrConvLayer(GradientCheckpointingLayer):
+    """Convolution, optional norm (LayerNorm over channels, or GroupNorm with one group per channel), GELU."""
+
+    def __init__(self, config: SpidrConfig, layer_id: int):
+        super().__init__()
+        in_dim = config.conv_dim[layer_id - 1] if layer_id > 0 else 1
+        out_dim = config.conv_dim[layer_id]
+        self.conv = nn.Conv1d(
+            in_dim, out_dim, config.conv_kernel[layer_id], config.conv_stride[layer_id], bias=config.conv_bias
+        )
+        self.norm_type = config.feat_extract_norm if config.feat_extract_norm == "layer" or layer_id == 0 else None
+        self.layer_norm: nn.Module | None = None
+        if self.norm_type == "layer":
+            self.layer_norm = nn.LayerNorm(out_dim, eps=NORM_EPS)
+        elif self.norm_type == "group":
+            self.layer_norm = nn.GroupNorm(out_dim, out_dim, eps=NORM_EPS, affine=True)
+
+    def forward(self, hidden_states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        hidden_states = self.conv(hidden_states)
+        if self.norm_type == "layer":
+            hidden_states = self.layer_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        elif self.norm_type == "group":
+            hidden_states = self._group_norm(hidden_states, lengths)
+        return F.gelu(hidden_states)
+
+    def _group_norm(self, hidden_states: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """GroupNorm over the valid positions only, so that padding does not change an utterance's output."""
+        if lengths is None:
+            return self.layer_norm(hidden_states)
+        valid = torch.arange(hidden_states.shape[-1], device=hidden_states.device) < lengths.unsqueeze(1)
+        normalized = normalize_over_time(hidden_states.transpose(1, 2), valid).transpose(1, 2)
+        return normalized * self.layer_norm.weight.unsqueeze(1) + self.layer_norm.bias.unsqueeze(1)
+
+
+class SpidrFeatureEncoder(nn.Module):
+    """Convolutional feature encoder: raw 16 kHz samples to 50 Hz frames."""
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__()
+        self.config = config
+        self.conv_layers = nn.ModuleList(SpidrConvLayer(config, i) for i in range(config.num_feat_extract_layers))
+
+    def forward(self, input_values: torch.Tensor, sample_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`(batch, samples)` to `(batch, channels, frames)`."""
+        hidden_states = input_values.unsqueeze(1)
+        lengths = sample_lengths
+        for layer, kernel, stride in zip(
+            self.conv_layers, self.config.conv_kernel, self.config.conv_stride, strict=True
+        ):
+            if lengths is not None:
+                lengths = conv_output_lengths(lengths, (kernel,), (stride,))
+            hidden_states = layer(hidden_states, lengths if layer.norm_type == "group" else None)
+        return hidden_states
+
+
+class SpidrFeatureProjection(nn.Module):
+    def __init__(self, config: SpidrConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
+        self.projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.layer_norm(hidden_states))
+
+
+class SpidrPositionalConvLayer(nn.Module):
+    def __init__(self, config: SpidrConfig):
+        super().__init__()
+        kernel = config.pos_conv_kernel_size
+        self.conv = nn.Conv1d(
+            config.hidden_size,
+            config.hidden_size,
+            kernel_size=kernel,
+            padding=kernel // 2,
+            groups=config.num_conv_pos_embedding_groups,
+        )
+        self.trim = 1 if kernel % 2 == 0 else 0  # an even kernel with padding k // 2 gives one frame too many
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(batch, channels, frames)` in and out."""
+        hidden_states = self.conv(hidden_states)
+        if self.trim:
+            hidden_states = hidden_states[..., : -self.trim]
+        hidden_states = self.layer_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        return F.gelu(hidden_states)
+
+
+class SpidrPositionalConvEmbedding(nn.Module):
+    """Stack of grouped convolutions whose output is added to the encoder input. Padded frames are zeroed before each."""
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(SpidrPositionalConvLayer(config) for _ in range(config.conv_pos_depth))
+
+    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden_states = hidden_states.transpose(1, 2)
+        keep = None if frame_mask is None else frame_mask.unsqueeze(1).to(hidden_states.dtype)
+        for layer in self.layers:
+            if keep is not None:
+                hidden_states = hidden_states * keep
+            hidden_states = layer(hidden_states)
+        if keep is not None:
+            hidden_states = hidden_states * keep
+        return hidden_states.transpose(1, 2)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class SpidrAttention(nn.Module):
+    """Multi-head self-attention with one fused query/key/value projection."""
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        self.is_causal = False
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, frames, hidden = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch, frames, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        return self.out_proj(attn_output.reshape(batch, frames, hidden)), attn_weights
+
+
+class SpidrFeedForward(nn.Module):
+    def __init__(self, config: SpidrConfig):
+        super().__init__()
+        self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_dropout = nn.Dropout(config.activation_dropout)
+        self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.output_dense(self.intermediate_dropout(F.gelu(self.intermediate_dense(hidden_states))))
+
+
+class SpidrEncoderLayer(GradientCheckpointingLayer):
+    """Post-LN layer. Returns the new residual stream and the layer result (feed-forward output)."""
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__()
+        self.attention = SpidrAttention(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = SpidrFeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        skip: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        residual = hidden_states
+        attn_output, _ = self.attention(hidden_states, attention_mask, **kwargs)
+        hidden_states = self.layer_norm(residual + self.dropout(attn_output))
+        layer_result = self.feed_forward(hidden_states)
+        hidden_states = self.final_layer_norm(hidden_states + self.dropout(layer_result))
+        if skip is not None:  # LayerDrop: the residual stream passes unchanged, the layer result is still used
+            hidden_states = torch.where(skip, residual, hidden_states)
+        return hidden_states, layer_result
+
+
+class SpidrEncoderLayerStableLayerNorm(SpidrEncoderLayer):
+    """Pre-LN layer (`do_stable_layer_norm=True`)."""
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        skip: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        residual = hidden_states
+        attn_output, _ = self.attention(self.layer_norm(hidden_states), attention_mask, **kwargs)
+        hidden_states = residual + self.dropout(attn_output)
+        layer_result = self.feed_forward(self.final_layer_norm(hidden_states))
+        hidden_states = hidden_states + self.dropout(layer_result)
+        if skip is not None:
+            hidden_states = torch.where(skip, residual, hidden_states)
+        return hidden_states, layer_result
+
+
+class SpidrEncoderOutput(NamedTuple):
+    last_hidden_state: torch.Tensor
+    layer_results: tuple[torch.Tensor, ...]
+
+
+class SpidrEncoder(nn.Module):
+    """Positional convolution, input norm and the layer stack. The student and the teacher are two of these."""
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__()
+        self.config = config
+        self.pos_conv_embed = SpidrPositionalConvEmbedding(config)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        layer_class = SpidrEncoderLayerStableLayerNorm if config.do_stable_layer_norm else SpidrEncoderLayer
+        self.layers = nn.ModuleList(layer_class(config) for _ in range(config.num_hidden_layers))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        num_layers: int | None = None,
+        layer_results_from: int | None = None,
+        **kwargs,
+    ) -> SpidrEncoderOutput:
+        """
+        Run the first `num_layers` layers (all by default). `layer_results_from` (1-based) asks for the layer results of
+        that layer and the following ones. The final LayerNorm of pre-LN models is applied only when all layers run.
+        """
+        num_layers = len(self.layers) if num_layers is None else num_layers
+        hidden_states = hidden_states + self.pos_conv_embed(hidden_states, frame_mask)
+        if not self.config.do_stable_layer_norm:
+            hidden_states = self.layer_norm(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        attention_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=frame_mask
+        )
+        skips = None
+        if self.training and self.config.layerdrop > 0:
+            skips = torch.rand(len(self.layers), device=hidden_states.device) <= self.config.layerdrop
+        layer_results = []
+        for index, layer in enumerate(self.layers[:num_layers]):
+            skip = None if skips is None else skips[index]
+            hidden_states, layer_result = layer(hidden_states, attention_mask, skip, **kwargs)
+            if layer_results_from is not None and index + 1 >= layer_results_from:
+                layer_results.append(layer_result)
+        if self.config.do_stable_layer_norm and num_layers == len(self.layers):
+            hidden_states = self.layer_norm(hidden_states)
+        return SpidrEncoderOutput(last_hidden_state=hidden_states, layer_results=tuple(layer_results))
+
+
+class SpidrPreTrainedModel(PreTrainedModel):
+    config: SpidrConfig
+    config_class = SpidrConfig
+    base_model_prefix = "spidr"
+    main_input_name = "input_values"
+    input_modalities = "audio"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _no_split_modules = ["SpidrEncoderLayer", "SpidrEncoderLayerStableLayerNorm"]
+    _keep_in_fp32_modules = ["teacher", "codebooks"]
+    _can_record_outputs = {
+        "hidden_states": [SpidrEncoderLayer, SpidrEncoderLayerStableLayerNorm],
+        "layer_results": [
+            OutputRecorder(SpidrEncoderLayer, index=1),
+            OutputRecorder(SpidrEncoderLayerStableLayerNorm, index=1),
+        ],
+        "attentions": OutputRecorder(SpidrAttention, index=1),
+    }
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The paper's init: N(0, 0.02) encoder Linears, Xavier attention, Kaiming feature-encoder convolutions."""
+        std = self.config.initializer_range
+        if isinstance(module, SpidrAttention):
+            init.xavier_uniform_(module.qkv_proj.weight, gain=1 / math.sqrt(2))
+            if module.qkv_proj.bias is not None:
+                init.zeros_(module.qkv_proj.bias)
+            init.xavier_uniform_(module.out_proj.weight)
+            init.zeros_(module.out_proj.bias)
+        elif isinstance(module, SpidrFeedForward):
+            for linear in (module.intermediate_dense, module.output_dense):
+                init.normal_(linear.weight, mean=0.0, std=std)
+                init.zeros_(linear.bias)
+        elif isinstance(module, SpidrConvLayer):
+            module.conv.reset_parameters()
+            init.kaiming_normal_(module.conv.weight)
+        elif isinstance(module, nn.LayerNorm | nn.GroupNorm):
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+        elif isinstance(module, SpidrPositionalConvLayer | SpidrFeatureProjection):
+            # PyTorch's default init, as in the paper
+            for child in module.children():
+                if isinstance(child, nn.Conv1d | nn.Linear):
+                    child.reset_parameters()
+        elif isinstance(module, SpidrCodebooks):
+            init.copy_(module.codebook, module.initial_codebook())
+            init.ones_(module.counts)
+        elif isinstance(module, SpidrForPreTraining):
+            for head in module.heads:
+                head.reset_parameters()
+            init.uniform_(module.mask_embedding, 0.0, 1.0)
+            # The teacher starts with the student's positional convolution (its other weights are drawn anew)
+            for teacher_param, student_param in zip(
+                module.teacher.pos_conv_embed.parameters(), module.spidr.encoder.pos_conv_embed.parameters(), strict=True
+            ):
+                init.copy_(teacher_param, student_param)
+
+    def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor | int) -> torch.Tensor:
+        """Number of frames for inputs of `input_lengths` samples."""
+        return conv_output_lengths(torch.as_tensor(input_lengths), self.config.conv_kernel, self.config.conv_stride)
+
+    def _check_inputs(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        if input_values.dim() != 2:
+            raise ValueError(
+                f"`input_values` must have shape (batch, samples), got {tuple(input_values.shape)}. Use the "
+                "feature extractor to turn mono 16 kHz audio into model inputs."
+            )
+        if not input_values.is_floating_point():
+            raise ValueError(f"`input_values` must be a floating-point tensor, got {input_values.dtype}.")
+        if input_values.shape[1] < self.config.receptive_field:
+            raise ValueError(
+                f"`input_values` has {input_values.shape[1]} samples, fewer than the model's receptive field of "
+                f"{self.config.receptive_field} samples ({self.config.receptive_field / 16:.0f} ms at 16 kHz)."
+            )
+        if attention_mask is not None and attention_mask.shape != input_values.shape:
+            raise ValueError(
+                f"`attention_mask` must have the shape of `input_values` {tuple(input_values.shape)}, "
+                f"got {tuple(attention_mask.shape)}."
+            )
+
+
+class SpidrModel(SpidrPreTrainedModel):
+    """The SpidR student network: feature encoder, projection and Transformer encoder (what `AutoModel` loads)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"teacher\.", r"heads\.", r"codebooks\.", r"mask_embedding"]
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__(config)
+        config.check_values()
+        self.feature_extractor = SpidrFeatureEncoder(config)
+        self.feature_projection = SpidrFeatureProjection(config)
+        self.encoder = SpidrEncoder(config)
+        self.post_init()
+
+    def freeze_feature_encoder(self) -> None:
+        """Stop gradients to the convolutional feature encoder and the feature projection."""
+        self.feature_extractor.requires_grad_(False)
+        self.feature_projection.requires_grad_(False)
+
+    def embed(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Return the feature-encoder output, the projected features and the valid-frame mask (None without padding)."""
+        self._check_inputs(input_values, attention_mask)
+        sample_lengths = None if attention_mask is None else attention_mask.sum(-1)
+        extract_features = self.feature_extractor(input_values, sample_lengths).transpose(1, 2)
+        frame_mask = None
+        if sample_lengths is not None:
+            frame_lengths = self._get_feat_extract_output_lengths(sample_lengths)
+            frame_mask = torch.arange(extract_features.shape[1], device=input_values.device) < frame_lengths[:, None]
+        return extract_features, self.feature_projection(extract_features), frame_mask
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        output_layer_results: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SpidrModelOutput:
+        r"""
+        input_values (`torch.FloatTensor` of shape `(batch_size, samples)`):
+            16 kHz mono audio, standardized per utterance by [`SpidrFeatureExtractor`].
+        attention_mask (`torch.LongTensor` of shape `(batch_size, samples)`, *optional*):
+            1 for real samples, 0 for right padding. Valid frames of a padded batch equal those of the unpadded items.
+        output_layer_results (`bool`, *optional*):
+            Return every layer's feed-forward output (the paper's features; layer 6 recommended).
+        """
+        if (output_attentions or self.config.output_attentions) and self.config._attn_implementation != "eager":
+            raise ValueError(
+                "Attention weights need eager attention: load the model with `attn_implementation='eager'`."
+            )
+        extract_features, hidden_states, frame_mask = self.embed(input_values, attention_mask)
+        if self.training:
+            hidden_states = F.dropout(hidden_states, p=self.config.feat_proj_dropout)
+        encoder_output = self.encoder(hidden_states, frame_mask, **kwargs)
+        return SpidrModelOutput(last_hidden_state=encoder_output.last_hidden_state, extract_features=extract_features)
+
+
+class SpidrCodebooks(nn.Module):
+    """
+    One codebook of `codebook_size` codewords per target layer, kept as EMA sums: codeword v of codebook k is
+    `codebook[k, v] / counts[k, v]`. Assignment and updates always run in fp32.
+    """
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__()
+        self.decay = config.codebook_decay
+        self.register_buffer("codebook", torch.empty(config.num_codebooks, config.codebook_size, config.hidden_size))
+        self.register_buffer("counts", torch.ones(config.num_codebooks, config.codebook_size))
+
+    def initial_codebook(self) -> torch.Tensor:
+        """Gaussian codewords, each dimension standardized over the codewords."""
+        num_codebooks, size, dim = self.codebook.shape
+        draws = torch.randn(num_codebooks, dim, size, device=self.codebook.device)
+        return F.instance_norm(draws, eps=NORM_EPS).transpose(1, 2).contiguous()
+
+    def assign(self, targets: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest (L2) codeword for targets of shape `(num_codebooks, n, hidden)`."""
+        codewords = self.codebook / self.counts.unsqueeze(-1)
+        distances = torch.baddbmm(codewords.square().sum(-1).unsqueeze(1), targets, codewords.transpose(1, 2), alpha=-2)
+        return distances.argmin(-1)
+
+    @torch.no_grad()
+    def update(self, targets: torch.Tensor, onehot: torch.Tensor) -> None:
+        """EMA step with the weighted one-hot assignments `(num_codebooks, n, codebook_size)`, summed over processes."""
+        if self.decay >= 1.0:
+            return
+        counts = onehot.sum(1)
+        sums = torch.bmm(onehot.transpose(1, 2), targets)
+        if dist.is_available() and dist.is_initialized():
+            # One collective for both statistics
+            packed = torch.cat([sums.flatten(), counts.flatten()])
+            dist.all_reduce(packed)
+            sums, counts = packed[: sums.numel()].view_as(sums), packed[sums.numel() :].view_as(counts)
+        weight = torch.where(counts > 0, 1.0 - self.decay, 0.0)  # unused codewords stay as they are
+        self.counts.lerp_(counts, weight)
+        self.codebook.lerp_(sums, weight.unsqueeze(-1))
+
+
+class SpidrForPreTraining(SpidrPreTrainedModel):
+    """
+    SpidR / DinoSR self-distillation: the student (`self.spidr`), an EMA teacher encoder, one prediction head and one
+    codebook per target layer, and the learned mask embedding.
+    """
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__(config)
+        config.check_values()
+        self.spidr = SpidrModel(config)
+        self.teacher = SpidrEncoder(config)
+        self.teacher.requires_grad_(False)
+        self.heads = nn.ModuleList(nn.Linear(config.hidden_size, config.codebook_size) for _ in config.codebook_layers)
+        self.codebooks = SpidrCodebooks(config)
+        self.mask_embedding = nn.Parameter(torch.empty(config.hidden_size))
+        if config.objective == "spidr":
+            # SpidR's heads read layer results, so the student's last norm never reaches the loss: keep it out of training
+            last_norm = (
+                self.spidr.encoder.layer_norm
+                if config.do_stable_layer_norm
+                else self.spidr.encoder.layers[-1].final_layer_norm
+            )
+            last_norm.requires_grad_(False)
+        self.post_init()
+        self.teacher.eval()
+
+    def train(self, mode: bool = True) -> "SpidrForPreTraining":
+        super().train(mode)
+        self.teacher.eval()  # no dropout nor LayerDrop in the teacher, ever
+        return self
+
+    def teacher_decay(self, step: int) -> float:
+        """EMA decay of the teacher at `step`; 1.0 means the teacher is frozen."""
+        config = self.config
+        if config.objective == "spidr":
+            decay = 1 - (1 - config.ema_start_decay) * math.exp(-step / config.ema_timescale)
+            return decay if 1 - decay > config.ema_threshold else 1.0
+        if step < config.ema_final_step:
+            return config.ema_final_decay - (config.ema_final_decay - config.ema_start_decay) * (
+                1 - step / config.ema_final_step
+            )
+        return config.ema_final_decay if step < config.freeze_step else 1.0
+
+    @torch.no_grad()
+    def update_teacher(self, step: int) -> float:
+        """
+        Move the teacher towards the student after optimizer step `step` and return the decay used. The positional
+        convolution is copied rather than averaged. From `config.freeze_step` the feature encoder and projection are
+        frozen (`requires_grad=False`).
+        """
+        if step >= self.config.freeze_step:
+            self.spidr.freeze_feature_encoder()
+        decay = self.teacher_decay(step)
+        if not 0.0 < decay < 1.0:
+            return decay
+        lerp_teacher, lerp_student, copy_teacher, copy_student = [], [], [], []
+        student_params = dict(self.spidr.encoder.named_parameters())
+        for name, teacher_param in self.teacher.named_parameters():
+            student_param = student_params[name].detach().to(teacher_param.dtype)
+            if name.startswith("pos_conv_embed."):
+                copy_teacher.append(teacher_param)
+                copy_student.append(student_param)
+            else:
+                lerp_teacher.append(teacher_param)
+                lerp_student.append(student_param)
+        torch._foreach_lerp_(lerp_teacher, lerp_student, 1.0 - decay)
+        torch._foreach_copy_(copy_teacher, copy_student)
+        return decay
+
+    def _student_predictions(
+        self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None, num_layers: int | None = None
+    ) -> list[torch.Tensor | None]:
+        """Head logits for each encoder layer (None where there is no head), running `num_layers` layers at most."""
+        first = self.config.codebook_layers[0]
+        if self.config.objective == "spidr":
+            output = self.spidr.encoder(hidden_states, frame_mask, num_layers=num_layers, layer_results_from=first)
+            inputs = output.layer_results
+        else:
+            output = self.spidr.encoder(hidden_states, frame_mask)
+            inputs = [output.last_hidden_state] * len(self.heads)
+        logits: list[torch.Tensor | None] = [None] * (first - 1)
+        logits += [head(x) for head, x in zip(self.heads, inputs, strict=False)]
+        return logits
+
+    def _targets(self, features: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """Teacher layer results of the codebook layers, in fp32, normalized over each utterance's valid frames."""
+        output = self.teacher(features, frame_mask, layer_results_from=self.config.codebook_layers[0])
+        with torch.autocast(features.device.type, enabled=False):
+            return torch.stack([normalize_over_time(r.float(), frame_mask) for r in output.layer_results])
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> SpidrForPreTrainingOutput | tuple:
+        r"""
+        mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
+            True for the frames replaced by the mask embedding and predicted. Drawn with the config's masking
+            parameters when not given. In training mode the codebooks are updated with the masked targets.
+        """
+        extract_features, features, frame_mask = self.spidr.embed(input_values, attention_mask)
+        batch, frames = features.shape[:2]
+        if mask_time_indices is None:
+            lengths = [frames] * batch if frame_mask is None else frame_mask.sum(-1).tolist()
+            mask_time_indices = compute_span_mask(
+                lengths,
+                frames,
+                self.config.mask_time_prob,
+                self.config.mask_time_length,
+                self.config.mask_time_min_masks,
+            ).to(features.device)
+        elif mask_time_indices.shape != (batch, frames):
+            raise ValueError(
+                f"`mask_time_indices` must have shape (batch, frames) = {(batch, frames)}, "
+                f"got {tuple(mask_time_indices.shape)}."
+            )
+        mask = mask_time_indices.bool() if frame_mask is None else mask_time_indices.bool() & frame_mask
+
+        student_input = F.dropout(features, p=self.config.feat_proj_dropout, training=self.training)
+        student_input = torch.where(mask.unsqueeze(-1), self.mask_embedding.to(student_input.dtype), student_input)
+        logits = torch.stack([x for x in self._student_predictions(student_input, frame_mask) if x is not None])
+        with torch.no_grad():
+            targets = self._targets(features, frame_mask)
+
+        with torch.autocast(features.device.type, enabled=False):
+            log_probs = F.log_softmax(logits.float(), dim=-1)
+            flat_targets = targets.flatten(1, 2)
+            labels = self.codebooks.assign(flat_targets).view(targets.shape[:3])
+            weights = mask.to(log_probs.dtype)
+            num_masked = weights.sum()
+            frame_losses = -log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(0)
+            loss = (frame_losses * weights).sum() / num_masked
+            with torch.no_grad():
+                onehot = F.one_hot(labels, self.config.codebook_size).to(log_probs.dtype) * weights.unsqueeze(-1)
+                target_perplexity = _perplexity(onehot.sum((1, 2)) / num_masked)
+                prediction_perplexity = _perplexity((log_probs.exp() * weights.unsqueeze(-1)).sum((1, 2)) / num_masked)
+                if self.training:
+                    self.codebooks.update(flat_targets, onehot.flatten(1, 2))
+
+        output = SpidrForPreTrainingOutput(
+            loss=loss,
+            target_perplexity=target_perplexity,
+            prediction_perplexity=prediction_perplexity,
+            mask_time_indices=mask,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    @torch.no_grad()
+    def get_codebook_probs(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, ...]:
+        """
+        Codebook-head probabilities `(batch, frames, codebook_size)` for every encoder layer, None for layers without
+        a head. Padded frames are all-zero rows.
+        """
+        _, features, frame_mask = self.spidr.embed(input_values, attention_mask)
+        return tuple(
+            None if x is None else self._probabilities(x, frame_mask)
+            for x in self._student_predictions(features, frame_mask)
+        )
+
+    @torch.no_grad()
+    def get_units(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, layer: int = 6
+    ) -> torch.LongTensor:
+        """
+        Discrete units `(batch, frames)`: argmax of the codebook head of encoder `layer` (1-based; the paper's best is
+        layer 6). Padded frames are -1. SpidR stops the encoder after `layer`.
+        """
+        if layer not in self.config.codebook_layers:
+            raise ValueError(f"Layer {layer} has no codebook head; layers with one: {list(self.config.codebook_layers)}.")
+        _, features, frame_mask = self.spidr.embed(input_values, attention_mask)
+        num_layers = layer if self.config.objective == "spidr" else None
+        logits = self._student_predictions(features, frame_mask, num_layers=num_layers)[layer - 1]
+        units = logits.argmax(-1)
+        return units if frame_mask is None else units.masked_fill(~frame_mask, -1)
+
+    @staticmethod
+    def _probabilities(logits: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        probs = F.softmax(logits.float(), dim=-1)
+        return probs if frame_mask is None else probs * frame_mask.unsqueeze(-1)
+
+
+def _perplexity(probs: torch.Tensor) -> torch.Tensor:
+    """Mean over codebooks of 2 ** entropy (bits) of the distributions `(num_codebooks, codebook_size)`."""
+    return torch.exp2(-(probs * torch.log2(probs + 1e-8)).sum(-1)).mean()
+
+
+__all__ = ["SpidrForPreTraining", "SpidrModel", "SpidrPreTrainedModel", "compute_span_mask"]
