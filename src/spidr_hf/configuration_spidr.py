@@ -23,7 +23,8 @@ class SpidrConfig(PreTrainedConfig):
             convolution; `"group"` puts a GroupNorm (one group per channel) after the first convolution only.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size (`int`): Transformer encoder sizes.
         num_conv_pos_embeddings (`int`, defaults to 95): total kernel size of the convolutional positional embedding;
-            it is split over `conv_pos_depth` convolutions of kernel `max(3, num_conv_pos_embeddings // conv_pos_depth)`.
+            it is split over `conv_pos_depth` convolutions of kernel
+            `max(3, num_conv_pos_embeddings // conv_pos_depth)`.
         num_conv_pos_embedding_groups (`int`, defaults to 16): groups of the positional convolutions.
         conv_pos_depth (`int`, defaults to 5): number of positional convolutions.
         do_stable_layer_norm (`bool`, defaults to `False`): pre-LN encoder layers (LayerNorm before attention and
@@ -43,7 +44,8 @@ class SpidrConfig(PreTrainedConfig):
         codebook_size (`int`, defaults to 256): codewords per codebook.
         codebook_decay (`float`, defaults to 0.9): EMA decay of the codebooks (1.0 freezes them).
         ema_start_decay (`float`, defaults to 0.999): teacher EMA decay at step 0.
-        ema_timescale (`float`, defaults to 20000): SpidR schedule `1 - (1 - ema_start_decay) * exp(-step / ema_timescale)`.
+        ema_timescale (`float`, defaults to 20000): SpidR schedule
+            `1 - (1 - ema_start_decay) * exp(-step / ema_timescale)`.
         ema_threshold (`float`, defaults to 1e-7): SpidR freezes the teacher once `1 - decay <= ema_threshold`.
         ema_final_decay (`float`, defaults to 0.9999), ema_final_step (`int`, defaults to 30000): DinoSR schedule,
             linear from `ema_start_decay` to `ema_final_decay` over `ema_final_step` steps.
@@ -138,7 +140,9 @@ class SpidrConfig(PreTrainedConfig):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {self.objective!r}.")
         if self.feat_extract_norm not in FEAT_EXTRACT_NORMS:
-            raise ValueError(f"`feat_extract_norm` must be one of {FEAT_EXTRACT_NORMS}, got {self.feat_extract_norm!r}.")
+            raise ValueError(
+                f"`feat_extract_norm` must be one of {FEAT_EXTRACT_NORMS}, got {self.feat_extract_norm!r}."
+            )
         if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride) > 0:
             raise ValueError(
                 "`conv_dim`, `conv_kernel` and `conv_stride` must be non-empty and of equal length, got "

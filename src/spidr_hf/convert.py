@@ -210,7 +210,9 @@ def _config_value(name: str, value: Any) -> Any:
 def _objective_from_run(raw: Mapping[str, Any] | None, requested: str | None) -> str:
     recorded = (raw or {}).get("run", {}).get("model_type")
     if requested and recorded and requested != recorded:
-        raise ConversionError(f"--model-type {requested} contradicts the config.json beside the checkpoint ({recorded}).")
+        raise ConversionError(
+            f"--model-type {requested} contradicts the config.json beside the checkpoint ({recorded})."
+        )
     objective = requested or recorded or "spidr"
     if objective not in OBJECTIVES:
         raise ConversionError(f"Unknown model type {objective!r}; expected one of {OBJECTIVES}.")

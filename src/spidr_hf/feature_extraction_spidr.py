@@ -69,7 +69,9 @@ class SpidrFeatureExtractor(SequenceFeatureExtractor):
         input_values = [np.asarray(x, dtype=np.float32) for x in padded["input_values"]]
         attention_mask = [np.asarray(m, dtype=np.int32) for m in padded["attention_mask"]]
         if self.do_normalize:
-            input_values = [self._standardize(x, int(m.sum())) for x, m in zip(input_values, attention_mask, strict=True)]
+            input_values = [
+                self._standardize(x, int(m.sum())) for x, m in zip(input_values, attention_mask, strict=True)
+            ]
         features = {"input_values": input_values}
         if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
             features["attention_mask"] = attention_mask

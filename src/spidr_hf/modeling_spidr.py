@@ -67,7 +67,7 @@ class SpidrForPreTrainingOutput(ModelOutput):
 
 
 def normalize_over_time(hidden_states: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
-    """Standardize each channel of `(batch, time, channels)` over the valid frames of its utterance (biased variance)."""
+    """Standardize each channel of `(batch, time, channels)` over its utterance's valid frames (biased variance)."""
     if frame_mask is None:
         return F.instance_norm(hidden_states.transpose(1, 2), eps=NORM_EPS).transpose(1, 2)
     weights = frame_mask.unsqueeze(-1).to(hidden_states.dtype)
@@ -109,9 +109,9 @@ def compute_span_mask(
         # float32 rounding, as in the reference
         num_spans = max(min_masks, int(mask_prob * length / mask_length + torch.rand(1, generator=generator)))
         start_range = length - mask_length
-        if start_range <= num_spans:  # short utterance: allow starts further right so that enough distinct ones exist
-            start_range = length - num_spans - 1
-        starts = torch.randperm(max(start_range, 0), generator=generator)[:num_spans]
+        if start_range <= num_spans:  # short utterance: widen the range so that enough distinct starts exist
+            start_range = num_spans + 1
+        starts = torch.randperm(start_range, generator=generator)[:num_spans]
         positions = (starts.unsqueeze(1) + torch.arange(mask_length)).flatten()
         positions_per_row.append(torch.unique(positions[positions < length]))
     num_masked = min((len(p) for p in positions_per_row), default=0)
@@ -212,7 +212,7 @@ class SpidrPositionalConvLayer(nn.Module):
 
 
 class SpidrPositionalConvEmbedding(nn.Module):
-    """Stack of grouped convolutions whose output is added to the encoder input. Padded frames are zeroed before each."""
+    """Grouped convolutions whose output is added to the encoder input; padded frames are zeroed before each one."""
 
     def __init__(self, config: SpidrConfig):
         super().__init__()
@@ -406,15 +406,19 @@ class SpidrPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _no_split_modules = ["SpidrEncoderLayer", "SpidrEncoderLayerStableLayerNorm"]
-    _keep_in_fp32_modules = ["teacher", "codebooks"]
+    _keep_in_fp32_modules_strict = ["teacher", "codebooks"]  # EMA and codebook statistics need fp32
+    # SpidrEncoderLayer matches the pre-LN subclass too
     _can_record_outputs = {
-        "hidden_states": [SpidrEncoderLayer, SpidrEncoderLayerStableLayerNorm],
-        "layer_results": [
-            OutputRecorder(SpidrEncoderLayer, index=1),
-            OutputRecorder(SpidrEncoderLayerStableLayerNorm, index=1),
-        ],
+        "hidden_states": OutputRecorder(SpidrEncoderLayer, index=0),
+        "layer_results": OutputRecorder(SpidrEncoderLayer, index=1),
         "attentions": OutputRecorder(SpidrAttention, index=1),
     }
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # Transformers skips parameter-less modules of custom code, such as SpidrAttention and SpidrFeedForward, in
+        # case their init ignores the "already loaded" flags. `_init_weights` below uses only flag-aware init functions
+        # (transformers.initialization, and torch.nn.init under transformers' guard via reset_parameters).
+        super()._initialize_weights(module, is_custom_code=False)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -451,9 +455,22 @@ class SpidrPreTrainedModel(PreTrainedModel):
             init.uniform_(module.mask_embedding, 0.0, 1.0)
             # The teacher starts with the student's positional convolution (its other weights are drawn anew)
             for teacher_param, student_param in zip(
-                module.teacher.pos_conv_embed.parameters(), module.spidr.encoder.pos_conv_embed.parameters(), strict=True
+                module.teacher.pos_conv_embed.parameters(),
+                module.spidr.encoder.pos_conv_embed.parameters(),
+                strict=True,
             ):
                 init.copy_(teacher_param, student_param)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self._auto_class is not None:
+            # Whichever class is saved, let both AutoModel and AutoModelForPreTraining load the folder as remote code
+            module = __name__.split(".")[-1]
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": f"{module}.SpidrModel",
+                "AutoModelForPreTraining": f"{module}.SpidrForPreTraining",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor | int) -> torch.Tensor:
         """Number of frames for inputs of `input_lengths` samples."""
@@ -503,6 +520,9 @@ class SpidrModel(SpidrPreTrainedModel):
         """Return the feature-encoder output, the projected features and the valid-frame mask (None without padding)."""
         self._check_inputs(input_values, attention_mask)
         sample_lengths = None if attention_mask is None else attention_mask.sum(-1)
+        input_values = input_values.to(
+            self.feature_extractor.conv_layers[0].conv.weight.dtype
+        )  # fp32 audio, bf16 model
         extract_features = self.feature_extractor(input_values, sample_lengths).transpose(1, 2)
         frame_mask = None
         if sample_lengths is not None:
@@ -596,16 +616,28 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         self.heads = nn.ModuleList(nn.Linear(config.hidden_size, config.codebook_size) for _ in config.codebook_layers)
         self.codebooks = SpidrCodebooks(config)
         self.mask_embedding = nn.Parameter(torch.empty(config.hidden_size))
-        if config.objective == "spidr":
-            # SpidR's heads read layer results, so the student's last norm never reaches the loss: keep it out of training
+        self.freeze_untrained_parameters()
+        self.post_init()
+        self.teacher.eval()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        # Loading re-creates every parameter with requires_grad=True
+        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_untrained_parameters()
+        return loaded
+
+    def freeze_untrained_parameters(self) -> None:
+        """Set requires_grad=False on the teacher and, for SpidR, on the student's last norm."""
+        self.teacher.requires_grad_(False)
+        if self.config.objective == "spidr":
+            # SpidR's heads read layer results, so the student's last norm never reaches the loss
             last_norm = (
                 self.spidr.encoder.layer_norm
-                if config.do_stable_layer_norm
+                if self.config.do_stable_layer_norm
                 else self.spidr.encoder.layers[-1].final_layer_norm
             )
             last_norm.requires_grad_(False)
-        self.post_init()
-        self.teacher.eval()
 
     def train(self, mode: bool = True) -> "SpidrForPreTraining":
         super().train(mode)
@@ -667,7 +699,8 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
 
     def _targets(self, features: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
         """Teacher layer results of the codebook layers, in fp32, normalized over each utterance's valid frames."""
-        output = self.teacher(features, frame_mask, layer_results_from=self.config.codebook_layers[0])
+        teacher_dtype = self.teacher.layer_norm.weight.dtype  # fp32 even when the student was loaded in half precision
+        output = self.teacher(features.to(teacher_dtype), frame_mask, layer_results_from=self.config.codebook_layers[0])
         with torch.autocast(features.device.type, enabled=False):
             return torch.stack([normalize_over_time(r.float(), frame_mask) for r in output.layer_results])
 
@@ -683,7 +716,7 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
             True for the frames replaced by the mask embedding and predicted. Drawn with the config's masking
             parameters when not given. In training mode the codebooks are updated with the masked targets.
         """
-        extract_features, features, frame_mask = self.spidr.embed(input_values, attention_mask)
+        _, features, frame_mask = self.spidr.embed(input_values, attention_mask)
         batch, frames = features.shape[:2]
         if mask_time_indices is None:
             lengths = [frames] * batch if frame_mask is None else frame_mask.sum(-1).tolist()
@@ -753,7 +786,9 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         layer 6). Padded frames are -1. SpidR stops the encoder after `layer`.
         """
         if layer not in self.config.codebook_layers:
-            raise ValueError(f"Layer {layer} has no codebook head; layers with one: {list(self.config.codebook_layers)}.")
+            raise ValueError(
+                f"Layer {layer} has no codebook head; layers with one: {list(self.config.codebook_layers)}."
+            )
         _, features, frame_mask = self.spidr.embed(input_values, attention_mask)
         num_layers = layer if self.config.objective == "spidr" else None
         logits = self._student_predictions(features, frame_mask, num_layers=num_layers)[layer - 1]
