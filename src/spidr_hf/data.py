@@ -1,0 +1,360 @@
+"""Speech data for pretraining: any `datasets` source, length-bucketed batches, cropping, standardization, masking."""
+
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import IterableDataset as TorchIterableDataset
+from torch.utils.data import Sampler
+
+from .configuration_spidr import SpidrConfig
+from .feature_extraction_spidr import SpidrFeatureExtractor
+from .modeling_spidr import compute_span_mask, conv_output_lengths
+
+logger = logging.getLogger(__name__)
+
+SAMPLING_RATE = 16_000
+UNREADABLE = -1  # length recorded for files whose header cannot be read
+
+
+def load_audio_dataset(
+    source: str,
+    split: str = "train",
+    config_name: str | None = None,
+    audio_column: str = "audio",
+    streaming: bool = False,
+):
+    """
+    Open a speech dataset from any `datasets` source and decode its audio as 16 kHz mono: a folder written by
+    `save_to_disk`, a folder of audio files (`audiofolder`), parquet files (path or glob), or a Hub dataset name.
+    """
+    from datasets import Audio, DatasetDict, load_dataset, load_from_disk
+
+    path = Path(source)
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        dataset = load_from_disk(source)
+        if isinstance(dataset, DatasetDict):
+            if split not in dataset:
+                raise ValueError(f"{source} has splits {list(dataset)}, not {split!r}.")
+            dataset = dataset[split]
+        if streaming:
+            dataset = dataset.to_iterable_dataset()
+    elif path.is_dir():
+        dataset = load_dataset("audiofolder", data_dir=source, split=split, streaming=streaming)
+    elif source.endswith(".parquet"):
+        dataset = load_dataset("parquet", data_files={split: source}, split=split, streaming=streaming)
+    else:
+        dataset = load_dataset(source, config_name, split=split, streaming=streaming)
+    columns = dataset.column_names if dataset.column_names is not None else list(dataset.features)
+    if audio_column not in columns:
+        raise ValueError(f"{source} has no {audio_column!r} column; columns: {columns}. Set the audio column name.")
+    return dataset.cast_column(audio_column, Audio(sampling_rate=SAMPLING_RATE, num_channels=1))
+
+
+def audio_lengths(dataset, audio_column: str = "audio", num_proc: int | None = None) -> np.ndarray:
+    """
+    Length in 16 kHz samples of every utterance, read from the file headers (no decoding); `UNREADABLE` for files
+    that cannot be opened. Used to bucket utterances of similar length and to drop short ones before training.
+    """
+    from datasets import Audio
+
+    undecoded = dataset.cast_column(audio_column, Audio(decode=False)).select_columns([audio_column])
+    with_lengths = undecoded.map(
+        _header_lengths,
+        batched=True,
+        fn_kwargs={"audio_column": audio_column},
+        remove_columns=[audio_column],
+        num_proc=num_proc,
+        desc="Reading audio durations",
+    )
+    return np.asarray(with_lengths["num_samples"], dtype=np.int64)
+
+
+def _header_lengths(batch: dict[str, list], audio_column: str) -> dict[str, list[int]]:
+    from torchcodec.decoders import AudioDecoder
+
+    lengths = []
+    for audio in batch[audio_column]:
+        try:
+            decoder = AudioDecoder(audio["bytes"] if audio["bytes"] is not None else audio["path"])
+            duration = decoder.metadata.duration_seconds_from_header
+            if duration is None:  # some containers have no duration in their header: decode to know
+                duration = decoder.get_all_samples().duration_seconds
+            lengths.append(round(duration * SAMPLING_RATE))
+        except Exception as error:  # any decoder failure means an unusable file, which training skips
+            logger.debug("Unreadable audio %s: %s", audio.get("path"), error)
+            lengths.append(UNREADABLE)
+    return {"num_samples": lengths}
+
+
+def batch_seed(seed: int, epoch: int, position: int) -> int:
+    """Seed of one batch's crops and masks: a pure function of the run seed, epoch and batch position."""
+    return int(np.random.SeedSequence((seed, epoch, position)).generate_state(1)[0])
+
+
+class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
+    """
+    Batches of utterances of similar length, as in the paper: utterances are put in `num_buckets` length buckets
+    (uniform between `min_samples` and `max_samples`), shuffled within buckets, grouped until the batch would hold more
+    than `max_batch_samples` samples, and the batches are shuffled. Each batch element is `(index, batch seed)`.
+    Utterances shorter than `min_samples` or unreadable are left out (see `num_dropped`).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_batch_samples: int,
+        min_samples: int,
+        max_samples: int,
+        num_buckets: int = 1000,
+        seed: int = 0,
+        pad: bool = False,
+    ):
+        if not 0 < min_samples <= max_samples <= max_batch_samples:
+            raise ValueError(
+                f"Need 0 < min_samples ({min_samples}) <= max_samples ({max_samples}) <= max_batch_samples "
+                f"({max_batch_samples})."
+            )
+        lengths = np.asarray(lengths)
+        self.kept = np.flatnonzero(lengths >= min_samples)
+        self.num_dropped = {
+            "unreadable": int((lengths == UNREADABLE).sum()),
+            "too_short": int(((lengths >= 0) & (lengths < min_samples)).sum()),
+        }
+        if len(self.kept) == 0:
+            raise ValueError(f"No utterance is readable and at least {min_samples} samples long.")
+        self.lengths = np.minimum(lengths[self.kept], max_samples)
+        boundaries = np.linspace(min_samples - 1, max_samples + 1, num_buckets + 1)
+        self.buckets = np.digitize(self.lengths, boundaries)
+        self.max_batch_samples = max_batch_samples
+        self.seed = seed
+        self.pad = pad
+        self.epoch = 0
+        self._batches = self._make_batches(0)
+        self.num_batches = len(self._batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            batches = self._make_batches(epoch)
+            # Regrouping can change the number of batches by one or two; the Trainer plans (and resumes) with the
+            # first epoch's count, so every epoch has exactly that many: extra batches wait for the next epoch's
+            # reshuffle, missing ones are taken again from the start.
+            self._batches = [batches[i % len(batches)] for i in range(self.num_batches)]
+
+    def _make_batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng((self.seed, epoch))
+        # Shuffle, then stable-sort by bucket: shuffled within buckets, buckets in length order
+        order = rng.permutation(len(self.kept))
+        order = order[np.argsort(self.buckets[order], kind="stable")]
+        batches, current, longest = [], [], 0
+        for position in order:
+            length = int(self.lengths[position])
+            # Cropped batches hold sum(lengths) samples at most; padded ones hold len(batch) * longest
+            size = (len(current) + 1) * max(longest, length) if self.pad else sum(self.lengths[current]) + length
+            if current and size > self.max_batch_samples:
+                batches.append(np.asarray(current))
+                current, longest = [], 0
+            current.append(position)
+            longest = max(longest, length)
+        batches.append(np.asarray(current))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for position, batch in enumerate(self._batches):
+            seed = batch_seed(self.seed, self.epoch, position)
+            yield [(int(self.kept[i]), seed) for i in batch]
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+@dataclass
+class SpeechItem:
+    """One decoded utterance (`audio` None when decoding failed) and the seed of the batch it belongs to."""
+
+    audio: np.ndarray | None
+    seed: int
+    error: str | None = None
+
+
+class DecodedSpeech(TorchDataset):
+    """Index a decoded HF dataset with `(index, batch seed)` keys; decoding failures become items with an error."""
+
+    def __init__(self, dataset, audio_column: str = "audio"):
+        self.dataset = dataset
+        self.audio_column = audio_column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> SpeechItem:
+        index, seed = key
+        try:
+            return SpeechItem(decode_audio(self.dataset[index][self.audio_column]), seed)
+        except Exception as error:  # a corrupt file must not stop training; the collator counts it
+            return SpeechItem(None, seed, f"{type(error).__name__}: {error}")
+
+
+def decode_audio(audio: Any) -> np.ndarray:
+    """Mono float32 samples from a datasets audio value (a torchcodec decoder, or a dict with an array)."""
+    if hasattr(audio, "get_all_samples"):
+        samples = audio.get_all_samples()
+        if samples.sample_rate != SAMPLING_RATE:
+            raise ValueError(f"decoded at {samples.sample_rate} Hz instead of {SAMPLING_RATE} Hz")
+        return samples.data.mean(0).numpy().astype(np.float32)
+    if audio.get("sampling_rate") != SAMPLING_RATE:
+        raise ValueError(f"audio at {audio.get('sampling_rate')} Hz instead of {SAMPLING_RATE} Hz")
+    return np.asarray(audio["array"], dtype=np.float32)
+
+
+class StreamingBatches(TorchIterableDataset):
+    """
+    Bucketed batches from a streamed dataset: `buffer_size` utterances are read, sorted by length and grouped like
+    `BucketBatchSampler`; the batches of each buffer are shuffled. Yields lists of `SpeechItem`.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        max_batch_samples: int,
+        min_samples: int,
+        max_samples: int,
+        audio_column: str = "audio",
+        buffer_size: int = 2000,
+        seed: int = 0,
+        pad: bool = False,
+    ):
+        self.dataset = dataset
+        self.max_batch_samples = max_batch_samples
+        self.min_samples = min_samples
+        self.max_samples = max_samples
+        self.audio_column = audio_column
+        self.buffer_size = buffer_size
+        self.seed = seed
+        self.pad = pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[SpeechItem]]:
+        position = 0
+        for buffer_index, buffer in enumerate(self._buffers()):
+            usable = [item for item in buffer if item.audio is not None and len(item.audio) >= self.min_samples]
+            # Unusable items travel with the buffer's first batch so that the collator counts them
+            unusable = [item for item in buffer if item.audio is None or len(item.audio) < self.min_samples]
+            batches = []
+            if usable:
+                sampler = BucketBatchSampler(
+                    [len(item.audio) for item in usable],
+                    self.max_batch_samples,
+                    self.min_samples,
+                    self.max_samples,
+                    num_buckets=max(1, len(usable) // 4),
+                    seed=batch_seed(self.seed, self.epoch, buffer_index),
+                    pad=self.pad,
+                )
+                batches = [[usable[i] for i, _ in batch] for batch in sampler]
+            for batch in batches or [[]]:
+                seed = batch_seed(self.seed, self.epoch, position)
+                yield [SpeechItem(item.audio, seed, item.error) for item in batch + unusable]
+                unusable = []
+                position += 1
+
+    def _buffers(self) -> Iterator[list[SpeechItem]]:
+        buffer: list[SpeechItem] = []
+        iterator = iter(self.dataset)
+        while True:
+            try:
+                example = next(iterator)
+            except StopIteration:
+                break
+            except Exception as error:  # a corrupt file in the stream
+                buffer.append(SpeechItem(None, 0, f"{type(error).__name__}: {error}"))
+                continue
+            try:
+                buffer.append(SpeechItem(decode_audio(example[self.audio_column]), 0))
+            except Exception as error:
+                buffer.append(SpeechItem(None, 0, f"{type(error).__name__}: {error}"))
+            if len(buffer) == self.buffer_size:
+                yield buffer
+                buffer = []
+        if buffer and any(item.audio is not None and len(item.audio) >= self.min_samples for item in buffer):
+            yield buffer
+
+
+class SpeechCollator:
+    """
+    Turn a list of `SpeechItem`s into model inputs: drop failed or too-short items (counted in `num_skipped`),
+    standardize every utterance over its own samples, crop all to the shortest one at random offsets (the paper) or
+    pad to the longest with an attention mask, and draw the masks. All randomness comes from the batch seed.
+    """
+
+    def __init__(self, config: SpidrConfig, min_samples: int, max_samples: int, pad: bool = False):
+        self.config = config
+        self.min_samples = min_samples
+        self.max_samples = max_samples
+        self.pad = pad
+        self.feature_extractor = SpidrFeatureExtractor(min_samples=min(min_samples, config.receptive_field))
+
+    def __call__(self, items: list[SpeechItem]) -> dict[str, torch.Tensor]:
+        skipped: Counter[str] = Counter()
+        utterances = []
+        for item in items:
+            if item.audio is None:
+                skipped["unreadable"] += 1
+                logger.warning("Skipping unreadable audio: %s", item.error)
+            elif len(item.audio) < self.min_samples:
+                skipped["too_short"] += 1
+            else:
+                try:
+                    utterances.append(
+                        self.feature_extractor(item.audio, sampling_rate=SAMPLING_RATE)["input_values"][0]
+                    )
+                except ValueError as error:  # NaN or infinite samples
+                    skipped["invalid"] += 1
+                    logger.warning("Skipping invalid audio: %s", error)
+        counts = torch.tensor([skipped["unreadable"], skipped["too_short"], skipped["invalid"]])
+        if not utterances:
+            return {"num_skipped": counts}
+        generator = torch.Generator().manual_seed(items[0].seed)
+        input_values, lengths = self._crop_or_pad(utterances, generator)
+        frames = conv_output_lengths(lengths, self.config.conv_kernel, self.config.conv_stride)
+        batch = {
+            "input_values": input_values,
+            "mask_time_indices": compute_span_mask(
+                frames.tolist(),
+                int(frames.max()),
+                self.config.mask_time_prob,
+                self.config.mask_time_length,
+                self.config.mask_time_min_masks,
+                generator=generator,
+            ),
+            "num_skipped": counts,
+        }
+        if self.pad:
+            batch["attention_mask"] = (torch.arange(input_values.shape[1]) < lengths[:, None]).long()
+        return batch
+
+    def _crop_or_pad(
+        self, utterances: list[np.ndarray], generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sizes = [len(u) for u in utterances]
+        target = min(max(sizes) if self.pad else min(sizes), self.max_samples)
+        batch = torch.zeros(len(utterances), target)
+        lengths = torch.zeros(len(utterances), dtype=torch.long)
+        for row, utterance in enumerate(utterances):
+            length = min(len(utterance), target)
+            offset = int(torch.randint(len(utterance) - length + 1, (1,), generator=generator))
+            batch[row, :length] = torch.from_numpy(utterance[offset : offset + length])
+            lengths[row] = length
+        return batch, lengths

@@ -1,0 +1,427 @@
+"""Pretraining through `training/train.py`: learning, schedules, SIGKILL resume, freezing, 2 processes, bad data."""
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import TINY_CONFIG
+from safetensors.torch import load_file
+from torchcodec.encoders import AudioEncoder
+
+from spidr_hf.corpus import build_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = ROOT / "training" / "train.py"
+
+
+def load_train_module():
+    spec = importlib.util.spec_from_file_location("spidr_train", TRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train = load_train_module()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    build_corpus(folder, hours=0.02, num_speakers=2, dev_speakers=1, seed=0)
+    return folder
+
+
+def tiny_run_config(dataset: Path, output_dir: Path, **overrides) -> dict:
+    """A run of a tiny model that takes well under a second per step on 2 CPU cores."""
+    model_config = {
+        **TINY_CONFIG,
+        "conv_dim": list(TINY_CONFIG["conv_dim"]),
+        "ema_timescale": 20,
+        **overrides.pop("model_config", {}),
+    }
+    return {
+        "objective": "spidr",
+        "model_config": model_config,
+        "dataset": str(dataset),
+        "train_split": "train",
+        "max_batch_samples": 96_000,
+        "min_samples": 4_000,
+        "max_samples": 32_000,
+        "num_buckets": 4,
+        "output_dir": str(output_dir),
+        "max_steps": 30,
+        "learning_rate": 2e-3,
+        "adam_beta2": 0.95,
+        "adam_epsilon": 1e-6,
+        "weight_decay": 0.01,
+        "max_grad_norm": 10.0,
+        "warmup_steps": 3,
+        "lr_hold_steps": 100,
+        "lr_decay_steps": 100,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+        **overrides,
+    }
+
+
+def write_config(folder: Path, config: dict) -> Path:
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_script(script: str, args: list[str], launcher: list[str] | None = None, check: bool = True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "warning"}
+    command = [*(launcher or [sys.executable]), script, *args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def training_logs(log_history: list[dict]) -> list[dict]:
+    return [entry for entry in log_history if "loss" in entry]
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_and_the_teacher_follows(corpus, tmp_path):
+    config = tiny_run_config(corpus, tmp_path / "run", eval_split="dev", eval_strategy="steps", eval_steps=15)
+    trainer_log = []
+
+    class Recorder(train.SpidrTrainer):
+        def log(self, logs, start_time=None):
+            super().log(logs, start_time)
+            trainer_log.append(dict(logs))
+
+    initial = train.build_model(train.parse_config([str(write_config(tmp_path, config))])[0])
+    original_trainer = train.SpidrTrainer
+    train.SpidrTrainer = Recorder
+    try:
+        train.main([str(tmp_path / "config.yaml")])
+    finally:
+        train.SpidrTrainer = original_trainer
+    logs = training_logs(trainer_log)
+    assert len(logs) == config["max_steps"]
+    losses = [entry["loss"] for entry in logs]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2
+    for entry in logs:
+        assert math.isfinite(entry["target_perplexity"]) and 1 <= entry["target_perplexity"] <= 16
+        assert math.isfinite(entry["prediction_perplexity"]) and 1 <= entry["prediction_perplexity"] <= 16
+    for index, entry in enumerate(logs, start=1):
+        assert entry["teacher_decay"] == pytest.approx(1 - 0.001 * math.exp(-index / 20))
+    assert logs[-1]["audio_hours_seen"] > logs[0]["audio_hours_seen"] > 0
+    assert any("eval_loss" in entry for entry in trainer_log)
+
+    final = load_file(tmp_path / "run" / "model.safetensors")
+    start = initial.state_dict()
+    assert not torch.equal(final["codebooks.codebook"], start["codebooks.codebook"])
+    assert not torch.equal(final["codebooks.counts"], start["codebooks.counts"])
+    moved = (
+        final["teacher.layers.0.feed_forward.output_dense.weight"]
+        - start["teacher.layers.0.feed_forward.output_dense.weight"]
+    )
+    assert moved.abs().max() > 0
+    # The teacher is an EMA of the student: it moves towards the student's weights
+    student = final["spidr.encoder.layers.0.feed_forward.output_dense.weight"]
+    teacher = final["teacher.layers.0.feed_forward.output_dense.weight"]
+    before = start["teacher.layers.0.feed_forward.output_dense.weight"]
+    assert (student - teacher).norm() < (student - before).norm()
+    assert (tmp_path / "run" / "preprocessor_config.json").is_file()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["auto_map"]["AutoModel"].endswith("SpidrModel")
+
+
+KILL_LAUNCHER = textwrap.dedent(
+    """
+    import importlib.util, os, signal, sys
+    from transformers import TrainerCallback
+
+    spec = importlib.util.spec_from_file_location("spidr_train", {train_script!r})
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    kill_at = int(sys.argv[1])
+
+    class KillAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)  # a crash, right after the checkpoint is on disk
+
+    class Trainer(train.SpidrTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(KillAfterSave())
+
+    train.SpidrTrainer = Trainer
+    train.main(sys.argv[2:])
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("freeze_step", [1000, 4], ids=["before-freeze", "after-freeze"])
+def test_resume_after_sigkill_continues_exactly(corpus, tmp_path, freeze_step):
+    overrides = {
+        "max_steps": 8,
+        "save_strategy": "steps",
+        "save_steps": 5,
+        "model_config": {"freeze_step": freeze_step, "layerdrop": 0.2},
+    }
+    straight = tiny_run_config(corpus, tmp_path / "straight", **overrides)
+    config = write_config(tmp_path, straight)
+    run_script(str(TRAIN_SCRIPT), [str(config)])
+
+    killed = tiny_run_config(corpus, tmp_path / "killed", **overrides)
+    (tmp_path / "killed_config").mkdir()
+    config = write_config(tmp_path / "killed_config", killed)
+    launcher = tmp_path / "kill_launcher.py"
+    launcher.write_text(KILL_LAUNCHER.format(train_script=str(TRAIN_SCRIPT)))
+    crashed = run_script(str(launcher), ["5", str(config)], check=False)
+    assert crashed.returncode == -9, crashed.stderr[-3000:]
+    assert (tmp_path / "killed" / "checkpoint-5").is_dir() and not (tmp_path / "killed" / "model.safetensors").exists()
+    resumed = run_script(str(TRAIN_SCRIPT), [str(config)])
+    assert "Resuming from" in resumed.stderr
+
+    expected = load_file(tmp_path / "straight" / "model.safetensors")
+    actual = load_file(tmp_path / "killed" / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key, value in expected.items():
+        assert torch.allclose(actual[key], value, rtol=0, atol=1e-6), key
+    if freeze_step < 5:
+        # Frozen from step 4: the feature encoder does not move after that, resumed or not
+        at_checkpoint = load_file(tmp_path / "killed" / "checkpoint-5" / "model.safetensors")
+        conv = "spidr.feature_extractor.conv_layers.0.conv.weight"
+        assert torch.equal(actual[conv], at_checkpoint[conv])
+        projection = "spidr.feature_projection.projection.weight"
+        assert torch.equal(actual[projection], at_checkpoint[projection])
+        assert not torch.equal(actual["heads.0.weight"], at_checkpoint["heads.0.weight"])
+
+
+RANK_LAUNCHER = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    import torch
+    from transformers import TrainerCallback
+
+    spec = importlib.util.spec_from_file_location("spidr_train", {train_script!r})
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    out = sys.argv[1]
+
+    class DumpState(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            torch.save(model.state_dict(), f"{{out}}/rank{{args.process_index}}.pt")
+            if args.process_index == 0:
+                with open(f"{{out}}/log_history.json", "w") as f:
+                    json.dump(state.log_history, f)
+
+    class Trainer(train.SpidrTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(DumpState())
+
+    train.SpidrTrainer = Trainer
+    train.main(sys.argv[2:])
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_keep_codebooks_and_teacher_identical(corpus, tmp_path):
+    from spidr_hf.data import BucketBatchSampler, DecodedSpeech, SpeechCollator, audio_lengths, load_audio_dataset
+
+    config = tiny_run_config(
+        corpus,
+        tmp_path / "run",
+        max_steps=3,
+        model_config={"hidden_dropout": 0.0, "attention_dropout": 0.0},
+    )
+    config_path = write_config(tmp_path, config)
+    launcher = tmp_path / "rank_launcher.py"
+    launcher.write_text(RANK_LAUNCHER.format(train_script=str(TRAIN_SCRIPT)))
+    accelerate = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    accelerate += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
+    run_script(str(launcher), [str(tmp_path), str(config_path)], launcher=accelerate)
+
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for key, value in rank0.items():
+        assert torch.equal(value, rank1[key]), key
+
+    # The first step's loss is the mean over the masked frames of both processes' batches
+    model_args, data_args, _ = train.parse_config([str(config_path)])
+    from transformers import set_seed
+
+    set_seed(0)
+    model = train.build_model(model_args).eval()
+    dataset = load_audio_dataset(str(corpus), "train")
+    sampler = BucketBatchSampler(
+        audio_lengths(dataset),
+        data_args.max_batch_samples,
+        data_args.min_samples,
+        data_args.max_samples,
+        num_buckets=data_args.num_buckets,
+        seed=0,
+    )
+    collator = SpeechCollator(model.config, data_args.min_samples, data_args.max_samples)
+    items = DecodedSpeech(dataset)
+    loss_sum, frames = 0.0, 0
+    for batch in list(sampler)[:2]:  # process r takes batch r
+        inputs = collator([items[key] for key in batch])
+        inputs.pop("num_skipped")
+        with torch.no_grad():
+            output = model(**inputs)
+        loss_sum += output.loss.item() * output.mask_time_indices.sum().item()
+        frames += output.mask_time_indices.sum().item()
+    first_loss = training_logs(json.loads((tmp_path / "log_history.json").read_text()))[0]["loss"]
+    assert first_loss == pytest.approx(loss_sum / frames, abs=1e-4)
+
+
+def write_wav(path: Path, samples: np.ndarray) -> None:
+    AudioEncoder(torch.from_numpy(samples).float()[None], sample_rate=16000).to_file(str(path))
+
+
+@pytest.mark.slow
+def test_unreadable_and_short_files_are_skipped_and_counted(corpus, tmp_path, caplog):
+    from datasets import load_from_disk
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    train_split = load_from_disk(str(corpus))["train"]
+    for index in range(8):
+        samples = train_split[index]["audio"].get_all_samples().data[0].numpy()
+        write_wav(folder / f"good{index}.wav", samples)
+    (folder / "garbage.wav").write_bytes(os.urandom(5000))  # no readable header
+    write_wav(folder / "short.wav", np.random.default_rng(0).standard_normal(800))  # 50 ms
+    write_wav(folder / "broken.flac", train_split[0]["audio"].get_all_samples().data[0].numpy())
+    data = bytearray((folder / "broken.flac").read_bytes())
+    for i in range(200, len(data)):  # a valid header, then corrupt frames: fails only when decoded
+        data[i] = (data[i] * 7 + 13) % 256
+    (folder / "broken.flac").write_bytes(bytes(data))
+
+    config = tiny_run_config(folder, tmp_path / "run", max_steps=-1, num_train_epochs=1)
+    trainer_log = []
+
+    class Recorder(train.SpidrTrainer):
+        def log(self, logs, start_time=None):
+            super().log(logs, start_time)
+            trainer_log.append(dict(logs))
+
+    original_trainer = train.SpidrTrainer
+    train.SpidrTrainer = Recorder
+    try:
+        with caplog.at_level(logging.WARNING):
+            train.main([str(write_config(tmp_path, config))])
+    finally:
+        train.SpidrTrainer = original_trainer
+    assert "Left out of training: 1 unreadable and 1 too short" in caplog.text
+    logs = training_logs(trainer_log)
+    assert logs[-1]["skipped_unreadable"] == 1  # broken.flac, found when decoding
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_tri_stage_schedule_matches_the_reference():
+    from spidr.config import OptimizerConfig
+    from spidr.optimizer import build_scheduler
+
+    from spidr_hf.trainer import tri_stage_schedule
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    reference_optimizer = torch.optim.SGD([parameter], lr=5e-4)
+    reference = build_scheduler(
+        reference_optimizer, OptimizerConfig(lr=5e-4, warmup_steps=7, hold_steps=11, decay_steps=13)
+    )
+    ours_optimizer = torch.optim.SGD([parameter], lr=5e-4)
+    ours = tri_stage_schedule(ours_optimizer, 7, 11, 13)
+    for _ in range(40):
+        assert ours.get_last_lr()[0] == pytest.approx(reference.get_last_lr()[0], rel=1e-12)
+        reference_optimizer.step()
+        ours_optimizer.step()
+        reference.step()
+        ours.step()
+
+
+def test_bucket_batches_are_bounded_deterministic_and_fixed_in_number():
+    from spidr_hf.data import UNREADABLE, BucketBatchSampler
+
+    lengths = np.random.default_rng(0).integers(1000, 40_000, size=300)
+    lengths[:3] = UNREADABLE
+    sampler = BucketBatchSampler(lengths, 100_000, 2_000, 32_000, num_buckets=10, seed=3)
+    assert sampler.num_dropped["unreadable"] == 3
+    assert sampler.num_dropped["too_short"] == int(((lengths >= 0) & (lengths < 2000)).sum())
+    first = list(sampler)
+    kept = sorted(index for batch in first for index, _ in batch)
+    assert kept == sorted(np.flatnonzero(lengths >= 2000).tolist())
+    for batch in first:
+        assert sum(min(lengths[index], 32_000) for index, _ in batch) <= 100_000
+        assert len({seed for _, seed in batch}) == 1
+    assert first == list(BucketBatchSampler(lengths, 100_000, 2_000, 32_000, num_buckets=10, seed=3))
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert len(second) == len(first) and second != first
+    padded = BucketBatchSampler(lengths, 100_000, 2_000, 32_000, num_buckets=10, seed=3, pad=True)
+    for batch in padded:
+        assert len(batch) * max(min(lengths[index], 32_000) for index, _ in batch) <= 100_000
+
+
+def test_collator_crops_to_the_shortest_and_masks_valid_frames_only():
+    from spidr_hf import SpidrConfig
+    from spidr_hf.data import SpeechCollator, SpeechItem
+
+    config = SpidrConfig(**TINY_CONFIG)
+    rng = np.random.default_rng(0)
+    items = [SpeechItem(rng.standard_normal(n).astype(np.float32), seed=7) for n in (9000, 12000, 7000)]
+    items.append(SpeechItem(None, seed=7, error="corrupt"))
+    items.append(SpeechItem(rng.standard_normal(100).astype(np.float32), seed=7))
+    cropped = SpeechCollator(config, min_samples=4000, max_samples=32000)(items)
+    assert cropped["input_values"].shape == (3, 7000)
+    assert "attention_mask" not in cropped
+    assert cropped["num_skipped"].tolist() == [1, 1, 0]
+    assert len(set(cropped["mask_time_indices"].sum(1).tolist())) == 1
+    # Each row is a window of its standardized utterance
+    for row, item in enumerate(items[:3]):
+        standardized = (item.audio - item.audio.mean()) / np.sqrt(item.audio.var() + 1e-5)
+        window = cropped["input_values"][row].numpy()
+        offsets = [
+            o for o in range(len(standardized) - 6999) if np.allclose(standardized[o : o + 7000], window, atol=1e-5)
+        ]
+        assert offsets
+    again = SpeechCollator(config, min_samples=4000, max_samples=32000)(items)
+    assert torch.equal(again["input_values"], cropped["input_values"])
+    assert torch.equal(again["mask_time_indices"], cropped["mask_time_indices"])
+
+    padded = SpeechCollator(config, min_samples=4000, max_samples=32000, pad=True)(items[:3])
+    assert padded["input_values"].shape == (3, 12000)
+    assert padded["attention_mask"].sum(1).tolist() == [9000, 12000, 7000]
+    frames = [int(n) for n in (27, 37, 21)]
+    for row, n in enumerate(frames):
+        assert not padded["mask_time_indices"][row, n:].any()
+
+
+def test_config_file_and_overrides(tmp_path):
+    config = tiny_run_config(Path("somewhere"), tmp_path / "run")
+    path = write_config(tmp_path, config)
+    model_args, data_args, training_args = train.parse_config(
+        [str(path), "--max_steps=7", "--model_config.num_hidden_layers=3", "--pad=true"]
+    )
+    assert training_args.max_steps == 7 and data_args.pad is True
+    assert model_args.model_config["num_hidden_layers"] == 3
+    assert train.build_model(model_args).config.num_hidden_layers == 3
+    with pytest.raises(SystemExit, match="--key=value"):
+        train.parse_config([str(path), "--max_steps", "7"])
+    with pytest.raises(ValueError):
+        train.parse_config([str(path), "--not_an_option=1"])
+    with pytest.raises(ValueError, match="num_codebooks"):
+        train.build_model(train.parse_config([str(path), "--model_config.num_codebooks=9"])[0])

@@ -1,0 +1,166 @@
+"""Pretrain SpidR or DinoSR on any Hugging Face `datasets` speech corpus.
+
+    accelerate launch training/train.py training/configs/spidr_base_librispeech.yaml
+    python training/train.py training/configs/quickstart_cpu.yaml --max_steps=50 --model_config.num_hidden_layers=2
+
+The config file (YAML or JSON) holds the fields of `ModelArguments`, `DataArguments` and `SpidrTrainingArguments`
+(transformers' `TrainingArguments` plus the LR schedule); `--key=value` arguments override it (dotted keys reach
+into `model_config`). A run whose `output_dir` holds checkpoints resumes from the last one.
+"""
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
+from spidr_hf.data import StreamingBatches, audio_lengths, load_audio_dataset
+from spidr_hf.trainer import SpidrTrainer, SpidrTrainingArguments
+
+logger = logging.getLogger("spidr_hf.train")
+
+
+@dataclass
+class ModelArguments:
+    objective: str = field(default="spidr", metadata={"help": "spidr or dinosr: the preset the config starts from."})
+    model_config: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "SpidrConfig fields overriding the preset, e.g. {hidden_size: 256}."}
+    )
+    init_from: str | None = field(
+        default=None, metadata={"help": "Start from this SpidrForPreTraining folder or Hub repo instead of scratch."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(
+        metadata={"help": "save_to_disk folder, audio folder, parquet file or Hub dataset name."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_split: str = field(default="train", metadata={"help": "Training split; 'a+b' concatenates splits."})
+    eval_split: str | None = field(default=None, metadata={"help": "Split for the periodic dev loss."})
+    audio_column: str = "audio"
+    streaming: bool = field(default=False, metadata={"help": "Stream the training split (needs max_steps)."})
+    streaming_buffer: int = field(default=2000, metadata={"help": "Utterances read at once to bucket a stream."})
+    max_batch_samples: int = field(default=3_800_000, metadata={"help": "Audio samples per batch and device."})
+    min_samples: int = field(default=2_000, metadata={"help": "Shorter utterances are dropped."})
+    max_samples: int = field(default=320_000, metadata={"help": "Longer utterances are cropped (20 s)."})
+    num_buckets: int = field(default=1000, metadata={"help": "Length buckets for batching."})
+    pad: bool = field(default=False, metadata={"help": "Pad batches with attention masks instead of cropping."})
+    length_num_proc: int | None = field(default=None, metadata={"help": "Processes reading the audio durations."})
+
+
+def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, SpidrTrainingArguments]:
+    """Read `CONFIG [--key=value ...]` into the three argument dataclasses."""
+    if not argv or argv[0].startswith("-"):
+        raise SystemExit(__doc__)
+    path = Path(argv[0])
+    if not path.is_file():
+        raise SystemExit(f"Config file {path} not found.")
+    values = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text()) or {}
+    for override in argv[1:]:
+        key, separator, raw = override.removeprefix("--").partition("=")
+        if not separator:
+            raise SystemExit(f"Overrides take the form --key=value, got {override!r}.")
+        target = values
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = yaml.safe_load(raw)
+    parser = HfArgumentParser((ModelArguments, DataArguments, SpidrTrainingArguments))
+    return parser.parse_dict(values, allow_extra_keys=False)
+
+
+def build_model(model_args: ModelArguments) -> SpidrForPreTraining:
+    if model_args.init_from:
+        return SpidrForPreTraining.from_pretrained(model_args.init_from)
+    if model_args.objective == "dinosr":
+        config = SpidrConfig.dinosr_base(**model_args.model_config)
+    else:
+        config = SpidrConfig(**{"objective": model_args.objective, **model_args.model_config})
+    return SpidrForPreTraining(config)
+
+
+def main(argv: list[str]) -> None:
+    model_args, data_args, training_args = parse_config(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(training_args.seed)
+    model = build_model(model_args)
+    if data_args.pad:
+        training_args.include_num_input_tokens_seen = "non_padding"  # audio hours without the padding
+    if training_args.max_steps > model.config.freeze_step and training_args.ddp_find_unused_parameters is None:
+        # The feature encoder stops receiving gradients at the freeze step, after DDP was set up
+        training_args.ddp_find_unused_parameters = True
+
+    train_dataset = load_audio_dataset(
+        data_args.dataset, data_args.train_split, data_args.dataset_config, data_args.audio_column, data_args.streaming
+    )
+    data_config = {
+        "audio_column": data_args.audio_column,
+        "max_batch_samples": data_args.max_batch_samples,
+        "min_samples": data_args.min_samples,
+        "max_samples": data_args.max_samples,
+        "num_buckets": data_args.num_buckets,
+        "pad": data_args.pad,
+    }
+    train_lengths = None
+    with training_args.main_process_first(desc="reading audio durations"):
+        if data_args.streaming:
+            if training_args.max_steps <= 0:
+                raise SystemExit("Streaming needs max_steps: the length of a stream is unknown.")
+            train_dataset = StreamingBatches(
+                _shard_for_this_process(train_dataset, training_args),
+                data_args.max_batch_samples,
+                data_args.min_samples,
+                data_args.max_samples,
+                audio_column=data_args.audio_column,
+                buffer_size=data_args.streaming_buffer,
+                seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+                pad=data_args.pad,
+            )
+        else:
+            train_lengths = audio_lengths(train_dataset, data_args.audio_column, data_args.length_num_proc)
+        eval_dataset = None
+        if data_args.eval_split:
+            eval_dataset = load_audio_dataset(
+                data_args.dataset, data_args.eval_split, data_args.dataset_config, data_args.audio_column
+            )
+            data_config["eval_lengths"] = audio_lengths(eval_dataset, data_args.audio_column, data_args.length_num_proc)
+
+    trainer = SpidrTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=SpidrFeatureExtractor(),
+        train_lengths=train_lengths,
+        data_config=data_config,
+    )
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and Path(training_args.output_dir).is_dir():
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint:
+            logger.info("Resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()  # Hub-ready: model, config with auto_map, code files, preprocessor config
+    if trainer.is_world_process_zero():
+        logger.info("Saved the pretrained model to %s", training_args.output_dir)
+
+
+def _shard_for_this_process(dataset, training_args: SpidrTrainingArguments):
+    """Each process reads its own part of a stream."""
+    if training_args.world_size == 1:
+        return dataset
+    from datasets.distributed import split_dataset_by_node
+
+    return split_dataset_by_node(dataset, rank=training_args.process_index, world_size=training_args.world_size)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
