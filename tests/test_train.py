@@ -425,3 +425,20 @@ def test_config_file_and_overrides(tmp_path):
         train.parse_config([str(path), "--not_an_option=1"])
     with pytest.raises(ValueError, match="num_codebooks"):
         train.build_model(train.parse_config([str(path), "--model_config.num_codebooks=9"])[0])
+
+
+@pytest.mark.parametrize("objective", ["spidr", "dinosr"])
+def test_paper_recipes(objective):
+    """The LibriSpeech configs hold the paper's recipe (bf16 and the fused optimizer need a GPU, hence the overrides)."""
+    path = ROOT / "training" / "configs" / f"{objective}_base_librispeech.yaml"
+    cpu = ["--bf16=false", "--torch_compile=false", "--optim=adamw_torch", "--use_cpu=true"]
+    model_args, data_args, args = train.parse_config([str(path), *cpu])
+    assert model_args.objective == objective and model_args.model_config == {}
+    assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (5e-4, 0.9, 0.95, 1e-6)
+    assert (args.weight_decay, args.max_grad_norm, args.max_steps) == (0.01, 10.0, 400_000)
+    assert (args.warmup_steps, args.lr_hold_steps, args.lr_decay_steps) == (12_000, 188_000, 200_000)
+    assert (data_args.max_batch_samples, data_args.min_samples, data_args.max_samples) == (3_800_000, 2_000, 320_000)
+    assert data_args.num_buckets == 1000 and data_args.pad is False
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="bf16"):
+            train.parse_config([str(path)])  # as written, the recipe needs a GPU
