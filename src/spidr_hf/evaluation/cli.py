@@ -1,0 +1,83 @@
+"""`spidr-hf evaluate MODEL_OR_DIR --dataset DIR`: ABX and unit quality, with log-mel and random-init baselines."""
+
+import argparse
+import re
+from pathlib import Path
+
+from .evaluator import UNIT_KINDS, evaluate_model
+from .report import format_table
+
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def parse_layers(text: str) -> list[int]:
+    """Layers from "6", "1-12" or "1-4,6,8-9"."""
+    layers = set()
+    for part in text.split(","):
+        match = _RANGE.fullmatch(part.strip())
+        if match is None:
+            raise argparse.ArgumentTypeError(f"bad layer list {text!r}: use e.g. 6, 1-12 or 1-4,6")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise argparse.ArgumentTypeError(f"bad layer range {part!r}")
+        layers.update(range(first, last + 1))
+    return sorted(layers)
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL_OR_DIR", help="Hub id or folder of a SpidR model")
+    parser.add_argument("--dataset", type=Path, required=True, help="corpus folder (from `spidr-hf corpus`)")
+    parser.add_argument("--layers", type=parse_layers, default=None, help="layers, e.g. 6 or 1-12 (default: all)")
+    parser.add_argument(
+        "--units",
+        nargs="+",
+        choices=UNIT_KINDS,
+        default=None,
+        help="discrete units to evaluate (default: codebook if the checkpoint has trained heads, else kmeans)",
+    )
+    parser.add_argument("--output", type=Path, default=Path("spidr-eval"), help="report folder (default: spidr-eval)")
+    parser.add_argument("--num-clusters", type=int, default=256, help="k-means clusters (default: 256)")
+    parser.add_argument(
+        "--kmeans-frames", type=int, default=30_000, help="train-split frames to fit k-means on (default: 30000)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default: 8)")
+    parser.add_argument("--max-utterances", type=int, default=None, help="evaluate a random subset of dev utterances")
+    parser.add_argument(
+        "--max-size-group",
+        type=_optional_int,
+        default=10,
+        help="ABX: at most this many tokens per (phone, context, speaker); 'none' for all (default: 10)",
+    )
+    parser.add_argument(
+        "--max-x-across",
+        type=_optional_int,
+        default=5,
+        help="ABX across-speaker: at most this many X speakers per cell group; 'none' for all (default: 5)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of subsampling, k-means and the random init")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = evaluate_model(
+        args.model,
+        args.dataset,
+        layers=args.layers,
+        units=args.units,
+        num_clusters=args.num_clusters,
+        kmeans_frames=args.kmeans_frames,
+        batch_size=args.batch_size,
+        max_utterances=args.max_utterances,
+        max_size_group=args.max_size_group,
+        max_x_across=args.max_x_across,
+        seed=args.seed,
+        device=args.device,
+        output_dir=args.output,
+    )
+    print(format_table(report))
+    print(f"Wrote {args.output / 'results.json'} and plots")
+    return 0

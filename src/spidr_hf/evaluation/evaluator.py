@@ -1,0 +1,306 @@
+"""Evaluate a SpidR model's layers and units on a phone-aligned corpus, beside log-mel and random-init baselines."""
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .abx import abx_error
+from .features import (
+    LogMelRepresentations,
+    ModelRepresentations,
+    Utterance,
+    batches,
+    fit_kmeans,
+    kmeans_training_frames,
+    load_random_audio,
+    load_split,
+)
+from .items import FRAME_RATE, ITEM_FILE, AbxItem, frame_span, num_frames, read_item_file
+from .units_quality import LABEL_RATE, UNIT_RATE, cooccurrence, frame_labels, units_quality
+
+logger = logging.getLogger(__name__)
+
+UNIT_KINDS = ("codebook", "kmeans")
+SPLIT = "dev"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Evaluation knobs shared by every system (see `evaluate_model`)."""
+
+    num_clusters: int
+    kmeans_frames: int
+    batch_size: int
+    max_size_group: int | None
+    max_x_across: int | None
+    seed: int
+
+    def __post_init__(self) -> None:
+        for name in ("num_clusters", "kmeans_frames", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class Tokens:
+    """ABX tokens of the dev utterances: utterance index and frame span, and labels."""
+
+    utterance: list[int]
+    start: list[int]
+    end: list[int]
+    phones: list[str]
+    contexts: list[tuple[str, str]]
+    speakers: list[str]
+
+    def __post_init__(self) -> None:
+        self._by_utterance: dict[int, list[int]] = {}
+        for token, utterance in enumerate(self.utterance):
+            self._by_utterance.setdefault(utterance, []).append(token)
+
+    def by_utterance(self, index: int) -> list[int]:
+        return self._by_utterance.get(index, [])
+
+
+def dev_tokens(utterances: Sequence[Utterance], items: Sequence[AbxItem], subset: bool) -> Tokens:
+    """Frame spans of the items; items of utterances left out by a `subset` are dropped, otherwise they are errors."""
+    index = {utterance.id: position for position, utterance in enumerate(utterances)}
+    fields: dict[str, list] = {name: [] for name in ("utterance", "start", "end", "phones", "contexts", "speakers")}
+    for item in items:
+        if item.file not in index:
+            if subset:
+                continue
+            raise ValueError(f"The item file names {item.file!r}, which is not in the {SPLIT} split")
+        position = index[item.file]
+        start, end = frame_span(item.onset, item.offset, FRAME_RATE)
+        if start >= end:
+            raise ValueError(f"Item {item.file} {item.onset} {item.offset} contains no 20 ms frame centre")
+        if end > num_frames(len(utterances[position].audio)):
+            raise ValueError(f"Item {item.file} {item.onset} {item.offset} extends beyond the audio of {item.file}")
+        for name, value in zip(
+            fields, (position, start, end, item.phone, (item.prev_phone, item.next_phone), item.speaker), strict=True
+        ):
+            fields[name].append(value)
+    if not fields["utterance"]:
+        raise ValueError("No ABX item falls in the evaluated utterances")
+    return Tokens(**fields)
+
+
+def check_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    """The requested 1-based layers, sorted (all of them when None); unknown layers are errors."""
+    if layers is None:
+        return list(range(1, num_layers + 1))
+    unknown = sorted({layer for layer in layers if not 1 <= layer <= num_layers})
+    if unknown or not layers:
+        raise ValueError(f"Unknown layer(s) {unknown or layers}: the model has layers 1 to {num_layers}")
+    return sorted(set(layers))
+
+
+def load_model(name: str | os.PathLike, units: Sequence[str] | None):
+    """
+    (model, student, feature extractor, unit kinds). The model is the SpidrForPreTraining (with the codebook heads)
+    when codebook units are evaluated, else the student SpidrModel. `units=None` picks codebook units when the
+    checkpoint has trained heads, k-means otherwise.
+    """
+    from transformers import AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
+
+    unknown = set(units or ()) - set(UNIT_KINDS)
+    if unknown:
+        raise ValueError(f"Unknown unit kind(s) {sorted(unknown)}: choose among {list(UNIT_KINDS)}")
+    try:
+        feature_extractor = AutoFeatureExtractor.from_pretrained(name)
+        if units is not None and "codebook" not in units:
+            model = AutoModel.from_pretrained(name, dtype=torch.float32)
+            return model, model, feature_extractor, list(units)
+        model, info = AutoModelForPreTraining.from_pretrained(name, dtype=torch.float32, output_loading_info=True)
+    except OSError as error:  # missing folder or files: one line for the command line
+        raise ValueError(f"Cannot load the model {name}: {error}") from error
+    has_heads = not any(key.startswith("heads.") for key in info["missing_keys"])
+    if units is None:
+        units = ["codebook"] if has_heads else ["kmeans"]
+    elif not has_heads:
+        raise ValueError(f"{name} has no trained codebook heads: evaluate k-means units (--units kmeans) instead")
+    if "codebook" in units:
+        return model, model.spidr, feature_extractor, list(units)
+    return model.spidr, model.spidr, feature_extractor, list(units)
+
+
+def evaluate_model(
+    model: str | os.PathLike,
+    dataset: str | os.PathLike,
+    *,
+    layers: Sequence[int] | None = None,
+    units: Sequence[str] | None = None,
+    num_clusters: int = 256,
+    kmeans_frames: int = 30_000,
+    batch_size: int = 8,
+    max_utterances: int | None = None,
+    max_size_group: int | None = 10,
+    max_x_across: int | None = 5,
+    seed: int = 0,
+    device: str | None = None,
+    output_dir: str | os.PathLike | None = None,
+) -> dict:
+    """
+    ABX (layer results and units) and unit quality on the dev split of `dataset` (a `spidr-hf corpus` folder or any
+    dataset saved the same way, with its `dev.item`), for the model, its random initialisation and log-mel features.
+
+    Returns `{"model", "dataset", "split", "num_abx_tokens", "results": [{"system", "representation", "layer",
+    "metric", "value"}, ...]}`; with `output_dir`, also writes it as results.json with PNG plots there.
+
+    Args:
+        layers: 1-based layers to evaluate (all by default).
+        units: "codebook" (argmax of the codebook heads) and/or "kmeans" (k-means on train-split layer results);
+            by default codebook units if the checkpoint has trained heads, else k-means.
+        num_clusters, kmeans_frames: k-means clusters, and train frames to fit them on.
+        batch_size: utterances per forward pass.
+        max_utterances: evaluate a seeded random subset of the dev utterances.
+        max_size_group, max_x_across, seed: ABX subsampling (see `abx_error`); the seed also draws the k-means
+            training utterances, the k-means initialisation and the random-init baseline.
+        device: torch device (default: cuda when available).
+    """
+    settings = Settings(num_clusters, kmeans_frames, batch_size, max_size_group, max_x_across, seed)
+    if max_utterances is not None and max_utterances < 1:
+        raise ValueError(f"max_utterances must be positive, got {max_utterances}")
+    model_obj, student, feature_extractor, unit_kinds = load_model(model, units)
+    layers = check_layers(layers, student.config.num_hidden_layers)
+    codebook_layers = []
+    if "codebook" in unit_kinds:
+        codebook_layers = [layer for layer in layers if layer in student.config.codebook_layers]
+        if not codebook_layers:
+            raise ValueError(
+                f"None of layers {layers} has a codebook head (layers with one: {list(student.config.codebook_layers)})"
+            )
+    dataset_dir = Path(dataset)
+    dev = load_split(dataset_dir, SPLIT, max_utterances, settings.seed)
+    tokens = dev_tokens(dev, read_item_file(dataset_dir / ITEM_FILE), subset=max_utterances is not None)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kmeans_audio = []
+    if "kmeans" in unit_kinds:
+        kmeans_audio = load_random_audio(dataset_dir, "train", settings.kmeans_frames / FRAME_RATE + 1, settings.seed)
+    torch.manual_seed(settings.seed)
+    random_init = type(model_obj)(model_obj.config)
+    systems = {
+        "model": ModelRepresentations(model_obj, feature_extractor, layers, codebook_layers, device),
+        "random_init": ModelRepresentations(random_init, feature_extractor, layers, codebook_layers, device),
+        "log_mel": LogMelRepresentations(),
+    }
+    num_units = {"codebook": student.config.codebook_size, "kmeans": settings.num_clusters}
+    results, cooccurrences = [], {}
+    for system, representations in systems.items():
+        system_results, system_cooccurrences = evaluate_system(
+            system, representations, dev, tokens, kmeans_audio, num_units, settings
+        )
+        results += system_results
+        cooccurrences.update(system_cooccurrences)
+    report = {
+        "model": str(model),
+        "dataset": str(dataset),
+        "split": SPLIT,
+        "num_abx_tokens": len(tokens.utterance),
+        "results": results,
+    }
+    if output_dir is not None:
+        from .report import write_report  # matplotlib only when a report is written
+
+        write_report(report, cooccurrences, Path(output_dir))
+    return report
+
+
+def evaluate_system(
+    system: str,
+    representations,
+    dev: Sequence[Utterance],
+    tokens: Tokens,
+    kmeans_audio: Sequence[np.ndarray],
+    num_units: dict[str, int],
+    settings: Settings,
+) -> tuple[list[dict], dict]:
+    """Result records of one system, and its phone x unit co-occurrences keyed by (system, representation, layer)."""
+    kmeans = _fit_kmeans(system, representations, kmeans_audio, settings) if kmeans_audio else {}
+    token_frames, unit_sequences = _dev_outputs(system, representations, dev, tokens, kmeans, settings.batch_size)
+    abx_options = {
+        "max_size_group": settings.max_size_group,
+        "max_x_across": settings.max_x_across,
+        "seed": settings.seed,
+    }
+    results = []
+    continuous = "log_mel" if system == "log_mel" else "layer_results"
+    for layer in tqdm(representations.layers, desc=f"{system}: ABX on features"):
+        scores = abx_error(token_frames.pop(layer), tokens.phones, tokens.contexts, tokens.speakers, **abx_options)
+        results += _records(system, continuous, layer, {f"abx_{mode}": value for mode, value in scores.items()})
+    cooccurrences = {}
+    for (kind, layer), sequences in tqdm(unit_sequences.items(), desc=f"{system}: ABX and quality of units"):
+        token_units = [
+            sequences[utterance][start:end]
+            for utterance, start, end in zip(tokens.utterance, tokens.start, tokens.end, strict=True)
+        ]
+        scores = abx_error(
+            token_units, tokens.phones, tokens.contexts, tokens.speakers, distance="identical", **abx_options
+        )
+        labels = [
+            frame_labels(utterance.phones, len(units) * LABEL_RATE // UNIT_RATE)
+            for utterance, units in zip(dev, sequences, strict=True)
+        ]
+        unit_lists = [units.numpy() for units in sequences]
+        metrics = {f"abx_{mode}": value for mode, value in scores.items()}
+        metrics.update(units_quality(unit_lists, labels, num_units[kind]))
+        results += _records(system, kind, layer, metrics)
+        cooccurrences[system, kind, layer] = cooccurrence(unit_lists, labels, num_units[kind])
+    return results, cooccurrences
+
+
+def _fit_kmeans(system: str, representations, audios: Sequence[np.ndarray], settings: Settings) -> dict:
+    """One k-means model per layer, fitted on train-split frames."""
+    frames = kmeans_training_frames(
+        representations, audios, settings.kmeans_frames, settings.batch_size, f"{system}: k-means features"
+    )
+    return {
+        layer: fit_kmeans(frames.pop(layer), settings.num_clusters, settings.seed)
+        for layer in tqdm(representations.layers, desc=f"{system}: fitting k-means")
+    }
+
+
+def _dev_outputs(
+    system: str, representations, dev: Sequence[Utterance], tokens: Tokens, kmeans: dict, batch_size: int
+) -> tuple[dict, dict]:
+    """
+    The frames of each ABX token by layer, and the unit sequence of each dev utterance by (unit kind, layer), from
+    one pass over the dev split.
+    """
+    token_frames = {layer: [None] * len(tokens.utterance) for layer in representations.layers}
+    unit_sequences = {("codebook", layer): [None] * len(dev) for layer in representations.codebook_layers}
+    unit_sequences |= {("kmeans", layer): [None] * len(dev) for layer in kmeans}
+    for batch in tqdm(list(batches(dev, batch_size)), desc=f"{system}: {SPLIT} features"):
+        output = representations([dev[index].audio for index in batch])
+        for position, index in enumerate(batch):
+            for layer in representations.layers:
+                features = output.features[layer][position]
+                for token in tokens.by_utterance(index):
+                    if tokens.end[token] > len(features):
+                        raise ValueError(f"An ABX item of {dev[index].id} ends beyond its {len(features)} frames")
+                    token_frames[layer][token] = features[tokens.start[token] : tokens.end[token]].clone()
+                if layer in kmeans:
+                    predicted = kmeans[layer].predict(features.numpy())
+                    unit_sequences["kmeans", layer][index] = torch.from_numpy(predicted.astype(np.int64))
+            for layer in representations.codebook_layers:
+                unit_sequences["codebook", layer][index] = output.units[layer][position]
+    return token_frames, unit_sequences
+
+
+def _records(system: str, representation: str, layer: int | None, metrics: dict[str, float]) -> list[dict]:
+    records = []
+    for metric, value in metrics.items():
+        if math.isnan(value):
+            logger.warning("%s %s layer %s: no %s (no triplet to score)", system, representation, layer, metric)
+            continue
+        records.append(
+            {"system": system, "representation": representation, "layer": layer, "metric": metric, "value": value}
+        )
+    return records

@@ -1,0 +1,222 @@
+"""Evaluation inputs: aligned utterances from a corpus, model layer results and codebook units, log-mel features."""
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers.audio_utils import mel_filter_bank
+
+from .items import HOP_SAMPLES, WINDOW_SAMPLES
+
+SAMPLING_RATE = 16000
+REQUIRED_COLUMNS = ("audio", "id", "speaker", "phones")
+_PHONE_KEYS = {"phone", "start", "end"}
+# Alignment times may exceed the audio by rounding only
+_ALIGNMENT_TOLERANCE = 0.01
+NUM_MEL_BINS = 80
+
+
+@dataclass
+class Utterance:
+    id: str
+    speaker: str
+    audio: np.ndarray  # 16 kHz mono float32
+    phones: list[dict]  # {"phone", "start", "end"} in seconds
+
+
+def _open_split(dataset_dir: str | os.PathLike, split: str):
+    """A split of a corpus saved with `save_to_disk`, checked for the needed columns, decoding to 16 kHz mono."""
+    from datasets import Audio, DatasetDict, load_from_disk
+
+    path = Path(dataset_dir)
+    if not (path / "dataset_dict.json").is_file():
+        raise ValueError(f"{path} is not a dataset saved with DatasetDict.save_to_disk (see `spidr-hf corpus`)")
+    corpus = load_from_disk(str(path))
+    if not isinstance(corpus, DatasetDict) or split not in corpus:
+        raise ValueError(f"{path} has no {split!r} split")
+    dataset = corpus[split]
+    missing = [column for column in REQUIRED_COLUMNS if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"The {split} split of {path} lacks the column(s) {', '.join(missing)}")
+    if len(dataset) == 0:
+        raise ValueError(f"The {split} split of {path} is empty")
+    dataset = dataset.select_columns(list(REQUIRED_COLUMNS))
+    return dataset.cast_column("audio", Audio(sampling_rate=SAMPLING_RATE, num_channels=1))
+
+
+def load_split(
+    dataset_dir: str | os.PathLike, split: str, max_utterances: int | None = None, seed: int = 0
+) -> list[Utterance]:
+    """Decode and check a split (all of it, or a seeded random subset of `max_utterances`), in dataset order."""
+    dataset = _open_split(dataset_dir, split)
+    if max_utterances is not None and max_utterances < len(dataset):
+        chosen = np.random.default_rng(seed).choice(len(dataset), max_utterances, replace=False)
+        dataset = dataset.select(sorted(chosen.tolist()))
+    utterances = [_utterance(row) for row in tqdm(dataset, desc=f"Loading {split}")]
+    ids = [utterance.id for utterance in utterances]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"The {split} split of {dataset_dir} has duplicate ids")
+    return utterances
+
+
+def load_random_audio(dataset_dir: str | os.PathLike, split: str, max_seconds: float, seed: int) -> list[np.ndarray]:
+    """Audio of randomly drawn utterances of a split, until they add up to `max_seconds` (or the split ends)."""
+    dataset = _open_split(dataset_dir, split)
+    audios, seconds = [], 0.0
+    for index in np.random.default_rng(seed).permutation(len(dataset)).tolist():
+        utterance = _utterance(dataset[index])
+        audios.append(utterance.audio)
+        seconds += len(utterance.audio) / SAMPLING_RATE
+        if seconds >= max_seconds:
+            break
+    return audios
+
+
+def _utterance(row: dict) -> Utterance:
+    phones = row["phones"]
+    if not isinstance(phones, list) or not all(isinstance(p, dict) and p.keys() >= _PHONE_KEYS for p in phones):
+        raise ValueError(f"Utterance {row['id']}: phones must be a list of {{'phone', 'start', 'end'}} records")
+    audio = row["audio"].get_all_samples().data[0].numpy()
+    utterance = Utterance(str(row["id"]), str(row["speaker"]), audio, phones)
+    check_alignment(utterance)
+    return utterance
+
+
+def check_alignment(utterance: Utterance) -> None:
+    """Phones must be in order, non-empty, and end within the audio."""
+    phones = utterance.phones
+    if not phones:
+        raise ValueError(f"Utterance {utterance.id} has no phones")
+    previous_end = 0.0
+    for phone in phones:
+        if not phone["start"] < phone["end"] or phone["start"] < previous_end - 1e-6:
+            raise ValueError(
+                f"Utterance {utterance.id}: phone {phone['phone']} [{phone['start']}, {phone['end']}] is out of order"
+            )
+        previous_end = phone["end"]
+    duration = len(utterance.audio) / SAMPLING_RATE
+    if previous_end > duration + _ALIGNMENT_TOLERANCE:
+        raise ValueError(
+            f"Utterance {utterance.id}: the alignment ends at {previous_end:.3f} s, after the audio ({duration:.3f} s)"
+        )
+
+
+def batches(utterances: Sequence[Utterance], batch_size: int) -> Iterator[list[int]]:
+    """Indices of utterances of similar lengths together (less padding), longest first."""
+    order = sorted(range(len(utterances)), key=lambda index: -len(utterances[index].audio))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+@dataclass
+class Representations:
+    """Per-utterance frame features `(frames, dim)` by layer, and codebook units `(frames,)` by layer."""
+
+    features: dict[int | None, list[torch.Tensor]]
+    units: dict[int, list[torch.Tensor]]
+
+
+class ModelRepresentations:
+    """Layer results (and codebook-head units) of a SpidR model, computed in padded batches."""
+
+    def __init__(self, model, feature_extractor, layers: Sequence[int], codebook_layers: Sequence[int], device):
+        """`model` is a SpidrModel, or a SpidrForPreTraining when `codebook_layers` is not empty."""
+        self.model = model.to(device).eval()
+        self.feature_extractor = feature_extractor
+        self.layers = list(layers)
+        self.codebook_layers = list(codebook_layers)
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, audios: Sequence[np.ndarray], with_units: bool = True) -> Representations:
+        inputs = self.feature_extractor(list(audios), sampling_rate=SAMPLING_RATE, return_tensors="pt").to(self.device)
+        student = getattr(self.model, "spidr", self.model)
+        lengths = student._get_feat_extract_output_lengths(inputs["attention_mask"].sum(-1)).tolist()
+        output = student(**inputs, output_layer_results=True)
+        features = {
+            layer: [output.layer_results[layer - 1][b, :length].float().cpu() for b, length in enumerate(lengths)]
+            for layer in self.layers
+        }
+        units = {}
+        for layer in self.codebook_layers if with_units else ():
+            logits = self._codebook_logits(output, layer)
+            units[layer] = [logits[b, :length].argmax(-1).cpu() for b, length in enumerate(lengths)]
+        return Representations(features, units)
+
+    def _codebook_logits(self, output, layer: int) -> torch.Tensor:
+        """
+        Logits of the codebook head of `layer` from the same forward pass as the features, the head reading what the
+        config documents (`SpidrConfig.objective`): the layer's result (SpidR) or the final output (DinoSR). The
+        tests check that these units equal `SpidrForPreTraining.get_units`.
+        """
+        config = self.model.config
+        head_input = output.layer_results[layer - 1] if config.objective == "spidr" else output.last_hidden_state
+        return self.model.heads[config.codebook_layers.index(layer)](head_input)
+
+
+def log_mel(audio: np.ndarray) -> torch.Tensor:
+    """
+    `(frames, 80)` log-mel energies on SpidR's frames (25 ms Hann window, 20 ms hop, no padding), each mel bin
+    standardized over the utterance so that angular distances compare spectral shapes.
+    """
+    filters = torch.from_numpy(_mel_filters()).float()
+    spectrum = torch.stft(
+        torch.from_numpy(audio).float(),
+        n_fft=WINDOW_SAMPLES,
+        hop_length=HOP_SAMPLES,
+        window=torch.hann_window(WINDOW_SAMPLES),
+        center=False,
+        return_complex=True,
+    )
+    energies = (spectrum.abs().square().T @ filters).clamp_min(1e-10).log()
+    return (energies - energies.mean(0)) / (energies.std(0, unbiased=False) + 1e-5)
+
+
+def _mel_filters() -> np.ndarray:
+    return mel_filter_bank(
+        num_frequency_bins=WINDOW_SAMPLES // 2 + 1,
+        num_mel_filters=NUM_MEL_BINS,
+        min_frequency=20.0,
+        max_frequency=SAMPLING_RATE / 2,
+        sampling_rate=SAMPLING_RATE,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+
+
+class LogMelRepresentations:
+    """The log-mel baseline, under layer None."""
+
+    layers = (None,)
+    codebook_layers = ()
+
+    def __call__(self, audios: Sequence[np.ndarray], with_units: bool = True) -> Representations:
+        return Representations({None: [log_mel(audio) for audio in audios]}, {})
+
+
+def kmeans_training_frames(
+    representations, audios: Sequence[np.ndarray], max_frames: int, batch_size: int, desc: str
+) -> dict[int | None, np.ndarray]:
+    """Up to `max_frames` frames of each layer of the representations of `audios`, for fitting k-means."""
+    frames: dict[int | None, list[np.ndarray]] = {layer: [] for layer in representations.layers}
+    for start in tqdm(range(0, len(audios), batch_size), desc=desc):
+        output = representations(audios[start : start + batch_size], with_units=False)
+        for layer in representations.layers:
+            frames[layer] += [features.numpy() for features in output.features[layer]]
+    return {layer: np.concatenate(chunks)[:max_frames] for layer, chunks in frames.items()}
+
+
+def fit_kmeans(frames: np.ndarray, num_clusters: int, seed: int):
+    """scikit-learn MiniBatchKMeans with `num_clusters` clusters (HuBERT and SpidR's unit recipe)."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    if len(frames) < num_clusters:
+        raise ValueError(
+            f"k-means needs at least --num-clusters ({num_clusters}) training frames, the train split gave "
+            f"{len(frames)}: use a bigger corpus or fewer clusters"
+        )
+    return MiniBatchKMeans(n_clusters=num_clusters, random_state=seed).fit(frames)

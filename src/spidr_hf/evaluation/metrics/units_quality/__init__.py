@@ -1,0 +1,1 @@
+"""The unit-quality `evaluate` metric module (units_quality.py); a package only so that it ships with spidr_hf."""

@@ -1,0 +1,160 @@
+"""Evaluation report: results.json, a text table and PNG plots (per-layer ABX and PNMI, phone x unit heatmap)."""
+
+import json
+import re
+from collections.abc import Hashable
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+METRICS = (
+    "abx_within",
+    "abx_across",
+    "pnmi",
+    "phone_purity",
+    "cluster_purity",
+    "codebook_perplexity",
+    "active_codewords",
+    "bitrate",
+)
+_FORMATS = {"abx_within": ".2f", "abx_across": ".2f", "active_codewords": ".0f", "codebook_perplexity": ".1f"}
+_FORMATS |= {"bitrate": ".1f", "pnmi": ".3f", "phone_purity": ".3f", "cluster_purity": ".3f"}
+# Phone classes of the CMU/ARPAbet set (flite's phones), in heatmap order; other phones come last
+PHONE_CLASSES = {
+    "vowel": ("iy", "ih", "ey", "eh", "ae", "aa", "ao", "ah", "ax", "uh", "uw", "ow", "er", "axr"),
+    "diphthong": ("ay", "aw", "oy"),
+    "stop": ("p", "b", "t", "d", "k", "g"),
+    "affricate": ("ch", "jh"),
+    "fricative": ("f", "v", "th", "dh", "s", "z", "sh", "zh", "hh"),
+    "nasal": ("m", "n", "ng"),
+    "liquid": ("l", "r"),
+    "glide": ("w", "y"),
+    "silence": ("pau", "sil", "sp"),
+}
+_PHONE_RANK = {phone: rank for rank, phone in enumerate(p for phones in PHONE_CLASSES.values() for p in phones)}
+_CLASS_OF = {phone: name for name, phones in PHONE_CLASSES.items() for phone in phones}
+Row = tuple[str, str, int | None]  # (system, representation, layer)
+
+
+def write_report(report: dict, cooccurrences: dict, output_dir: Path) -> None:
+    """results.json, abx.png, pnmi.png and a co-occurrence heatmap for the model's best-PNMI layer of each unit kind."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    results = report["results"]
+    plot_abx(results, output_dir / "abx.png")
+    plot_pnmi(results, output_dir / "pnmi.png")
+    for kind in ("codebook", "kmeans"):
+        scores = [r for r in results if (r["system"], r["representation"], r["metric"]) == ("model", kind, "pnmi")]
+        if scores:
+            best = max(scores, key=lambda record: record["value"])
+            phones, counts = cooccurrences["model", kind, best["layer"]]
+            title = f"{kind} units of layer {best['layer']}: P(phone | unit)"
+            plot_cooccurrence(phones, counts, output_dir / f"cooccurrence_{kind}_layer{best['layer']}.png", title)
+
+
+def _table(results: list[dict]) -> dict[Row, dict[str, float]]:
+    table: dict[Row, dict[str, float]] = {}
+    for record in results:
+        row = (record["system"], record["representation"], record["layer"])
+        table.setdefault(row, {})[record["metric"]] = record["value"]
+    return table
+
+
+def format_table(report: dict) -> str:
+    """The results as a fixed-width text table, one row per (system, representation, layer)."""
+    table = _table(report["results"])
+    metrics = [metric for metric in METRICS if any(metric in values for values in table.values())]
+    header = ["system", "representation", "layer", *metrics]
+    lines = [header]
+    for (system, representation, layer), values in table.items():
+        cells = [format(values[m], _FORMATS[m]) if m in values else "-" for m in metrics]
+        lines.append([system, representation, "-" if layer is None else str(layer), *cells])
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
+    text = ["  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in lines]
+    summary = f"{report['model']} on {report['dataset']} ({report['split']}, {report['num_abx_tokens']} ABX tokens)"
+    return "\n".join([summary, *text])
+
+
+def _series(results: list[dict], metric: str) -> dict[tuple[str, str], dict[int | None, float]]:
+    series: dict[tuple[str, str], dict[int | None, float]] = {}
+    for record in results:
+        if record["metric"] == metric:
+            series.setdefault((record["system"], record["representation"]), {})[record["layer"]] = record["value"]
+    return series
+
+
+def _plot_per_layer(axes, series: dict[tuple[str, str], dict[int | None, float]]) -> None:
+    """One line per (system, representation) over layers; layer-less baselines (log-mel) as horizontal lines."""
+    colors = iter(f"C{index}" for index in range(10))
+    for (system, representation), values in series.items():
+        color = next(colors)
+        label = f"{system} ({representation})"
+        if None in values:
+            axes.axhline(values[None], color=color, linestyle="--", label=label)
+        else:
+            layers = sorted(values)
+            axes.plot(layers, [values[layer] for layer in layers], marker="o", color=color, label=label)
+    axes.set_xlabel("layer")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+
+
+def plot_abx(results: list[dict], path: Path) -> None:
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    for axes, mode in zip(figure.subplots(1, 2, sharey=True), ("within", "across"), strict=True):
+        _plot_per_layer(axes, _series(results, f"abx_{mode}"))
+        axes.set_title(f"ABX error, {mode} speaker")
+        axes.set_ylabel("error (%)")
+    axes.legend(fontsize="small")
+    figure.savefig(path, dpi=120)
+
+
+def plot_pnmi(results: list[dict], path: Path) -> None:
+    figure = Figure(figsize=(6, 4.5), layout="constrained")
+    axes = figure.subplots()
+    _plot_per_layer(axes, _series(results, "pnmi"))
+    axes.set_title("Phone-normalized mutual information")
+    axes.set_ylabel("PNMI")
+    axes.legend(fontsize="small")
+    figure.savefig(path, dpi=120)
+
+
+def _base_phone(phone: Hashable) -> str:
+    """Lower case without stress digits, so that LibriSpeech-style labels (AH0) find their class."""
+    return re.sub(r"\d", "", str(phone)).lower()
+
+
+def phone_order(phones: list[Hashable]) -> list[int]:
+    """Indices of `phones` ordered by phone class (PHONE_CLASSES), unknown phones last in alphabetical order."""
+    return sorted(
+        range(len(phones)), key=lambda i: (_PHONE_RANK.get(_base_phone(phones[i]), len(_PHONE_RANK)), str(phones[i]))
+    )
+
+
+def plot_cooccurrence(phones: list[Hashable], counts: np.ndarray, path: Path, title: str) -> None:
+    """
+    Heatmap of P(phone | unit) for the units that occur: phones ordered by class, each unit placed under its most
+    likely phone, most specific first.
+    """
+    rows = phone_order(phones)
+    counts = counts[rows][:, counts.sum(0) > 0]
+    probs = counts / counts.sum(0, keepdims=True)
+    best = probs.argmax(0)
+    columns = sorted(range(probs.shape[1]), key=lambda unit: (best[unit], -probs[best[unit], unit]))
+    figure = Figure(figsize=(12, max(4.0, 0.18 * len(rows) + 1.5)), layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(probs[:, columns], aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+    labels = [str(phones[row]) for row in rows]
+    axes.set_yticks(range(len(labels)), labels, fontsize=7)
+    classes = [_CLASS_OF.get(_base_phone(label), "other") for label in labels]
+    for position in range(1, len(classes)):
+        if classes[position] != classes[position - 1]:
+            axes.axhline(position - 0.5, color="white", linewidth=0.8)
+    axes.set_xticks([])
+    axes.set_xlabel(f"{len(columns)} active units, grouped by most likely phone")
+    axes.set_ylabel("phone (by class)")
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, label="P(phone | unit)")
+    figure.savefig(path, dpi=120)
