@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-train}"
 
-# flite synthesizes the built-in corpus; FFmpeg is what torchcodec decodes audio with.
-packages=(flite ffmpeg)
+# flite synthesizes the built-in corpus from the sentences of `fortunes`; FFmpeg is what torchcodec decodes with.
+packages=(flite fortunes ffmpeg)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

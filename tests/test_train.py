@@ -429,7 +429,7 @@ def test_config_file_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("objective", ["spidr", "dinosr"])
 def test_paper_recipes(objective):
-    """The LibriSpeech configs hold the paper's recipe (bf16 and the fused optimizer need a GPU, hence the overrides)."""
+    """The LibriSpeech configs hold the paper recipe (bf16 and the fused optimizer need a GPU, hence the overrides)."""
     path = ROOT / "training" / "configs" / f"{objective}_base_librispeech.yaml"
     cpu = ["--bf16=false", "--torch_compile=false", "--optim=adamw_torch", "--use_cpu=true"]
     model_args, data_args, args = train.parse_config([str(path), *cpu])

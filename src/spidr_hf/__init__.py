@@ -2,7 +2,8 @@
 
 Importing this package registers the model with the Auto classes (`AutoConfig`, `AutoModel`,
 `AutoModelForPreTraining`, `AutoFeatureExtractor`) and marks the classes for remote code, so that
-`save_pretrained` writes an `auto_map` and the code files that `trust_remote_code=True` loads.
+`save_pretrained` writes an `auto_map` and the code files that `trust_remote_code=True` loads. It also registers the
+`spidr-features` and `spidr-units` pipeline tasks.
 """
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
@@ -10,6 +11,7 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelF
 from .configuration_spidr import SpidrConfig
 from .feature_extraction_spidr import SpidrFeatureExtractor
 from .modeling_spidr import SpidrForPreTraining, SpidrModel, SpidrPreTrainedModel, compute_span_mask
+from .pipeline_spidr import SpidrFeaturesPipeline, SpidrUnitsPipeline, register_pipelines
 
 AutoConfig.register(SpidrConfig.model_type, SpidrConfig, exist_ok=True)
 AutoModel.register(SpidrConfig, SpidrModel, exist_ok=True)
@@ -20,13 +22,16 @@ SpidrConfig.register_for_auto_class()
 SpidrModel.register_for_auto_class("AutoModel")
 SpidrForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 SpidrFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+register_pipelines()
 
 __version__ = "0.1.0"
 __all__ = [
     "SpidrConfig",
     "SpidrFeatureExtractor",
+    "SpidrFeaturesPipeline",
     "SpidrForPreTraining",
     "SpidrModel",
     "SpidrPreTrainedModel",
+    "SpidrUnitsPipeline",
     "compute_span_mask",
 ]

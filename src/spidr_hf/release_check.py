@@ -1,0 +1,50 @@
+"""
+Load a release folder the way a user without `spidr_hf` does, and run both pipelines on a probe signal.
+
+Run as a script in a fresh interpreter (`python -I release_check.py FOLDER PROBE.npy LAYER OUT.npz`): it makes
+`spidr_hf` unimportable first, so everything must come from the folder's remote code. It writes the features and units
+of the probe to OUT.npz for the caller to compare with the source model.
+"""
+
+import importlib.abc
+import importlib.machinery
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+
+class _HideSpidrHf(importlib.abc.MetaPathFinder):
+    """Refuse to import `spidr_hf`, wherever it is installed (editable or not)."""
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name == "spidr_hf" or name.startswith("spidr_hf."):
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden for the release check)", name=name)
+        return None
+
+
+def main(folder: str, probe_path: str, layer: int, output_path: str) -> None:
+    sys.meta_path.insert(0, _HideSpidrHf())
+    import numpy as np
+    from transformers import AutoFeatureExtractor, AutoModel, pipeline
+
+    loaded = {
+        "AutoModel": AutoModel.from_pretrained(folder, trust_remote_code=True),
+        "AutoFeatureExtractor": AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True),
+        "spidr-features": pipeline("spidr-features", model=folder, trust_remote_code=True, device="cpu"),
+        "spidr-units": pipeline("spidr-units", model=folder, trust_remote_code=True, device="cpu"),
+    }
+    for name, obj in loaded.items():
+        if not type(obj).__module__.startswith("transformers_modules."):
+            raise RuntimeError(f"{name} gave {type(obj).__module__}.{type(obj).__name__}, not the folder's code.")
+    probe = np.load(probe_path)
+    features = loaded["spidr-features"](probe, sampling_rate=16000, layer=layer)["features"]
+    units = loaded["spidr-units"](probe, sampling_rate=16000, layer=layer)["units"]
+    if any(name == "spidr_hf" or name.startswith("spidr_hf.") for name in sys.modules):
+        raise RuntimeError("spidr_hf was imported during the release check.")
+    np.savez(output_path, features=features, units=units)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])

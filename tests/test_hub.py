@@ -1,0 +1,489 @@
+"""`spidr-hf push`: the release folder, its loading without spidr_hf, the model card, and the upload calls."""
+
+import http.server
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import httpx2
+import huggingface_hub
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONFIG
+from huggingface_hub import CommitInfo, HfApi, ModelCard
+from huggingface_hub.errors import HfHubHTTPError
+from safetensors.torch import load_file
+from torchcodec.encoders import AudioEncoder
+
+from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrFeaturesPipeline, SpidrForPreTraining, SpidrUnitsPipeline
+from spidr_hf import push as push_module
+from spidr_hf.cli import main
+from spidr_hf.release import (
+    CardOptions,
+    check_release_folder,
+    load_evaluation,
+    load_source,
+    official_checkpoints,
+    render_model_card,
+)
+
+REPO_ID = "me/tiny-spidr"
+RELEASE_FILES = {
+    "README.md",
+    "config.json",
+    "configuration_spidr.py",
+    "feature_extraction_spidr.py",
+    "model.safetensors",
+    "modeling_spidr.py",
+    "pipeline_spidr.py",
+    "preprocessor_config.json",
+}
+# Run first in every clean subprocess: whatever the install (editable or not), `import spidr_hf` fails
+HIDE_SPIDR_HF = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class HideSpidrHf(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "spidr_hf":
+                raise ModuleNotFoundError(name)
+
+    sys.meta_path.insert(0, HideSpidrHf())
+    try:
+        import spidr_hf
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise AssertionError("spidr_hf is still importable")
+    """
+)
+EVALUATION = {
+    "model": "tiny",
+    "dataset": "spidr-hf-corpus",
+    "split": "dev",
+    "num_abx_tokens": 1234,
+    "results": [
+        {"system": "model", "representation": "layer_results", "layer": 3, "metric": "abx_within", "value": 7.125},
+        {"system": "model", "representation": "layer_results", "layer": 3, "metric": "abx_across", "value": 9.5},
+        {"system": "model", "representation": "codebook", "layer": 3, "metric": "pnmi", "value": 0.4321},
+        {"system": "model", "representation": "codebook", "layer": 3, "metric": "bitrate", "value": 210.4},
+        {"system": "random_init", "representation": "layer_results", "layer": 3, "metric": "abx_within", "value": 31.5},
+        {"system": "log_mel", "representation": "log_mel", "layer": None, "metric": "abx_within", "value": 21.25},
+    ],
+}
+
+
+def speech(seconds: float, rate: int = 16000) -> np.ndarray:
+    time = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(0).standard_normal(time.size)
+    return (0.4 * np.sin(2 * np.pi * (150 + 80 * time) * time) + 0.05 * noise).astype(np.float32)
+
+
+def run_clean_python(code: str, cwd: Path, **environment: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh isolated interpreter that cannot import spidr_hf; offline, with a fresh code cache."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(cwd / "modules"), **environment}
+    return subprocess.run(
+        [sys.executable, "-I", "-c", HIDE_SPIDR_HF + textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def source_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("source") / "model"
+    torch.manual_seed(0)
+    SpidrForPreTraining(SpidrConfig(**TINY_CONFIG)).save_pretrained(folder)
+    SpidrFeatureExtractor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evaluation_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("evaluation") / "results.json"
+    path.write_text(json.dumps(EVALUATION))
+    return path
+
+
+def push_arguments(source_dir: Path, *extra: str) -> list[str]:
+    return ["push", str(source_dir), "--repo-id", REPO_ID, "--license", "cc-by-4.0", *extra]
+
+
+@pytest.fixture(scope="module")
+def release_dir(tmp_path_factory, source_dir, evaluation_path) -> Path:
+    out = tmp_path_factory.mktemp("release") / "out"
+    extra = ["--dataset", "openslr/librispeech_asr", "--base-model", "me/base", "--evaluation", str(evaluation_path)]
+    assert main([*push_arguments(source_dir, *extra), "--dry-run", str(out)]) == 0
+    return out
+
+
+def test_dry_run_writes_the_release_folder(release_dir, source_dir):
+    assert {p.name for p in release_dir.iterdir()} == RELEASE_FILES
+    config = json.loads((release_dir / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_spidr.SpidrConfig",
+        "AutoModel": "modeling_spidr.SpidrModel",
+        "AutoModelForPreTraining": "modeling_spidr.SpidrForPreTraining",
+    }
+    assert config["custom_pipelines"] == {
+        "spidr-features": {"impl": "pipeline_spidr.SpidrFeaturesPipeline", "pt": ["AutoModel"]},
+        "spidr-units": {"impl": "pipeline_spidr.SpidrUnitsPipeline", "pt": ["AutoModelForPreTraining"]},
+    }
+    preprocessor = json.loads((release_dir / "preprocessor_config.json").read_text())
+    assert preprocessor["auto_map"] == {"AutoFeatureExtractor": "feature_extraction_spidr.SpidrFeatureExtractor"}
+    released, source = load_file(release_dir / "model.safetensors"), load_file(source_dir / "model.safetensors")
+    assert released.keys() == source.keys()
+    assert all(torch.equal(released[k], source[k]) for k in source)
+    assert (release_dir / "pipeline_spidr.py").read_text() == Path(inspect.getfile(SpidrFeaturesPipeline)).read_text()
+
+
+def test_dry_run_refuses_a_used_folder(source_dir, release_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*push_arguments(source_dir), "--dry-run", str(release_dir)])
+    assert exit_info.value.code == 2
+    assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_release_loads_through_pipelines_without_spidr_hf(release_dir, tmp_path):
+    folder = shutil.copytree(release_dir, tmp_path / "copied-release")
+    AudioEncoder(torch.from_numpy(speech(2.0))[None], sample_rate=16000).to_file(tmp_path / "speech.wav")
+    np.save(tmp_path / "audio_8k.npy", speech(1.5, rate=8000))
+    result = run_clean_python(
+        f"""
+        import numpy as np
+        from transformers import AutoFeatureExtractor, AutoModel, pipeline
+
+        folder = {str(folder)!r}
+        features = pipeline("spidr-features", model=folder, trust_remote_code=True, device="cpu")
+        units = pipeline("spidr-units", model=folder, trust_remote_code=True, device="cpu")
+        loaded = [
+            features, units, features.model, units.model, features.feature_extractor,
+            AutoModel.from_pretrained(folder, trust_remote_code=True),
+            AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True),
+        ]
+        for obj in loaded:
+            assert type(obj).__module__.startswith("transformers_modules."), type(obj)
+        audio_8k = np.load("audio_8k.npy")
+        np.savez(
+            "out.npz",
+            file_features=features("speech.wav", layer=3)["features"],
+            resampled_features=features(audio_8k, sampling_rate=8000, layer=4)["features"],
+            units=units("speech.wav", layer=4, deduplicate=True)["units"],
+        )
+        assert not [m for m in sys.modules if m.split(".")[0] == "spidr_hf"]
+        print(type(features).__name__, type(units.model).__name__)
+        """,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["SpidrFeaturesPipeline", "SpidrForPreTraining"]
+    # the same numbers as this package's own pipelines on the source model
+    model, feature_extractor = load_source(release_dir)
+    features = SpidrFeaturesPipeline(model=model, feature_extractor=feature_extractor, device="cpu")
+    units = SpidrUnitsPipeline(model=model, feature_extractor=feature_extractor, device="cpu")
+    released = np.load(tmp_path / "out.npz")
+    speech_path = str(tmp_path / "speech.wav")
+    np.testing.assert_allclose(released["file_features"], features(speech_path, layer=3)["features"], atol=1e-6)
+    resampled = features(speech(1.5, rate=8000), sampling_rate=8000, layer=4)["features"]
+    np.testing.assert_allclose(released["resampled_features"], resampled, atol=1e-6)
+    np.testing.assert_array_equal(released["units"], units(speech_path, layer=4, deduplicate=True)["units"])
+
+
+def test_card_metadata(release_dir):
+    card = ModelCard.load(release_dir / "README.md")
+    data = card.data
+    assert data.library_name == "transformers"
+    assert data.pipeline_tag == "feature-extraction"
+    assert data.license == "cc-by-4.0"
+    assert data.datasets == ["openslr/librispeech_asr"]
+    assert data.base_model == "me/base"
+    assert {"speech", "audio", "self-supervised-learning", "spidr"} <= set(data.tags)
+    # model-index: the model's own ABX and PNMI figures only, not the baselines nor the other metrics
+    indexed = {(r.metric_type, r.metric_value, r.dataset_name, r.dataset_split) for r in data.eval_results}
+    assert indexed == {
+        ("abx_within", 7.125, "spidr-hf-corpus", "dev"),
+        ("abx_across", 9.5, "spidr-hf-corpus", "dev"),
+        ("pnmi", 0.4321, "spidr-hf-corpus", "dev"),
+    }
+    assert data.model_name == REPO_ID
+    # the table shows everything, baselines included
+    assert "| random_init | layer_results | 3 | 31.50 |" in card.text
+    assert "| log_mel | log_mel | - | 21.25 |" in card.text
+    assert "| model | codebook | 3 | - | - | 0.432 | 210.4 |" in card.text
+    assert "1234 ABX tokens" in card.text
+
+
+def test_card_snippets_run(release_dir, tmp_path):
+    """Each Python block of the card, verbatim, against the repository id served from an offline Hub cache."""
+    snippets = re.findall(r"```python\n(.*?)```", (release_dir / "README.md").read_text(), flags=re.DOTALL)
+    assert len(snippets) == 3 and all(f'"{REPO_ID}"' in s for s in snippets)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_cache = tmp_path / "hub" / f"models--{REPO_ID.replace('/', '--')}"
+    shutil.copytree(release_dir, repo_cache / "snapshots" / commit)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(commit)
+    AudioEncoder(torch.from_numpy(speech(3.0))[None], sample_rate=16000).to_file(tmp_path / "speech.wav")
+    code = "\n".join(f"exec({snippet!r}, {{}})\nprint('--- snippet done')" for snippet in snippets)
+    result = run_clean_python(code, cwd=tmp_path, HF_HUB_CACHE=str(tmp_path / "hub"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("--- snippet done") == 3
+    assert "(149, 64)" in result.stdout  # 3 s of audio: 149 frames of 64 features
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("spidr-base", SpidrConfig()),
+        ("dinosr-base-reproduced", SpidrConfig.dinosr_base()),
+        ("dinosr-original", SpidrConfig.dinosr_base(qkv_bias=True)),
+    ],
+)
+def test_official_cards(tmp_path, name, config):
+    entry = official_checkpoints()[name]
+    render_model_card(config, CardOptions(repo_id="org/" + name, official=name)).save(tmp_path / "README.md")
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.license == "cc-by-nc-4.0"
+    assert card.data.datasets == ["openslr/librispeech_asr"]
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "feature-extraction"
+    assert card.data.tags[-1] == config.objective
+    text = card.text
+    assert f"<{entry['source']}>" in text
+    assert "CC BY-NC 4.0" in text
+    assert "16 kHz mono" in text and "standardized" in text
+    assert "arXiv 2512.20308" in text and "poli2025spidr" in text
+    assert ("liu2023dinosr" in text) == (config.objective == "dinosr")
+    assert f"layer={entry['layer']}" in text
+    for row in entry["published"]:
+        assert f"| {row['units']} | {row['abx_within']:.2f} | {row['abx_across']:.2f} | {row['pnmi']:.3f} |" in text
+
+
+def test_official_card_must_fit_the_model():
+    with pytest.raises(ValueError, match="not the spidr-base checkpoint: objective='dinosr'"):
+        render_model_card(SpidrConfig.dinosr_base(), CardOptions(repo_id=REPO_ID, official="spidr-base"))
+    with pytest.raises(ValueError, match="qkv_bias=False"):
+        render_model_card(SpidrConfig.dinosr_base(), CardOptions(repo_id=REPO_ID, official="dinosr-original"))
+    with pytest.raises(ValueError, match=r"spidr-base weights are cc-by-nc-4\.0, not mit"):
+        render_model_card(SpidrConfig(), CardOptions(repo_id=REPO_ID, official="spidr-base", license="mit"))
+
+
+def test_card_needs_a_license():
+    with pytest.raises(ValueError, match="--license"):
+        render_model_card(SpidrConfig(**TINY_CONFIG), CardOptions(repo_id=REPO_ID))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda e: e.pop("num_abx_tokens"), "'num_abx_tokens' must be a int"),
+        (lambda e: e["results"][0].update(metric="wer"), r"results\[0\]: 'metric' must be one of"),
+        (lambda e: e["results"][1].update(system="hubert"), r"results\[1\]: 'system'"),
+        (lambda e: e["results"][2].update(value="0.4"), r"results\[2\]: 'value' must be a number"),
+        (lambda e: e["results"][3].update(layer="6"), r"results\[3\]: 'layer'"),
+    ],
+)
+def test_bad_evaluation_json(tmp_path, change, match):
+    evaluation = json.loads(json.dumps(EVALUATION))
+    change(evaluation)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(evaluation))
+    with pytest.raises(ValueError, match=match):
+        load_evaluation(path)
+
+
+def test_source_must_be_a_full_spidr_model(tmp_path):
+    torch.manual_seed(0)
+    SpidrForPreTraining(SpidrConfig(**TINY_CONFIG)).spidr.save_pretrained(tmp_path / "student")
+    with pytest.raises(ValueError, match=r"lacks \d+ weights of the full model"):
+        load_source(tmp_path / "student")
+    with pytest.raises(ValueError, match="not a saved model folder"):
+        load_source(tmp_path)
+
+
+def test_release_check_catches_broken_folders(release_dir, tmp_path):
+    model, feature_extractor = load_source(release_dir)
+    no_pipelines = shutil.copytree(release_dir, tmp_path / "no-pipelines")
+    (no_pipelines / "pipeline_spidr.py").unlink()
+    with pytest.raises(ValueError, match="does not load without spidr_hf"):
+        check_release_folder(no_pipelines, model, feature_extractor, layer=3)
+    other_weights = shutil.copytree(release_dir, tmp_path / "other-weights")
+    state = load_file(other_weights / "model.safetensors")
+    torch.manual_seed(1)
+    state["spidr.encoder.layers.0.feed_forward.output_dense.weight"] += 0.01 * torch.randn(64, 128)
+    huggingface_hub.save_torch_state_dict(state, other_weights)
+    with pytest.raises(ValueError, match="other features than the source model"):
+        check_release_folder(other_weights, model, feature_extractor, layer=3)
+
+
+class RecordingHfApi:
+    """Stands for `HfApi`: records the calls (checked against HfApi's real signatures) and the uploaded files."""
+
+    instances: list["RecordingHfApi"] = []
+
+    def __init__(self, token: str | None = None, fail_on: str | None = None):
+        self.token, self.fail_on, self.calls, self.uploaded = token, fail_on, [], {}
+        RecordingHfApi.instances.append(self)
+
+    def _record(self, method: str, *args, **kwargs) -> None:
+        bound = inspect.signature(getattr(HfApi, method)).bind(self, *args, **kwargs)
+        self.calls.append((method, {k: v for k, v in bound.arguments.items() if k != "self"}))
+        if method == self.fail_on:
+            request = httpx2.Request("POST", f"https://huggingface.co/api/{method}")
+            raise HfHubHTTPError("500 Server Error: boom", response=httpx2.Response(500, request=request))
+
+    def whoami(self, *args, **kwargs) -> dict:
+        self._record("whoami", *args, **kwargs)
+        return {"name": "me"}
+
+    def create_repo(self, *args, **kwargs) -> None:
+        self._record("create_repo", *args, **kwargs)
+
+    def create_branch(self, *args, **kwargs) -> None:
+        self._record("create_branch", *args, **kwargs)
+
+    def upload_folder(self, *args, **kwargs) -> CommitInfo:
+        self._record("upload_folder", *args, **kwargs)
+        folder = Path(self.calls[-1][1]["folder_path"])
+        self.uploaded = {p.name: p.read_bytes() for p in folder.iterdir()}
+        create_pr = self.calls[-1][1].get("create_pr")
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{REPO_ID}/commit/{'a' * 40}",
+            commit_message=kwargs.get("commit_message", ""),
+            commit_description="",
+            oid="a" * 40,
+            pr_url=f"https://huggingface.co/{REPO_ID}/discussions/7" if create_pr else None,
+        )
+
+
+@pytest.fixture
+def recording_api(monkeypatch) -> Iterator[type[RecordingHfApi]]:
+    RecordingHfApi.instances = []
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setattr(push_module, "HfApi", RecordingHfApi)
+    yield RecordingHfApi
+
+
+def test_push_uploads_the_checked_folder(source_dir, release_dir, recording_api, capsys):
+    assert main([*push_arguments(source_dir), "--private", "--revision", "v1"]) == 0
+    (api,) = recording_api.instances
+    assert api.token == "hf_test_token"
+    assert [name for name, _ in api.calls] == ["whoami", "create_repo", "create_branch", "upload_folder"]
+    assert api.calls[1][1] == {"repo_id": REPO_ID, "private": True, "exist_ok": True}
+    assert api.calls[2][1] == {"repo_id": REPO_ID, "branch": "v1", "exist_ok": True}
+    upload = api.calls[3][1]
+    assert {k: v for k, v in upload.items() if k != "folder_path"} == {
+        "repo_id": REPO_ID,
+        "revision": "v1",
+        "create_pr": False,
+        "commit_message": "Upload SpidR model with spidr-hf",
+    }
+    assert set(api.uploaded) == RELEASE_FILES
+    for name in RELEASE_FILES - {"README.md"}:  # the same files as the dry run (whose card has more options)
+        assert api.uploaded[name] == (release_dir / name).read_bytes(), name
+    assert not Path(upload["folder_path"]).exists()  # the staging folder is cleaned up
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .endswith(f"Uploaded {REPO_ID}: https://huggingface.co/{REPO_ID}/commit/{'a' * 40}")
+    )
+
+
+def test_push_as_pull_request(release_dir, recording_api):
+    api = recording_api()
+    commit = push_module.upload_release(api, release_dir, REPO_ID, private=False, revision=None, create_pr=True)
+    assert commit.pr_url == f"https://huggingface.co/{REPO_ID}/discussions/7"
+    assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
+    assert api.calls[0][1] == {"repo_id": REPO_ID, "private": None, "exist_ok": True}  # the account's default
+    assert api.calls[1][1]["create_pr"] is True and api.calls[1][1]["revision"] is None
+
+
+def test_failed_upload_is_not_reported_done(source_dir, recording_api, monkeypatch, capsys):
+    monkeypatch.setattr(push_module, "HfApi", partial(RecordingHfApi, fail_on="upload_folder"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(push_arguments(source_dir))
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert "Uploaded" not in out
+    assert f"Uploading to {REPO_ID} failed: 500 Server Error: boom; nothing was committed to {REPO_ID}." in err
+    assert [name for name, _ in recording_api.instances[0].calls] == ["whoami", "create_repo", "upload_folder"]
+
+
+def test_failed_repository_creation(release_dir, recording_api):
+    api = recording_api(fail_on="create_repo")
+    with pytest.raises(push_module.PushError, match=f"Creating the repository {REPO_ID} failed.*nothing was uploaded"):
+        push_module.upload_release(api, release_dir, REPO_ID, private=False, revision=None, create_pr=False)
+    assert [name for name, _ in api.calls] == ["create_repo"]
+
+
+@pytest.mark.parametrize("repo_id", ["bad id", "just-a-name", "org/na--me", "a/b/c"])
+def test_bad_repo_id_fails_before_anything(source_dir, recording_api, repo_id, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", str(source_dir), "--repo-id", repo_id, "--license", "mit"])
+    assert exit_info.value.code == 2
+    assert "--repo-id" in capsys.readouterr().err
+    assert recording_api.instances == []
+
+
+def test_missing_token_fails_before_anything(source_dir, recording_api, monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(push_arguments(source_dir))
+    assert exit_info.value.code == 2
+    assert "No Hugging Face token: run `hf auth login` or set HF_TOKEN" in capsys.readouterr().err
+    assert recording_api.instances == []
+
+
+@pytest.fixture
+def hub_that_rejects_tokens() -> Iterator[str]:
+    """A local HTTP server answering every request like the Hub does for an invalid token."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"error": "Invalid credentials in Authorization header"}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "reason"),
+    [("rejecting", "Invalid user token"), ("http://127.0.0.1:9", "Connection refused")],  # a 401 server; a closed port
+)
+def test_network_and_token_failures_with_the_real_client(
+    source_dir, monkeypatch, capsys, hub_that_rejects_tokens, endpoint, reason
+):
+    endpoint = hub_that_rejects_tokens if endpoint == "rejecting" else endpoint
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # talk to the local endpoint only
+    monkeypatch.setenv("HF_TOKEN", "hf_invalid")
+    monkeypatch.setattr(push_module, "HfApi", partial(HfApi, endpoint=endpoint))
+    with pytest.raises(SystemExit) as exit_info:
+        main(push_arguments(source_dir))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spidr-hf push: error: Checking the Hugging Face token failed: ")
+    assert reason in err and err.strip().endswith("nothing was uploaded.")
