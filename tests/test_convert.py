@@ -170,12 +170,15 @@ def test_destination_must_be_new_or_empty(reference_checkpoint, tmp_path):
     _, path = reference_checkpoint
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(ConversionError, match="not empty"):
+    with pytest.raises(ValueError, match="not an empty folder"):
         convert(path, tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
     (tmp_path / "empty").mkdir()
     convert(path, tmp_path / "empty")
-    assert {p.name for p in (tmp_path / "empty").iterdir()} >= {"config.json", "model.safetensors", "modeling_spidr.py"}
+    written = {p.name for p in (tmp_path / "empty").iterdir()}
+    assert written >= {"config.json", "model.safetensors", "modeling_spidr.py", "pipeline_spidr.py"}
+    config = json.loads((tmp_path / "empty" / "config.json").read_text())
+    assert set(config["custom_pipelines"]) == {"spidr-features", "spidr-units"}
 
 
 def test_model_type_must_agree_with_the_run_config(reference_checkpoint, tmp_path):

@@ -255,13 +255,15 @@ def test_official_cards(tmp_path, name, config):
     entry = official_checkpoints()[name]
     render_model_card(config, CardOptions(repo_id="org/" + name, official=name)).save(tmp_path / "README.md")
     card = ModelCard.load(tmp_path / "README.md")
-    assert card.data.license == "cc-by-nc-4.0"
+    # Meta released SpidR base and the reproduced DinoSR under CC BY-NC 4.0; the original DinoSR terms are its authors'
+    assert card.data.license == ("other" if name == "dinosr-original" else "cc-by-nc-4.0")
     assert card.data.datasets == ["openslr/librispeech_asr"]
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "feature-extraction"
     assert card.data.tags[-1] == config.objective
     text = card.text
     assert f"<{entry['source']}>" in text
-    assert "CC BY-NC 4.0" in text
+    assert entry["license_note"] in text
+    assert ("CC BY-NC 4.0" in text) == (name != "dinosr-original")
     assert "16 kHz mono" in text and "standardized" in text
     assert "arXiv 2512.20308" in text and "poli2025spidr" in text
     assert ("liu2023dinosr" in text) == (config.objective == "dinosr")

@@ -414,9 +414,9 @@ def test_config_file_and_overrides(tmp_path):
     config = tiny_run_config(Path("somewhere"), tmp_path / "run")
     path = write_config(tmp_path, config)
     model_args, data_args, training_args = train.parse_config(
-        [str(path), "--max_steps=7", "--model_config.num_hidden_layers=3", "--pad=true"]
+        [str(path), "--max_steps=7", "--model_config.num_hidden_layers=3", "--pad=true", "--save_strategy=no"]
     )
-    assert training_args.max_steps == 7 and data_args.pad is True
+    assert training_args.max_steps == 7 and data_args.pad is True and training_args.save_strategy == "no"
     assert model_args.model_config["num_hidden_layers"] == 3
     assert train.build_model(model_args).config.num_hidden_layers == 3
     with pytest.raises(SystemExit, match="--key=value"):

@@ -5,7 +5,7 @@
 
 The config file (YAML or JSON) holds the fields of `ModelArguments`, `DataArguments` and `SpidrTrainingArguments`
 (transformers' `TrainingArguments` plus the LR schedule); `--key=value` arguments override it (dotted keys reach
-into `model_config`). A run whose `output_dir` holds checkpoints resumes from the last one.
+into `model_config`; values are read as JSON, or else as strings). A run whose `output_dir` holds checkpoints resumes from the last one.
 """
 
 import json
@@ -72,9 +72,17 @@ def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, SpidrT
         *parents, leaf = key.split(".")
         for parent in parents:
             target = target.setdefault(parent, {})
-        target[leaf] = yaml.safe_load(raw)
+        target[leaf] = _parse_override(raw)
     parser = HfArgumentParser((ModelArguments, DataArguments, SpidrTrainingArguments))
     return parser.parse_dict(values, allow_extra_keys=False)
+
+
+def _parse_override(raw: str) -> Any:
+    """JSON values (numbers, true/false, lists), anything else as a string: `--save_strategy=no` stays "no"."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return {"true": True, "false": False}.get(raw.lower(), raw)
 
 
 def build_model(model_args: ModelArguments) -> SpidrForPreTraining:

@@ -4,8 +4,6 @@ import argparse
 import json
 import pickle
 import re
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +14,7 @@ import torch
 from .configuration_spidr import OBJECTIVES, SpidrConfig
 from .feature_extraction_spidr import SpidrFeatureExtractor
 from .modeling_spidr import SpidrForPreTraining
+from .release import write_release_folder
 
 
 class ConversionError(ValueError):
@@ -263,24 +262,10 @@ def load_original_model(source: str | Path, model_type: str | None = None) -> Sp
     return model.eval()
 
 
-def save_release_folder(model: SpidrForPreTraining, destination: str | Path) -> Path:
-    """Write model, config (with auto_map), feature extractor config and code files; all or nothing."""
-    destination = Path(destination)
-    if destination.exists() and any(destination.iterdir()):
-        raise ConversionError(f"{destination} exists and is not empty; choose a new folder.")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=f".{destination.name}.") as staging:
-        model.save_pretrained(staging)
-        SpidrFeatureExtractor().save_pretrained(staging)
-        if destination.exists():
-            destination.rmdir()
-        shutil.move(staging, destination)
-        Path(staging).mkdir()  # the context manager removes it again
-    return destination
-
-
 def convert(source: str | Path, destination: str | Path, model_type: str | None = None) -> Path:
-    return save_release_folder(load_original_model(source, model_type), destination)
+    """Write a Hub-ready folder (weights, configs, code files, pipelines; `spidr-hf push` adds the card)."""
+    model = load_original_model(source, model_type)
+    return write_release_folder(model, SpidrFeatureExtractor(), None, Path(destination))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -252,9 +252,9 @@ def load_source(model_dir: Path) -> tuple[SpidrForPreTraining, SpidrFeatureExtra
 
 
 def write_release_folder(
-    model: SpidrForPreTraining, feature_extractor: SpidrFeatureExtractor, card: ModelCard, destination: Path
+    model: SpidrForPreTraining, feature_extractor: SpidrFeatureExtractor, card: ModelCard | None, destination: Path
 ) -> Path:
-    """Write weights, configs, code files (pipelines included) and README.md; all or nothing."""
+    """Write weights, configs, code files (pipelines included) and the card as README.md; all or nothing."""
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise ValueError(f"{destination} exists and is not an empty folder; choose a new one.")
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +263,8 @@ def write_release_folder(
         model.save_pretrained(staging)
         feature_extractor.save_pretrained(staging)
         custom_object_save(SpidrFeaturesPipeline, staging)  # copies pipeline_spidr.py (and what it imports)
-        card.save(Path(staging) / "README.md")
+        if card is not None:
+            card.save(Path(staging) / "README.md")
         if destination.exists():
             destination.rmdir()
         shutil.move(staging, destination)
