@@ -22,6 +22,7 @@ from transformers.dynamic_module_utils import custom_object_save
 
 from . import release_check
 from .configuration_spidr import SpidrConfig
+from .evaluation.schema import METRICS, REPRESENTATIONS, SYSTEMS
 from .feature_extraction_spidr import SpidrFeatureExtractor
 from .modeling_spidr import SpidrForPreTraining
 from .pipeline_spidr import (
@@ -39,19 +40,6 @@ CARD_TAGS = ["audio", "speech", "self-supervised-learning", "speech-representati
 PROBE_SECONDS = 2.0
 CHECK_TIMEOUT_S = 900
 
-# Evaluation JSON (`spidr-hf evaluate`): metric -> (name in the card, value format)
-EVALUATION_METRICS = {
-    "abx_within": ("ABX within (%)", "{:.2f}"),
-    "abx_across": ("ABX across (%)", "{:.2f}"),
-    "pnmi": ("PNMI", "{:.3f}"),
-    "phone_purity": ("phone purity", "{:.3f}"),
-    "cluster_purity": ("cluster purity", "{:.3f}"),
-    "codebook_perplexity": ("codebook perplexity", "{:.1f}"),
-    "active_codewords": ("active codewords", "{:.0f}"),
-    "bitrate": ("bitrate (bit/s)", "{:.1f}"),
-}
-EVALUATION_SYSTEMS = ("model", "random_init", "log_mel")
-EVALUATION_REPRESENTATIONS = ("layer_results", "codebook", "kmeans", "log_mel")
 MODEL_INDEX_METRICS = ("abx_within", "abx_across", "pnmi")  # the unit-quality figures the paper reports
 
 
@@ -117,9 +105,9 @@ def load_evaluation(path: Path) -> dict[str, Any]:
 
 def _check_result_row(row: Any, where: str) -> None:
     choices = {
-        "system": EVALUATION_SYSTEMS,
-        "representation": EVALUATION_REPRESENTATIONS,
-        "metric": tuple(EVALUATION_METRICS),
+        "system": SYSTEMS,
+        "representation": REPRESENTATIONS,
+        "metric": tuple(METRICS),
     }
     if not isinstance(row, dict):
         raise ValueError(f"{where} must be an object, got {row!r}.")
@@ -134,7 +122,7 @@ def _check_result_row(row: Any, where: str) -> None:
 
 def evaluation_table(evaluation: dict[str, Any]) -> dict[str, Any]:
     """One row per (system, representation, layer), one column per metric, in the JSON's order."""
-    metrics = [m for m in EVALUATION_METRICS if any(r["metric"] == m for r in evaluation["results"])]
+    metrics = [m for m in METRICS if any(r["metric"] == m for r in evaluation["results"])]
     cells: dict[tuple[str, str, Any], dict[str, float]] = {}
     for result in evaluation["results"]:
         key = (result["system"], result["representation"], result["layer"])
@@ -144,7 +132,7 @@ def evaluation_table(evaluation: dict[str, Any]) -> dict[str, Any]:
             "system": system,
             "representation": representation,
             "layer": "-" if layer is None else layer,
-            "cells": [EVALUATION_METRICS[m][1].format(values[m]) if m in values else "-" for m in metrics],
+            "cells": [format(values[m], METRICS[m][1]) if m in values else "-" for m in metrics],
         }
         for (system, representation, layer), values in cells.items()
     ]
@@ -152,7 +140,7 @@ def evaluation_table(evaluation: dict[str, Any]) -> dict[str, Any]:
         "dataset": evaluation["dataset"],
         "split": evaluation["split"],
         "num_abx_tokens": evaluation["num_abx_tokens"],
-        "columns": [EVALUATION_METRICS[m][0] for m in metrics],
+        "columns": [METRICS[m][0] for m in metrics],
         "rows": rows,
     }
 
@@ -173,7 +161,7 @@ def evaluation_results(evaluation: dict[str, Any]) -> list[EvalResult]:
                 dataset_split=evaluation["split"],
                 metric_type=result["metric"],
                 metric_value=result["value"],
-                metric_name=f"{EVALUATION_METRICS[result['metric']][0]}, {layer}{result['representation']}",
+                metric_name=f"{METRICS[result['metric']][0]}, {layer}{result['representation']}",
             )
         )
     return results

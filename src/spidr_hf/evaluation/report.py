@@ -9,18 +9,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-METRICS = (
-    "abx_within",
-    "abx_across",
-    "pnmi",
-    "phone_purity",
-    "cluster_purity",
-    "codebook_perplexity",
-    "active_codewords",
-    "bitrate",
-)
-_FORMATS = {"abx_within": ".2f", "abx_across": ".2f", "active_codewords": ".0f", "codebook_perplexity": ".1f"}
-_FORMATS |= {"bitrate": ".1f", "pnmi": ".3f", "phone_purity": ".3f", "cluster_purity": ".3f"}
+from .schema import METRICS
+
 # Phone classes of the CMU/ARPAbet set (flite's phones), in heatmap order; other phones come last
 PHONE_CLASSES = {
     "vowel": ("iy", "ih", "ey", "eh", "ae", "aa", "ao", "ah", "ax", "uh", "uw", "ow", "er", "axr"),
@@ -69,7 +59,7 @@ def format_table(report: dict) -> str:
     header = ["system", "representation", "layer", *metrics]
     lines = [header]
     for (system, representation, layer), values in table.items():
-        cells = [format(values[m], _FORMATS[m]) if m in values else "-" for m in metrics]
+        cells = [format(values[m], METRICS[m][1]) if m in values else "-" for m in metrics]
         lines.append([system, representation, "-" if layer is None else str(layer), *cells])
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     text = ["  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in lines]
