@@ -257,3 +257,34 @@ def test_parse_layers():
     for bad in ("", "a", "4-2", "1,,2"):
         with pytest.raises(Exception, match="bad layer"):
             parse_layers(bad)
+
+
+def test_comparison_with_the_random_initialisation_uses_each_systems_best_layer():
+    from spidr_hf.evaluation.report import compare_to_initialisation, format_comparison
+
+    def record(system, representation, layer, metric, value):
+        return {"system": system, "representation": representation, "layer": layer, "metric": metric, "value": value}
+
+    report = {
+        "results": [
+            record("model", "layer_results", 1, "abx_within", 30.0),
+            record("model", "layer_results", 2, "abx_within", 20.0),
+            record("random_init", "layer_results", 1, "abx_within", 25.0),
+            record("random_init", "layer_results", 2, "abx_within", 40.0),
+            record("model", "codebook", 2, "pnmi", 0.10),
+            record("random_init", "codebook", 2, "pnmi", 0.10),
+            record("model", "kmeans", 1, "pnmi", 0.05),
+            record("random_init", "kmeans", 1, "pnmi", 0.20),
+            record("log_mel", "log_mel", None, "abx_within", 5.0),
+            record("model", "codebook", 2, "bitrate", 100.0),
+        ]
+    }
+    comparisons = {(c["representation"], c["metric"]): c for c in compare_to_initialisation(report)}
+    assert set(comparisons) == {("layer_results", "abx_within"), ("codebook", "pnmi"), ("kmeans", "pnmi")}
+    abx = comparisons["layer_results", "abx_within"]
+    assert (abx["trained"]["layer"], abx["initial"]["layer"], abx["better"]) == (2, 1, True)
+    assert comparisons["codebook", "pnmi"]["better"] is False  # a tie is no improvement
+    assert comparisons["kmeans", "pnmi"]["better"] is False
+    text = format_comparison(report)
+    assert "20.00 (layer 2) vs 25.00 (layer 1)  better" in text
+    assert "0.050 (layer 1) vs 0.200 (layer 1)  NOT better" in text

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from .evaluator import UNIT_KINDS, evaluate_model
-from .report import format_table
+from .report import format_comparison, format_table
 
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 
@@ -79,5 +79,7 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output,
     )
     print(format_table(report))
+    if any(record["system"] == "random_init" for record in report["results"]):
+        print(format_comparison(report))
     print(f"Wrote {args.output / 'results.json'} and plots")
     return 0

@@ -67,6 +67,55 @@ def format_table(report: dict) -> str:
     return "\n".join([summary, *text])
 
 
+# Which way is better for the figures the comparison with the random initialisation uses
+_BEST = {"abx_within": min, "abx_across": min, "pnmi": max}
+
+
+def compare_to_initialisation(report: dict) -> list[dict]:
+    """
+    For each representation and ABX/PNMI metric: the model's best layer beside the best layer of its own random
+    initialisation, and whether training improved it.
+    """
+    best: dict[tuple[str, str, str], dict] = {}
+    for record in report["results"]:
+        choose = _BEST.get(record["metric"])
+        if choose is None or record["system"] not in ("model", "random_init"):
+            continue
+        key = (record["system"], record["representation"], record["metric"])
+        best[key] = record if key not in best else choose(best[key], record, key=lambda r: r["value"])
+    comparisons = []
+    for (system, representation, metric), trained in best.items():
+        initial = best.get(("random_init", representation, metric))
+        if system != "model" or initial is None:
+            continue
+        better = _BEST[metric]((trained["value"], initial["value"])) == trained["value"] != initial["value"]
+        comparisons.append(
+            {
+                "representation": representation,
+                "metric": metric,
+                "trained": trained,
+                "initial": initial,
+                "better": better,
+            }
+        )
+    return comparisons
+
+
+def format_comparison(report: dict) -> str:
+    """Lines saying, per representation and metric, whether training beat the random initialisation."""
+    lines = ["Trained model vs its random initialisation (best layer of each):"]
+    for item in compare_to_initialisation(report):
+        trained, initial = item["trained"], item["initial"]
+        value_format = METRICS[item["metric"]][1]
+        lines.append(
+            f"  {item['representation']:>13} {METRICS[item['metric']][0]:>15}: "
+            f"{format(trained['value'], value_format)} (layer {trained['layer']}) vs "
+            f"{format(initial['value'], value_format)} (layer {initial['layer']})  "
+            f"{'better' if item['better'] else 'NOT better'}"
+        )
+    return "\n".join(lines)
+
+
 def _series(results: list[dict], metric: str) -> dict[tuple[str, str], dict[int | None, float]]:
     series: dict[tuple[str, str], dict[int | None, float]] = {}
     for record in results:
