@@ -5,7 +5,8 @@
 
 The config file (YAML or JSON) holds the fields of `ModelArguments`, `DataArguments` and `SpidrTrainingArguments`
 (transformers' `TrainingArguments` plus the LR schedule); `--key=value` arguments override it (dotted keys reach
-into `model_config`; values are read as JSON, or else as strings). A run whose `output_dir` holds checkpoints resumes from the last one.
+into `model_config`; values are read as JSON, or else as strings). A run whose `output_dir` holds checkpoints resumes
+from the last one.
 """
 
 import json
