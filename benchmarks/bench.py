@@ -533,13 +533,27 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(len(os.sched_getaffinity(0)))
     synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     plan = QUICK_PLAN if args.quick else FULL_PLAN
-    report: dict[str, Any] = {"environment": environment(device, args), "results": []}
+    report: dict[str, Any] = {"environment": environment(device, args), "results": [], "failures": []}
     workloads = list(all_workloads(plan, device))
-    times = []
+    if device.type == "cuda":
+        # Inductor's memory-coalescing analysis fails an internal assertion on the dynamic-shape training graphs
+        # (seen with torch 2.11, CUDA); the kernels it would retile are generated without it
+        torch._inductor.config.triton.coalesce_tiling_analysis = False
+    timed, times = [], []
     for workload in workloads:
         warmup = max(args.warmup, 1) if workload.compiled else args.warmup  # compilation stays out of the times
-        times.append(time_interleaved(workload.runs, args.repeats, warmup, synchronize))
-        print(f"timed {workload.name}", flush=True)
+        try:
+            workload_times = time_interleaved(workload.runs, args.repeats, warmup, synchronize)
+        except Exception as error:  # e.g. a compiler failure: report it and go on with the other workloads
+            report["failures"].append({"name": workload.name, "error": f"{type(error).__name__}: {error}"})
+            print(f"FAILED {workload.name}: {type(error).__name__}: {str(error)[:500]}", flush=True)
+            continue
+        timed.append(workload)
+        times.append(workload_times)
+        # Medians now, so that a run cut short still shows what it measured
+        medians = ", ".join(f"{name} {statistics.median(t) * 1e3:.1f} ms" for name, t in workload_times.items())
+        print(f"timed {workload.name}: {medians}", flush=True)
+    workloads = timed
     meter = MemoryMeter(device)
     memory = [{name: meter.measure(run) for name, run in workload.runs.items()} for workload in workloads]
     peak = gpu_peak_tflops(device, args.peak_tflops)
@@ -582,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.output is not None:
         args.output.write_text(json.dumps(report, indent=2))
         print(f"Wrote {args.output}")
-    return 0
+    return 1 if report["failures"] else 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from conftest import TINY_CONFIG
 from safetensors.torch import load_file
 from torchcodec.encoders import AudioEncoder
 
+from spidr_hf import SpidrForPreTraining
 from spidr_hf.corpus import build_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -425,6 +426,21 @@ def test_config_file_and_overrides(tmp_path):
         train.parse_config([str(path), "--not_an_option=1"])
     with pytest.raises(ValueError, match="num_codebooks"):
         train.build_model(train.parse_config([str(path), "--model_config.num_codebooks=9"])[0])
+
+
+@pytest.mark.slow
+def test_quickstart_config_trains_and_writes_a_loadable_model(corpus, tmp_path):
+    """The README's quickstart config, cut to a few steps, runs on the built-in corpus and leaves a usable folder."""
+    output = tmp_path / "quickstart"
+    config = ROOT / "training" / "configs" / "quickstart_cpu.yaml"
+    run_script(
+        str(TRAIN_SCRIPT),
+        [str(config), f"--dataset={corpus}", f"--output_dir={output}", "--max_steps=3", "--report_to=none"],
+    )
+    model = SpidrForPreTraining.from_pretrained(output)
+    assert model.config.feat_extract_norm == "group" and model.config.num_codebooks == 3
+    units = model.get_units(torch.randn(1, 16_000), layer=6)
+    assert units.shape == (1, 49) and units.dtype == torch.long
 
 
 @pytest.mark.parametrize("objective", ["spidr", "dinosr"])
