@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The quickstart, on CPU: build the built-in corpus, pretrain a small SpidR, evaluate it beside its own random
+# initialisation and log-mel features, and write a Hub-ready folder with a model card.
+#   scripts/quickstart.sh [WORK_DIR]   (default: runs/quickstart; reruns resume every step)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work="${1:-runs/quickstart}"
+corpus="$work/corpus"
+model="$work/model"
+
+echo "== 1/4 Built-in corpus: synthetic speech with exact phone alignments"
+spidr-hf corpus "$corpus" --hours 0.5
+
+echo "== 2/4 Pretraining a small SpidR (training/configs/quickstart_cpu.yaml)"
+python training/train.py training/configs/quickstart_cpu.yaml --dataset="$corpus" --output_dir="$model"
+
+echo "== 3/4 ABX and PNMI of the trained model, its random initialisation and log-mel features"
+spidr-hf evaluate "$model" --dataset "$corpus" --units codebook kmeans --num-clusters 64 --output "$work/evaluation"
+
+echo "== 4/4 Release folder with its model card (checked in a fresh process; nothing is uploaded)"
+rm -rf "$work/release"
+spidr-hf push "$model" --repo-id your-name/spidr-quickstart --license cc-by-4.0 \
+    --evaluation "$work/evaluation/results.json" --dry-run "$work/release"
+
+echo "Done. Evaluation: $work/evaluation (results.json, abx.png, pnmi.png); Hub-ready folder: $work/release"
