@@ -5,6 +5,7 @@ assertions.
 """
 
 import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -186,3 +187,26 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     inference, _, units, _ = report["results"]
     assert inference["checks"]["max_abs_diff_ours_vs_reference"] <= 1e-4
     assert units["checks"]["units_agreement"] >= 0.95
+
+
+def load_bench_module():
+    spec = importlib.util.spec_from_file_location("spidr_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_counts_bf16_flops_for_the_utilisation_figure():
+    """The GPU-only MFU path (bf16 workloads, FLOPs counted per system), run here on CPU autocast."""
+    bench = load_bench_module()
+    device = torch.device("cpu")
+    models = bench.build_models(bench.SIZES["tiny"], device, with_hubert=True)
+    workloads = bench.inference_workloads(models, bench.QUICK_PLAN, device, torch.bfloat16, compiled=False)
+    workload = next(workloads)
+    flops = {name: bench.count_flops(call) for name, call in workload.flop_calls.items()}
+    # ours and the reference compute the same function; HuBERT has another positional convolution
+    assert flops["ours"] == flops["reference"] > 0 and flops["hubert"] > 0
+    times = {name: [0.5] for name in workload.runs}
+    result = bench.summarize(workload, times, {}, flops, peak=1.0)
+    assert result["dtype"] == "bfloat16"
+    assert result["systems"]["ours"]["mfu"] == pytest.approx(flops["ours"] / 0.5 / 1e12)
