@@ -294,20 +294,14 @@ def ours_train_step(
     model: SpidrForPreTraining, audio: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, compiled: bool
 ) -> Callable[[], object]:
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = fused_adamw(params)
     forward = torch.compile(model, dynamic=True) if compiled else model
-
-    def step() -> torch.Tensor:
-        with autocast(dtype, audio.device):
-            loss = forward(audio, mask_time_indices=mask).loss
-        loss.backward()
-        clip_grad_norm_(params, MAX_GRAD_NORM)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.update_teacher(TEACHER_STEP)
-        return loss.detach()
-
-    return step
+    return train_step(
+        params,
+        lambda: forward(audio, mask_time_indices=mask).loss,
+        lambda: model.update_teacher(TEACHER_STEP),
+        audio.device,
+        dtype,
+    )
 
 
 def reference_train_step(
@@ -315,19 +309,35 @@ def reference_train_step(
 ) -> Callable[[], object]:
     """The reference's training loop body: per-frame losses averaged, clip, AdamW (teacher excluded), EMA."""
     params = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("teacher.")]
-    optimizer = fused_adamw(params)
     forward = torch.compile(model, dynamic=True) if compiled else model
     mask_indices = torch.stack([row.nonzero().squeeze(1) for row in mask])
+    return train_step(
+        params,
+        lambda: forward(audio, mask_indices=mask_indices)[0].mean(),
+        lambda: model.update_ema(TEACHER_STEP),
+        audio.device,
+        dtype,
+    )
+
+
+def train_step(
+    params: list[torch.nn.Parameter],
+    compute_loss: Callable[[], torch.Tensor],
+    update_teacher: Callable[[], object],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Callable[[], torch.Tensor]:
+    """One training loop body, the same for every system: loss, backward, clip, fused AdamW, teacher EMA."""
+    optimizer = fused_adamw(params)
 
     def step() -> torch.Tensor:
-        with autocast(dtype, audio.device):
-            losses, _ = forward(audio, mask_indices=mask_indices)
-        loss = losses.mean()
+        with autocast(dtype, device):
+            loss = compute_loss()
         loss.backward()
         clip_grad_norm_(params, MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        model.update_ema(TEACHER_STEP)
+        update_teacher()
         return loss.detach()
 
     return step

@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="passes over the corpus per source (default: 2)")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.hours <= 0 or args.epochs < 1:
+        parser.error("--hours must be positive and --epochs at least 1")
     with tempfile.TemporaryDirectory() as temporary:
         report = run(args.corpus or Path(temporary), args.hours, args.epochs)
     report["load_average"] = os.getloadavg()

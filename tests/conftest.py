@@ -1,6 +1,9 @@
 """Shared test setup: never touch the network, and small model configurations."""
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -22,3 +25,11 @@ TINY_CONFIG = {
 @pytest.fixture
 def tiny_config_kwargs() -> dict:
     return dict(TINY_CONFIG)
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a script that is not part of a package (training/train.py, benchmarks/bench.py) as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -5,7 +5,6 @@ assertions.
 """
 
 import copy
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,7 +17,7 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, load_script
 from torch.profiler import ProfilerActivity, profile
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining, SpidrModel, compute_span_mask
@@ -189,16 +188,9 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     assert units["checks"]["units_agreement"] >= 0.95
 
 
-def load_bench_module():
-    spec = importlib.util.spec_from_file_location("spidr_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_counts_bf16_flops_for_the_utilisation_figure():
     """The GPU-only MFU path (bf16 workloads, FLOPs counted per system), run here on CPU autocast."""
-    bench = load_bench_module()
+    bench = load_script(BENCH, "spidr_bench")
     device = torch.device("cpu")
     models = bench.build_models(bench.SIZES["tiny"], device, with_hubert=True)
     workloads = bench.inference_workloads(models, bench.QUICK_PLAN, device, torch.bfloat16, compiled=False)

@@ -1,6 +1,5 @@
 """Pretraining through `training/train.py`: learning, schedules, SIGKILL resume, freezing, 2 processes, bad data."""
 
-import importlib.util
 import json
 import logging
 import math
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, load_script
 from safetensors.torch import load_file
 from torchcodec.encoders import AudioEncoder
 
@@ -26,14 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "training" / "train.py"
 
 
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("spidr_train", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train = load_train_module()
+train = load_script(TRAIN_SCRIPT, "spidr_train")
 
 
 @pytest.fixture(scope="module")
