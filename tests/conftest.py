@@ -27,6 +27,16 @@ def tiny_config_kwargs() -> dict:
     return dict(TINY_CONFIG)
 
 
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A tiny built-in corpus (2 speakers, about a minute of speech) for training runs."""
+    from spidr_hf.corpus import build_corpus
+
+    folder = tmp_path_factory.mktemp("corpus")
+    build_corpus(folder, hours=0.02, num_speakers=2, dev_speakers=1, seed=0)
+    return folder
+
+
 def load_script(path: Path, name: str) -> ModuleType:
     """Import a script that is not part of a package (training/train.py, benchmarks/bench.py) as a module."""
     spec = importlib.util.spec_from_file_location(name, path)

@@ -43,6 +43,12 @@ class SpidrConfig(PreTrainedConfig):
         num_codebooks (`int`, defaults to 8): number of codebooks, one per teacher layer among the last ones.
         codebook_size (`int`, defaults to 256): codewords per codebook.
         codebook_decay (`float`, defaults to 0.9): EMA decay of the codebooks (1.0 freezes them).
+        codebook_restart_after (`int`, defaults to 0): a small-batch remedy, off in the paper (0). A codeword that no
+            masked frame is assigned to in this many consecutive codebook updates is restarted: the most used codeword
+            of its codebook is split in two (`c (1 + 0.05)` and `c (1 - 0.05)`, sharing its count), so that the
+            codebook keeps all its codewords in use. With the paper's ~10^5 masked frames per update few codewords ever
+            go unused; with a few thousand or fewer, many die at the first updates and never come back. Pair it with
+            k-means initialised codebooks (`codebook_init_batches` in `SpidrTrainingArguments`).
         ema_start_decay (`float`, defaults to 0.999): teacher EMA decay at step 0.
         ema_timescale (`float`, defaults to 20000): SpidR schedule
             `1 - (1 - ema_start_decay) * exp(-step / ema_timescale)`.
@@ -84,6 +90,7 @@ class SpidrConfig(PreTrainedConfig):
     num_codebooks: int = 8
     codebook_size: int = 256
     codebook_decay: float = 0.9
+    codebook_restart_after: int = 0
     ema_start_decay: float = 0.999
     ema_timescale: float = 20_000.0
     ema_threshold: float = 1e-7
@@ -202,6 +209,9 @@ class SpidrConfig(PreTrainedConfig):
         for name in ("freeze_step", "mask_time_min_masks"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)}.")
+        restart = self.codebook_restart_after
+        if isinstance(restart, bool) or not isinstance(restart, int) or restart < 0:
+            raise ValueError(f"`codebook_restart_after` must be a non-negative integer (0: never), got {restart!r}.")
 
 
 __all__ = ["SpidrConfig"]

@@ -116,7 +116,7 @@ def convert_reference_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str,
             if sorted(per_codebook) != list(range(len(per_codebook))):
                 raise ConversionError(f"Codebook {name} indices are not contiguous: {sorted(per_codebook)}")
             converted[f"codebooks.{name}"] = torch.stack([per_codebook[i] for i in range(len(per_codebook))])
-    return converted
+    return _with_codebook_usage(converted)
 
 
 def _fairseq_layer_renames(prefix: str, target: str) -> tuple[tuple[str, str], ...]:
@@ -171,7 +171,15 @@ def convert_fairseq_state_dict(model_state: Mapping[str, Any]) -> dict[str, torc
     for name, per_codebook in codebooks.items():
         if per_codebook:
             converted[f"codebooks.{name}"] = torch.stack([per_codebook[i] for i in sorted(per_codebook)])
-    return converted
+    return _with_codebook_usage(converted)
+
+
+def _with_codebook_usage(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add the codebook usage tracking (ours only; original checkpoints have none) as "no usage seen yet"."""
+    if "codebooks.counts" in state:
+        for name in ("idle_updates", "ever_assigned"):
+            state.setdefault(f"codebooks.{name}", torch.zeros_like(state["codebooks.counts"], dtype=torch.float32))
+    return state
 
 
 def config_from_reference(raw: Mapping[str, Any], objective: str) -> SpidrConfig:

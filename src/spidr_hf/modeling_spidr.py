@@ -20,6 +20,31 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from .configuration_spidr import SpidrConfig
 
 NORM_EPS = 1e-5  # epsilon of the input standardization, the instance norms and the codebook initialisation
+RESTART_SPLIT = 0.05  # distance of each half of a codeword split to restart an idle one, relative to its norm
+
+
+class SpidrCodebookStatistics(NamedTuple):
+    """
+    What a batch contributes to a codebook update. Statistics of several batches (the micro-batches of an optimizer
+    step, the processes of a run) add up: applying their sum once is the update of the batches taken together.
+    """
+
+    counts: torch.Tensor  # (num_codebooks, codebook_size): masked frames assigned to each codeword
+    sums: torch.Tensor  # (num_codebooks, codebook_size, hidden_size): the sum of those frames
+
+    def merge(self, other: "SpidrCodebookStatistics") -> "SpidrCodebookStatistics":
+        """The statistics of both batches taken together."""
+        return SpidrCodebookStatistics(self.counts + other.counts, self.sums + other.sums)
+
+
+class SpidrCodebookHealth(NamedTuple):
+    """Per-codebook figures of one codebook update, each of shape `(num_codebooks,)`."""
+
+    target_perplexity: torch.Tensor  # exp(entropy) of the codeword frequencies of the update's frames
+    assigned: torch.Tensor  # codewords that got at least one frame in the update
+    never_assigned: torch.Tensor  # codewords that got none since the start or their last restart
+    restarted: torch.Tensor  # codewords restarted by this update
+    frames: torch.Tensor  # masked frames in the update (all processes)
 
 
 @dataclass
@@ -58,12 +83,16 @@ class SpidrForPreTrainingOutput(ModelOutput):
         Mean over codebooks of `2 ** H(mean predicted distribution)` over the masked frames.
     mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`):
         The masked frames the loss was computed on.
+    codebook_statistics (`SpidrCodebookStatistics`, returned in training mode with `defer_codebook_update=True`):
+        This batch's contribution to the codebook update, to be summed with the other micro-batches' and applied once
+        with `model.codebooks.apply_statistics`.
     """
 
     loss: torch.FloatTensor | None = None
     target_perplexity: torch.FloatTensor | None = None
     prediction_perplexity: torch.FloatTensor | None = None
     mask_time_indices: torch.BoolTensor | None = None
+    codebook_statistics: SpidrCodebookStatistics | None = None
 
 
 def normalize_over_time(hidden_states: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
@@ -475,6 +504,8 @@ class SpidrPreTrainedModel(PreTrainedModel):
         elif isinstance(module, SpidrCodebooks):
             init.copy_(module.codebook, module.initial_codebook())
             init.ones_(module.counts)
+            init.zeros_(module.idle_updates)
+            init.zeros_(module.ever_assigned)
         elif isinstance(module, SpidrForPreTraining):
             for head in module.heads:
                 head.reset_parameters()
@@ -596,13 +627,22 @@ class SpidrCodebooks(nn.Module):
     """
     One codebook of `codebook_size` codewords per target layer, kept as EMA sums: codeword v of codebook k is
     `codebook[k, v] / counts[k, v]`. Assignment and updates always run in fp32.
+
+    Each codeword's usage is tracked too (`idle_updates`: updates since it last got a frame, `ever_assigned`: 1.0
+    once it got one since the start or its last restart), for the health logs and for
+    `config.codebook_restart_after`, which restarts codewords idle for that many updates by splitting the most used
+    codewords of their codebook in two (see `_restart`).
     """
 
     def __init__(self, config: SpidrConfig):
         super().__init__()
         self.decay = config.codebook_decay
+        self.restart_after = config.codebook_restart_after
         self.register_buffer("codebook", torch.empty(config.num_codebooks, config.codebook_size, config.hidden_size))
         self.register_buffer("counts", torch.ones(config.num_codebooks, config.codebook_size))
+        # Floats rather than integers or booleans: the module is kept in fp32 whatever dtype a model is loaded in
+        self.register_buffer("idle_updates", torch.zeros(config.num_codebooks, config.codebook_size))
+        self.register_buffer("ever_assigned", torch.zeros(config.num_codebooks, config.codebook_size))
 
     def initial_codebook(self) -> torch.Tensor:
         """Gaussian codewords, each dimension standardized over the codewords."""
@@ -610,27 +650,94 @@ class SpidrCodebooks(nn.Module):
         draws = torch.randn(num_codebooks, dim, size, device=self.codebook.device)
         return F.instance_norm(draws, eps=NORM_EPS).transpose(1, 2).contiguous()
 
+    def codewords(self) -> torch.Tensor:
+        """The codewords, `(num_codebooks, codebook_size, hidden)`."""
+        return self.codebook / self.counts.unsqueeze(-1)
+
     def assign(self, targets: torch.Tensor) -> torch.Tensor:
         """Index of the nearest (L2) codeword for targets of shape `(num_codebooks, n, hidden)`."""
-        codewords = self.codebook / self.counts.unsqueeze(-1)
+        codewords = self.codewords()
         distances = torch.baddbmm(codewords.square().sum(-1).unsqueeze(1), targets, codewords.transpose(1, 2), alpha=-2)
         return distances.argmin(-1)
 
+    @staticmethod
+    def statistics(targets: torch.Tensor, onehot: torch.Tensor) -> SpidrCodebookStatistics:
+        """Statistics of targets `(num_codebooks, n, hidden)` with weighted one-hot codes `(num_codebooks, n, V)`."""
+        return SpidrCodebookStatistics(onehot.sum(1), torch.bmm(onehot.transpose(1, 2), targets))
+
+    def zero_statistics(self) -> SpidrCodebookStatistics:
+        """Statistics of no frame, to add batches' statistics to."""
+        return SpidrCodebookStatistics(torch.zeros_like(self.counts), torch.zeros_like(self.codebook))
+
     @torch.no_grad()
-    def update(self, targets: torch.Tensor, onehot: torch.Tensor) -> None:
+    def update(self, targets: torch.Tensor, onehot: torch.Tensor) -> SpidrCodebookHealth:
         """EMA step with the weighted one-hot assignments `(num_codebooks, n, codebook_size)`, summed over processes."""
-        if self.decay >= 1.0:
-            return
-        counts = onehot.sum(1)
-        sums = torch.bmm(onehot.transpose(1, 2), targets)
+        return self.apply_statistics(self.statistics(targets, onehot))
+
+    @torch.no_grad()
+    def apply_statistics(self, statistics: SpidrCodebookStatistics) -> SpidrCodebookHealth:
+        """
+        One codebook update with `statistics` summed over all processes (every process must call it): the EMA step
+        (codewords without frames stay as they are), usage tracking and, if enabled, restarts. Returns its health.
+        """
+        counts, sums = statistics
         if dist.is_available() and dist.is_initialized():
             # One collective for both statistics
             packed = torch.cat([sums.flatten(), counts.flatten()])
             dist.all_reduce(packed)
             sums, counts = packed[: sums.numel()].view_as(sums), packed[sums.numel() :].view_as(counts)
-        weight = torch.where(counts > 0, 1.0 - self.decay, 0.0)  # unused codewords stay as they are
-        self.counts.lerp_(counts, weight)
-        self.codebook.lerp_(sums, weight.unsqueeze(-1))
+        used = counts > 0
+        if self.decay < 1.0:
+            weight = torch.where(used, 1.0 - self.decay, 0.0)  # unused codewords stay as they are
+            self.counts.lerp_(counts, weight)
+            self.codebook.lerp_(sums, weight.unsqueeze(-1))
+        self.idle_updates.add_(1.0).masked_fill_(used, 0.0)
+        self.ever_assigned.masked_fill_(used, 1.0)
+        restarted = torch.zeros_like(used)
+        if self.restart_after > 0 and self.decay < 1.0:
+            restarted = self._restart(self.idle_updates >= self.restart_after, SpidrCodebookStatistics(counts, sums))
+        frames = counts.sum(-1)
+        probabilities = counts / frames.clamp(min=1).unsqueeze(-1)
+        entropy = -(probabilities * torch.log(probabilities.clamp(min=1e-12))).sum(-1)
+        return SpidrCodebookHealth(
+            target_perplexity=entropy.exp(),
+            assigned=used.sum(-1),
+            never_assigned=(self.ever_assigned == 0).sum(-1),
+            restarted=restarted.sum(-1),
+            frames=frames,
+        )
+
+    def _restart(self, idle: torch.Tensor, statistics: SpidrCodebookStatistics) -> torch.Tensor:
+        """
+        Split the most used codewords of each codebook into its `idle` ones `(num_codebooks, V)`. A split codeword c,
+        whose frames of this update (`statistics`, all processes) have the mean m, becomes `c + delta` and the idle one
+        `c - delta`, each with half its count, where `delta` points from c to m with length `eps |c|`: a direction
+        within its cluster, so that the next updates share its frames between the two halves. (LBG's `c (1 +- eps)`
+        would move one half towards the data mean, where it draws frames from every cluster around.) Only codewords
+        that got frames in this update are split, each at most once per update, most used (EMA count) first; idle
+        codewords left over wait for the next update. Returns the restarted mask.
+        """
+        restarted = torch.zeros_like(idle)
+        frame_counts, frame_sums = statistics
+        for index, (idle_row, counts) in enumerate(zip(idle, self.counts, strict=True)):
+            splittable = (frame_counts[index] > 0) & ~idle_row
+            number = min(int(idle_row.sum()), int(splittable.sum()))
+            if number == 0:
+                continue
+            idle_indices = idle_row.nonzero().squeeze(1)[:number]
+            split = torch.where(splittable, counts, -1.0).topk(number).indices
+            codewords = self.codebook[index, split] / counts[split].unsqueeze(-1)
+            direction = frame_sums[index, split] / frame_counts[index, split].unsqueeze(-1) - codewords
+            delta = F.normalize(direction, dim=-1) * codewords.norm(dim=-1, keepdim=True) * RESTART_SPLIT
+            halves = counts[split] / 2
+            self.counts[index, split] = halves
+            self.counts[index, idle_indices] = halves
+            self.codebook[index, split] = (codewords + delta) * halves.unsqueeze(-1)
+            self.codebook[index, idle_indices] = (codewords - delta) * halves.unsqueeze(-1)
+            self.idle_updates[index, idle_indices] = 0.0
+            self.ever_assigned[index, idle_indices] = 0.0
+            restarted[index, idle_indices] = True
+        return restarted
 
 
 class SpidrForPreTraining(SpidrPreTrainedModel):
@@ -638,6 +745,9 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
     SpidR / DinoSR self-distillation: the student (`self.spidr`), an EMA teacher encoder, one prediction head and one
     codebook per target layer, and the learned mask embedding.
     """
+
+    # Codebook usage tracking came after the first releases; folders without it start from no usage
+    _keys_to_ignore_on_load_missing = [r"codebooks\.idle_updates", r"codebooks\.ever_assigned"]
 
     def __init__(self, config: SpidrConfig):
         super().__init__(config)
@@ -741,12 +851,18 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         mask_time_indices: torch.Tensor | None = None,
+        defer_codebook_update: bool = False,
         return_dict: bool | None = None,
     ) -> SpidrForPreTrainingOutput | tuple:
         r"""
         mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
             True for the frames replaced by the mask embedding and predicted. Drawn with the config's masking
             parameters when not given. In training mode the codebooks are updated with the masked targets.
+        defer_codebook_update (`bool`, *optional*, defaults to `False`):
+            In training mode, leave the codebooks as they are and return this batch's `codebook_statistics`
+            instead. A loop with gradient accumulation sums them over the micro-batches of an optimizer step and
+            applies them once (`model.codebooks.apply_statistics`), so that every micro-batch is assigned against the
+            same codebooks and the update sees all their frames, as with more processes. `SpidrTrainer` does this.
         """
         _, features, frame_mask = self.spidr.embed(input_values, attention_mask)
         batch, frames = features.shape[:2]
@@ -784,14 +900,19 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
                 onehot = F.one_hot(labels, self.config.codebook_size).to(log_probs.dtype) * weights.unsqueeze(-1)
                 target_perplexity = _perplexity(onehot.sum((1, 2)) / num_masked)
                 prediction_perplexity = _perplexity((log_probs.exp() * weights.unsqueeze(-1)).sum((1, 2)) / num_masked)
+                codebook_statistics = None
                 if self.training:
-                    self.codebooks.update(flat_targets, onehot.flatten(1, 2))
+                    codebook_statistics = self.codebooks.statistics(flat_targets, onehot.flatten(1, 2))
+                    if not defer_codebook_update:
+                        self.codebooks.apply_statistics(codebook_statistics)
+                        codebook_statistics = None
 
         output = SpidrForPreTrainingOutput(
             loss=loss,
             target_perplexity=target_perplexity,
             prediction_perplexity=prediction_perplexity,
             mask_time_indices=mask,
+            codebook_statistics=codebook_statistics,
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -838,4 +959,11 @@ def _perplexity(probs: torch.Tensor) -> torch.Tensor:
     return torch.exp2(-(probs * torch.log2(probs + 1e-8)).sum(-1)).mean()
 
 
-__all__ = ["SpidrForPreTraining", "SpidrModel", "SpidrPreTrainedModel", "compute_span_mask"]
+__all__ = [
+    "SpidrCodebookHealth",
+    "SpidrCodebookStatistics",
+    "SpidrForPreTraining",
+    "SpidrModel",
+    "SpidrPreTrainedModel",
+    "compute_span_mask",
+]

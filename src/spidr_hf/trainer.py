@@ -1,5 +1,6 @@
 """Pretraining SpidR / DinoSR with the Transformers Trainer: loss, teacher EMA, LR schedule, data, logging."""
 
+import itertools
 import logging
 import math
 import time
@@ -10,7 +11,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .codebook_init import KMEANS_FRAMES_PER_CODEWORD, kmeans_codewords, set_codewords, teacher_target_frames
 from .data import SAMPLING_RATE, BucketBatchSampler, DecodedSpeech, SpeechCollator, StreamingBatches
+from .modeling_spidr import SpidrCodebookHealth, SpidrCodebookStatistics, SpidrForPreTraining
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +26,22 @@ class SpidrTrainingArguments(TrainingArguments):
     lr_decay_steps: int = field(default=200_000, metadata={"help": "Steps of exponential decay after the hold."})
     lr_init_scale: float = field(default=0.01, metadata={"help": "Learning rate at step 0, relative to the peak."})
     lr_final_scale: float = field(default=0.01, metadata={"help": "Learning rate after the decay, relative to peak."})
+    codebook_init_batches: int = field(
+        default=0,
+        metadata={
+            "help": "Small-batch remedy, off in the paper (0: random codewords). Before the first step, fit the "
+            "codebooks by k-means on the initial teacher's targets of this many training batches per process "
+            "(at most 128 frames per codeword). Pair it with `model_config.codebook_restart_after`."
+        },
+    )
     # Counts the audio samples seen, logged as audio hours and kept in checkpoints ("non_padding" for padded batches)
     include_num_input_tokens_seen: str | bool = "all"
+
+    def __post_init__(self):
+        super().__post_init__()
+        batches = self.codebook_init_batches
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
+            raise ValueError(f"`codebook_init_batches` must be a non-negative integer (0: off), got {batches!r}.")
 
 
 def tri_stage_schedule(
@@ -47,25 +64,91 @@ def tri_stage_schedule(
     return LambdaLR(optimizer, scale)
 
 
-class TeacherUpdateCallback(TrainerCallback):
-    """Moves the teacher after every optimizer step and keeps the feature encoder frozen past the freeze step."""
+# A codebook is called unhealthy when more than this share of its codewords never got a frame after the first
+# `HEALTH_GRACE_UPDATES` updates (at the first update random codewords can miss the data by chance)
+UNHEALTHY_SHARE = 0.5
+HEALTH_GRACE_UPDATES = 10
 
-    def __init__(self) -> None:
+
+class SpidrUpdateCallback(TrainerCallback):
+    """
+    After every optimizer step: applies the codebook statistics of all the step's micro-batches at once (the codebooks
+    add those of the other processes), moves the teacher, and records codebook health for the logs. At the start of
+    a run it fits the codebooks by k-means if asked (`codebook_init_batches`), and keeps the feature encoder frozen
+    when resuming past the freeze step.
+    """
+
+    def __init__(self, trainer: "SpidrTrainer") -> None:
+        self.trainer = trainer
+        self.statistics: SpidrCodebookStatistics | None = None
         self.last_decay = float("nan")
+        self.health: list[SpidrCodebookHealth] = []  # the updates since the last log
+        self.warned = False
+
+    def add(self, statistics: SpidrCodebookStatistics) -> None:
+        """Add one micro-batch's codebook statistics to the step's."""
+        self.statistics = statistics if self.statistics is None else self.statistics.merge(statistics)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         # After resuming past the freeze step: the optimizer was created with the encoder, as in the first run
         if state.global_step >= model.config.freeze_step:
             model.spidr.freeze_feature_encoder()
+        if state.global_step == 0 and args.codebook_init_batches > 0:
+            self.trainer.initialize_codebooks(model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        # Every process applies an update, with zero statistics if all its batches were skipped: the update's
+        # all-reduce needs them all
+        statistics = self.statistics if self.statistics is not None else model.codebooks.zero_statistics()
+        self.statistics = None
+        health = model.codebooks.apply_statistics(statistics)
+        self.health.append(health)
+        if not self.warned and state.global_step >= HEALTH_GRACE_UPDATES:
+            self._warn_if_unhealthy(model.config, health)
         self.last_decay = model.update_teacher(state.global_step)
+
+    def _warn_if_unhealthy(self, config, health: SpidrCodebookHealth) -> None:
+        dead = health.never_assigned.tolist()
+        unhealthy = [
+            f"layer {layer}: {count} of {config.codebook_size}"
+            for layer, count in zip(config.codebook_layers, dead, strict=True)
+            if count > UNHEALTHY_SHARE * config.codebook_size
+        ]
+        if not unhealthy:
+            return
+        self.warned = True
+        logger.warning(
+            "Codebooks with more than half their codewords never assigned a frame (%s): the codebook updates see "
+            "%d masked frames each (the paper: about 100,000 over 16 GPUs) and most codewords die. Give each update "
+            "more frames (more processes or gradient_accumulation_steps, same global batch as the paper), or use the "
+            "small-batch remedy: codebook_init_batches > 0 and model_config.codebook_restart_after > 0.",
+            "; ".join(unhealthy),
+            int(health.frames[0].item()),
+        )
+
+    def health_logs(self, config) -> dict[str, float]:
+        """Per-codebook figures averaged over the updates since the last call (codewords never assigned: the last)."""
+        if not self.health:
+            return {}
+        logs = {}
+        for index, layer in enumerate(config.codebook_layers):
+            prefix = f"codebook_layer{layer}"
+            logs[f"{prefix}/target_perplexity"] = sum(h.target_perplexity[index].item() for h in self.health) / len(
+                self.health
+            )
+            logs[f"{prefix}/assigned"] = sum(h.assigned[index].item() for h in self.health) / len(self.health)
+            logs[f"{prefix}/never_assigned"] = self.health[-1].never_assigned[index].item()
+            logs[f"{prefix}/restarted"] = sum(h.restarted[index].item() for h in self.health)
+        logs["codebook_frames_per_update"] = sum(h.frames[0].item() for h in self.health) / len(self.health)
+        self.health = []
+        return logs
 
 
 class SpidrTrainer(Trainer):
     """
     Trainer for `SpidrForPreTraining`: the loss is the mean over the masked frames of the whole global batch (all
-    processes and accumulation steps), the teacher follows the student after every optimizer step, AdamW applies
+    processes and accumulation steps), the codebooks are updated once per optimizer step with the statistics of that
+    whole global batch, the teacher follows the student after every optimizer step, AdamW applies
     weight decay to every parameter (as the paper does), the LR follows the tri-stage schedule, batches are bucketed
     by length, and logs include both perplexities, the teacher decay, audio hours seen and skipped files.
     """
@@ -76,11 +159,12 @@ class SpidrTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.train_lengths = train_lengths
         self.data_config = data_config or {}
-        self.teacher_callback = TeacherUpdateCallback()
-        self.add_callback(self.teacher_callback)
+        self.update_callback = SpidrUpdateCallback(self)
+        self.add_callback(self.update_callback)
         self._log_sums = torch.zeros(4, device=self.args.device)  # target ppl, prediction ppl, forwards, audio seconds
         self._skipped = torch.zeros(3, dtype=torch.long, device=self.args.device)
         self._last_log_time = time.perf_counter()
+        self._reported_dropped = False
 
     # ---- data ----
     def _collator(self) -> SpeechCollator:
@@ -107,7 +191,8 @@ class SpidrTrainer(Trainer):
             pad=self.data_config["pad"],
         )
         dropped = sampler.num_dropped
-        if any(dropped.values()):
+        if any(dropped.values()) and not self._reported_dropped:  # once, though the loader is built again for k-means
+            self._reported_dropped = True
             logger.warning(
                 "Left out of training: %d unreadable and %d too short (< %d samples) utterances.",
                 dropped["unreadable"],
@@ -159,7 +244,10 @@ class SpidrTrainer(Trainer):
         if "input_values" not in inputs:  # every file of this batch was skipped
             loss = sum(p.view(-1)[0] for p in model.parameters() if p.requires_grad) * 0.0
             return (loss, None) if return_outputs else loss
-        outputs = model(**inputs)
+        # Codebooks are updated once per optimizer step with the statistics of all its micro-batches
+        outputs = model(**inputs, defer_codebook_update=True)
+        if outputs.codebook_statistics is not None:
+            self.update_callback.add(outputs.codebook_statistics)
         if num_items_in_batch is None:  # evaluation: the batch's own mean
             return (outputs.loss, outputs) if return_outputs else outputs.loss
         masked = outputs.mask_time_indices.sum()
@@ -181,6 +269,53 @@ class SpidrTrainer(Trainer):
         with torch.no_grad():
             loss = self.compute_loss(model, self._prepare_inputs(inputs))
         return loss.detach(), None, None
+
+    # ---- codebooks ----
+    @torch.no_grad()
+    def initialize_codebooks(self, model: SpidrForPreTraining) -> None:
+        """
+        Fit the codebooks by k-means on the initial teacher's targets of the first `codebook_init_batches` training
+        batches of every process; every process gets the codewords of the main one.
+        """
+        from accelerate.utils import broadcast, gather_object
+
+        config = model.config
+        max_frames = KMEANS_FRAMES_PER_CODEWORD * config.codebook_size
+        batches = itertools.islice(self.get_train_dataloader(), self.args.codebook_init_batches)
+        frames = teacher_target_frames(
+            model,
+            (self._prepare_inputs(batch) for batch in batches),
+            max_frames=math.ceil(max_frames / self.args.world_size),
+            seed=self.args.seed + self.args.process_index,
+        )
+        if self.args.world_size > 1:
+            frames = torch.cat(gather_object([frames]), dim=1)
+        logger.info(
+            "Initialising %d codebooks of %d codewords by k-means on %d teacher target frames each.",
+            config.num_codebooks,
+            config.codebook_size,
+            frames.shape[1],
+        )
+        codewords = torch.empty_like(model.codebooks.codebook)
+        if self.is_world_process_zero():
+            codewords = kmeans_codewords(frames, config.codebook_size, self.args.seed).to(codewords)
+        if self.args.world_size > 1:
+            codewords = broadcast(codewords, from_process=0)
+        set_codewords(model, codewords)
+
+    def codebook_summary(self) -> str | None:
+        """The codebook health of the last training log as one line (None before the first log)."""
+        health_logs = [entry for entry in self.state.log_history if "codebook_frames_per_update" in entry]
+        if not health_logs:
+            return None
+        logs = health_logs[-1]
+        config = self.model.config
+        parts = [
+            f"layer {layer}: target perplexity {logs[f'codebook_layer{layer}/target_perplexity']:.1f} of "
+            f"{config.codebook_size}, {logs[f'codebook_layer{layer}/never_assigned']:.0f} never assigned"
+            for layer in config.codebook_layers
+        ]
+        return f"{'; '.join(parts)} ({logs['codebook_frames_per_update']:.0f} masked frames per update)"
 
     # ---- optimizer and schedule ----
     def get_decay_parameter_names(self, model) -> list[str]:
@@ -209,10 +344,11 @@ class SpidrTrainer(Trainer):
             elapsed = time.perf_counter() - self._last_log_time
             logs["target_perplexity"] = sums[0].item() / forwards
             logs["prediction_perplexity"] = sums[1].item() / forwards
-            logs["teacher_decay"] = self.teacher_callback.last_decay
+            logs["teacher_decay"] = self.update_callback.last_decay
             logs["audio_seconds_per_second"] = sums[3].item() / elapsed
             logs["audio_hours_seen"] = self.state.num_input_tokens_seen / SAMPLING_RATE / 3600
             logs["skipped_unreadable"], logs["skipped_too_short"], logs["skipped_invalid"] = skipped.tolist()
+            logs.update(self.update_callback.health_logs(self.model.config))
             self._log_sums.zero_()
             self._last_log_time = time.perf_counter()
         super().log(logs, start_time)
