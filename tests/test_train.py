@@ -1,5 +1,6 @@
 """Pretraining through `training/train.py`: learning, schedules, SIGKILL resume, freezing, 2 processes, bad data."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -19,20 +20,12 @@ from safetensors.torch import load_file
 from torchcodec.encoders import AudioEncoder
 
 from spidr_hf import SpidrForPreTraining
-from spidr_hf.corpus import build_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "training" / "train.py"
 
 
 train = load_script(TRAIN_SCRIPT, "spidr_train")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("corpus")
-    build_corpus(folder, hours=0.02, num_speakers=2, dev_speakers=1, seed=0)
-    return folder
 
 
 def tiny_run_config(dataset: Path, output_dir: Path, **overrides) -> dict:
@@ -91,9 +84,8 @@ def training_logs(log_history: list[dict]) -> list[dict]:
     return [entry for entry in log_history if "loss" in entry]
 
 
-@pytest.mark.slow
-def test_tiny_model_learns_and_the_teacher_follows(corpus, tmp_path):
-    config = tiny_run_config(corpus, tmp_path / "run", eval_split="dev", eval_strategy="steps", eval_steps=15)
+def train_and_record(config_path: Path) -> list[dict]:
+    """Run `train.py` in this process and return everything its trainer logged."""
     trainer_log = []
 
     class Recorder(train.SpidrTrainer):
@@ -101,13 +93,20 @@ def test_tiny_model_learns_and_the_teacher_follows(corpus, tmp_path):
             super().log(logs, start_time)
             trainer_log.append(dict(logs))
 
-    initial = train.build_model(train.parse_config([str(write_config(tmp_path, config))])[0])
     original_trainer = train.SpidrTrainer
     train.SpidrTrainer = Recorder
     try:
-        train.main([str(tmp_path / "config.yaml")])
+        train.main([str(config_path)])
     finally:
         train.SpidrTrainer = original_trainer
+    return trainer_log
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_and_the_teacher_follows(corpus, tmp_path):
+    config = tiny_run_config(corpus, tmp_path / "run", eval_split="dev", eval_strategy="steps", eval_steps=15)
+    initial = train.build_model(train.parse_config([str(write_config(tmp_path, config))])[0])
+    trainer_log = train_and_record(tmp_path / "config.yaml")
     logs = training_logs(trainer_log)
     assert len(logs) == config["max_steps"]
     losses = [entry["loss"] for entry in logs]
@@ -164,14 +163,24 @@ KILL_LAUNCHER = textwrap.dedent(
 )
 
 
+# The small-batch remedy: k-means codebooks at the start (not again when resuming) and restarts that depend on the
+# codebook usage kept in the checkpoint
+REMEDY = {"codebook_init_batches": 2, "model_config": {"codebook_size": 64, "codebook_restart_after": 2}}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("freeze_step", [1000, 4], ids=["before-freeze", "after-freeze"])
-def test_resume_after_sigkill_continues_exactly(corpus, tmp_path, freeze_step):
+@pytest.mark.parametrize(
+    ("freeze_step", "remedy"),
+    [(1000, {}), (4, {}), (1000, REMEDY)],
+    ids=["before-freeze", "after-freeze", "small-batch-remedy"],
+)
+def test_resume_after_sigkill_continues_exactly(corpus, tmp_path, freeze_step, remedy):
     overrides = {
         "max_steps": 8,
         "save_strategy": "steps",
         "save_steps": 5,
-        "model_config": {"freeze_step": freeze_step, "layerdrop": 0.2},
+        **remedy,
+        "model_config": {"freeze_step": freeze_step, "layerdrop": 0.2, **remedy.get("model_config", {})},
     }
     straight = tiny_run_config(corpus, tmp_path / "straight", **overrides)
     config = write_config(tmp_path, straight)
@@ -187,6 +196,8 @@ def test_resume_after_sigkill_continues_exactly(corpus, tmp_path, freeze_step):
     assert (tmp_path / "killed" / "checkpoint-5").is_dir() and not (tmp_path / "killed" / "model.safetensors").exists()
     resumed = run_script(str(TRAIN_SCRIPT), [str(config)])
     assert "Resuming from" in resumed.stderr
+    if remedy:  # fitted at the start only: a resumed run keeps the codebooks of its checkpoint
+        assert "by k-means" in crashed.stderr and "by k-means" not in resumed.stderr
 
     expected = load_file(tmp_path / "straight" / "model.safetensors")
     actual = load_file(tmp_path / "killed" / "model.safetensors")
@@ -305,20 +316,8 @@ def test_unreadable_and_short_files_are_skipped_and_counted(corpus, tmp_path, ca
     (folder / "broken.flac").write_bytes(bytes(data))
 
     config = tiny_run_config(folder, tmp_path / "run", max_steps=-1, num_train_epochs=1)
-    trainer_log = []
-
-    class Recorder(train.SpidrTrainer):
-        def log(self, logs, start_time=None):
-            super().log(logs, start_time)
-            trainer_log.append(dict(logs))
-
-    original_trainer = train.SpidrTrainer
-    train.SpidrTrainer = Recorder
-    try:
-        with caplog.at_level(logging.WARNING):
-            train.main([str(write_config(tmp_path, config))])
-    finally:
-        train.SpidrTrainer = original_trainer
+    with caplog.at_level(logging.WARNING):
+        trainer_log = train_and_record(write_config(tmp_path, config))
     assert "Left out of training: 1 unreadable and 1 too short" in caplog.text
     logs = training_logs(trainer_log)
     assert logs[-1]["skipped_unreadable"] == 1  # broken.flac, found when decoding
@@ -450,3 +449,41 @@ def test_paper_recipes(objective):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="bf16"):
             train.parse_config([str(path)])  # as written, the recipe needs a GPU
+
+
+@pytest.mark.parametrize(("name", "processes"), [("spidr_base_1gpu", 1), ("spidr_base_8gpu", 8)])
+def test_fewer_gpu_recipes_keep_the_paper_global_batch(name, processes):
+    """1 and 8 GPU recipes: the paper's recipe, with accumulation making up its 16 GPUs of 3.8M samples."""
+    cpu = ["--bf16=false", "--torch_compile=false", "--optim=adamw_torch", "--use_cpu=true"]
+    paper = train.parse_config([str(ROOT / "training" / "configs" / "spidr_base_librispeech.yaml"), *cpu])
+    variant = train.parse_config([str(ROOT / "training" / "configs" / f"{name}.yaml"), *cpu])
+    _, data_args, args = variant
+    assert data_args.max_batch_samples * args.gradient_accumulation_steps * processes == 16 * 3_800_000
+    assert args.output_dir.endswith(name)
+    # Everything else is the paper's recipe
+    for ours, theirs in zip(variant, paper, strict=True):
+        differences = {
+            field.name
+            for field in dataclasses.fields(ours)
+            if getattr(ours, field.name) != getattr(theirs, field.name)
+            and field.name not in ("gradient_accumulation_steps", "output_dir", "logging_dir")
+        }
+        assert not differences
+
+
+def test_config_files_extend_others(tmp_path):
+    base = tiny_run_config(Path("somewhere"), tmp_path / "run")
+    write_config(tmp_path, base)
+    (tmp_path / "variant.yaml").write_text(
+        "extends: config.yaml\nmax_steps: 9\nmodel_config:\n  codebook_restart_after: 4\n"
+    )
+    model_args, _, args = train.parse_config([str(tmp_path / "variant.yaml"), "--learning_rate=0.01"])
+    assert args.max_steps == 9 and args.learning_rate == 0.01 and args.warmup_steps == base["warmup_steps"]
+    # model_config entries are overridden one by one
+    assert model_args.model_config == {**base["model_config"], "codebook_restart_after": 4}
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(SystemExit, match="extends itself"):
+        train.parse_config([str(tmp_path / "loop.yaml")])
+    (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(SystemExit, match=r"missing\.yaml not found"):
+        train.parse_config([str(tmp_path / "orphan.yaml")])

@@ -1,12 +1,12 @@
 """Pretrain SpidR or DinoSR on any Hugging Face `datasets` speech corpus.
 
     accelerate launch training/train.py training/configs/spidr_base_librispeech.yaml
-    python training/train.py training/configs/quickstart_cpu.yaml --max_steps=50 --model_config.num_hidden_layers=2
+    python training/train.py training/configs/quickstart_cpu.yaml --dataset=data/spidr-corpus --max_steps=50
 
 The config file (YAML or JSON) holds the fields of `ModelArguments`, `DataArguments` and `SpidrTrainingArguments`
-(transformers' `TrainingArguments` plus the LR schedule); `--key=value` arguments override it (dotted keys reach
-into `model_config`; values are read as JSON, or else as strings). A run whose `output_dir` holds checkpoints resumes
-from the last one.
+(transformers' `TrainingArguments` plus the LR schedule and the codebook initialisation); `extends: OTHER_FILE`
+starts from another config. `--key=value` arguments override it (dotted keys reach into `model_config`; values are
+read as JSON, or else as strings). A run whose `output_dir` holds checkpoints resumes from the last one.
 """
 
 import json
@@ -61,10 +61,7 @@ def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, SpidrT
     """Read `CONFIG [--key=value ...]` into the three argument dataclasses."""
     if not argv or argv[0].startswith("-"):
         raise SystemExit(__doc__)
-    path = Path(argv[0])
-    if not path.is_file():
-        raise SystemExit(f"Config file {path} not found.")
-    values = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text()) or {}
+    values = read_config_file(Path(argv[0]))
     for override in argv[1:]:
         key, separator, raw = override.removeprefix("--").partition("=")
         if not separator:
@@ -76,6 +73,26 @@ def parse_config(argv: list[str]) -> tuple[ModelArguments, DataArguments, SpidrT
         target[leaf] = _parse_override(raw)
     parser = HfArgumentParser((ModelArguments, DataArguments, SpidrTrainingArguments))
     return parser.parse_dict(values, allow_extra_keys=False)
+
+
+def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """
+    A YAML or JSON config. `extends: OTHER` (a path relative to the file) starts from OTHER's values, which the file's
+    own override (its `model_config` entries one by one), so that a recipe variant states only what it changes.
+    """
+    if not path.is_file():
+        raise SystemExit(f"Config file {path} not found.")
+    if path.resolve() in seen:
+        raise SystemExit(f"Config file {path} extends itself (through {' -> '.join(map(str, seen))}).")
+    values = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise SystemExit(f"Config file {path} must hold a mapping of option names to values.")
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    merged = read_config_file(path.parent / base, (*seen, path.resolve()))
+    model_config = {**merged.get("model_config", {}), **values.pop("model_config", {})}
+    return {**merged, **values, **({"model_config": model_config} if model_config else {})}
 
 
 def _parse_override(raw: str) -> Any:
@@ -157,6 +174,8 @@ def main(argv: list[str]) -> None:
         if checkpoint:
             logger.info("Resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    if summary := trainer.codebook_summary():
+        logger.info("Codebooks at the end of training: %s", summary)
     trainer.save_model()  # Hub-ready: model, config with auto_map, code files, preprocessor config
     if trainer.is_world_process_zero():
         logger.info("Saved the pretrained model to %s", training_args.output_dir)
