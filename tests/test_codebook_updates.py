@@ -295,3 +295,18 @@ def test_kmeans_initialised_codebooks_start_in_use_and_restarts_keep_them_so(cor
         assert remedy[-1][key + "never_assigned"] < paper[-1][key + "never_assigned"]
         assert sum(entry[key + "restarted"] for entry in remedy) > 0
         assert sum(entry[key + "restarted"] for entry in paper) == 0
+
+
+@pytest.mark.slow
+def test_codebook_frames_benchmark_shows_the_remedy(corpus, capsys):
+    from conftest import load_script
+
+    benchmark = load_script(ROOT / "benchmarks" / "codebook_frames.py", "codebook_frames")
+    rows = benchmark.main(["--corpus", str(corpus), "--frames", "100", "--updates", "15", "--utterances", "12"])
+    by_setting = {(row["codewords"], row["restart_after"]): row for row in rows}
+    assert len(rows) == 4 and all(row["frames_per_update"] == 100 for row in rows)
+    paper = by_setting["random", 0]
+    for setting in (("random", 5), ("k-means", 0), ("k-means", 5)):
+        assert by_setting[setting]["perplexity"] > paper["perplexity"] + 5
+        assert by_setting[setting]["never_assigned"] < paper["never_assigned"]
+    assert "frames/update" in capsys.readouterr().out
