@@ -101,17 +101,35 @@ class SpidrUpdateCallback(TrainerCallback):
         # all-reduce needs them all
         statistics = self.statistics if self.statistics is not None else model.codebooks.zero_statistics()
         self.statistics = None
-        health = model.codebooks.apply_statistics(statistics)
-        self.health.append(health)
-        if not self.warned and state.global_step >= HEALTH_GRACE_UPDATES:
-            self._warn_if_unhealthy(model.config, health)
+        self.health.append(model.codebooks.apply_statistics(statistics))
         self.last_decay = model.update_teacher(state.global_step)
 
-    def _warn_if_unhealthy(self, config, health: SpidrCodebookHealth) -> None:
-        dead = health.never_assigned.tolist()
+    def health_logs(self, config, step: int) -> dict[str, float]:
+        """
+        Per-codebook figures of the updates since the last call, averaged (restarts: summed; codewords never
+        assigned: the latest), and a warning the first time more than half a codebook is unused after the first steps.
+        """
+        if not self.health:
+            return {}
+        # One transfer from the device for all updates; each figure becomes (updates, num_codebooks)
+        figures = SpidrCodebookHealth(*torch.stack([torch.stack(h).float() for h in self.health], dim=1).cpu())
+        self.health = []
+        logs = {}
+        for index, layer in enumerate(config.codebook_layers):
+            prefix = f"codebook_layer{layer}"
+            logs[f"{prefix}/target_perplexity"] = figures.target_perplexity[:, index].mean().item()
+            logs[f"{prefix}/assigned"] = figures.assigned[:, index].mean().item()
+            logs[f"{prefix}/never_assigned"] = figures.never_assigned[-1, index].item()
+            logs[f"{prefix}/restarted"] = figures.restarted[:, index].sum().item()
+        logs["codebook_frames_per_update"] = figures.frames[:, 0].mean().item()
+        if not self.warned and step >= HEALTH_GRACE_UPDATES:
+            self._warn_if_unhealthy(config, figures.never_assigned[-1], logs["codebook_frames_per_update"])
+        return logs
+
+    def _warn_if_unhealthy(self, config, never_assigned: torch.Tensor, frames_per_update: float) -> None:
         unhealthy = [
-            f"layer {layer}: {count} of {config.codebook_size}"
-            for layer, count in zip(config.codebook_layers, dead, strict=True)
+            f"layer {layer}: {count:.0f} of {config.codebook_size}"
+            for layer, count in zip(config.codebook_layers, never_assigned.tolist(), strict=True)
             if count > UNHEALTHY_SHARE * config.codebook_size
         ]
         if not unhealthy:
@@ -119,29 +137,12 @@ class SpidrUpdateCallback(TrainerCallback):
         self.warned = True
         logger.warning(
             "Codebooks with more than half their codewords never assigned a frame (%s): the codebook updates see "
-            "%d masked frames each (the paper: about 100,000 over 16 GPUs) and most codewords die. Give each update "
-            "more frames (more processes or gradient_accumulation_steps, same global batch as the paper), or use the "
-            "small-batch remedy: codebook_init_batches > 0 and model_config.codebook_restart_after > 0.",
+            "%.0f masked frames each (the paper: about 100,000 over 16 GPUs) and most codewords die. Give each "
+            "update more frames (more processes or gradient_accumulation_steps, same global batch as the paper), or "
+            "use the small-batch remedy: codebook_init_batches > 0 and model_config.codebook_restart_after > 0.",
             "; ".join(unhealthy),
-            int(health.frames[0].item()),
+            frames_per_update,
         )
-
-    def health_logs(self, config) -> dict[str, float]:
-        """Per-codebook figures averaged over the updates since the last call (codewords never assigned: the last)."""
-        if not self.health:
-            return {}
-        logs = {}
-        for index, layer in enumerate(config.codebook_layers):
-            prefix = f"codebook_layer{layer}"
-            logs[f"{prefix}/target_perplexity"] = sum(h.target_perplexity[index].item() for h in self.health) / len(
-                self.health
-            )
-            logs[f"{prefix}/assigned"] = sum(h.assigned[index].item() for h in self.health) / len(self.health)
-            logs[f"{prefix}/never_assigned"] = self.health[-1].never_assigned[index].item()
-            logs[f"{prefix}/restarted"] = sum(h.restarted[index].item() for h in self.health)
-        logs["codebook_frames_per_update"] = sum(h.frames[0].item() for h in self.health) / len(self.health)
-        self.health = []
-        return logs
 
 
 class SpidrTrainer(Trainer):
@@ -348,7 +349,7 @@ class SpidrTrainer(Trainer):
             logs["audio_seconds_per_second"] = sums[3].item() / elapsed
             logs["audio_hours_seen"] = self.state.num_input_tokens_seen / SAMPLING_RATE / 3600
             logs["skipped_unreadable"], logs["skipped_too_short"], logs["skipped_invalid"] = skipped.tolist()
-            logs.update(self.update_callback.health_logs(self.model.config))
+            logs.update(self.update_callback.health_logs(self.model.config, self.state.global_step))
             self._log_sums.zero_()
             self._last_log_time = time.perf_counter()
         super().log(logs, start_time)
