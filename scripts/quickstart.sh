@@ -15,7 +15,8 @@ echo "== 2/4 Pretraining a small SpidR (training/configs/quickstart_cpu.yaml)"
 python training/train.py training/configs/quickstart_cpu.yaml --dataset="$corpus" --output_dir="$model"
 
 echo "== 3/4 ABX and PNMI of the trained model, its random initialisation and log-mel features"
-spidr-hf evaluate "$model" --dataset "$corpus" --units codebook kmeans --num-clusters 64 --output "$work/evaluation"
+spidr-hf evaluate "$model" --dataset "$corpus" --units codebook kmeans --num-clusters 64 --output "$work/evaluation" \
+    --overwrite
 
 echo "== 4/4 Release folder with its model card (checked in a fresh process; nothing is uploaded)"
 rm -rf "$work/release"

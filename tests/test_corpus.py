@@ -178,7 +178,8 @@ def test_missing_tools_say_how_to_install(tmp_path, monkeypatch, capsys):
         (["--speakers", "1"], "--speakers must be between 2"),
         (["--speakers", "13"], "--speakers must be between 2"),
         (["--speakers", "2", "--dev-speakers", "2"], "--dev-speakers"),
-        (["--hours", "0"], "--hours must be positive"),
+        (["--hours", "0"], "--hours must be a positive number"),
+        (["--hours", "nan"], "--hours must be a positive number"),
         (["--hours", "100"], "ask for fewer"),
     ],
 )
@@ -193,3 +194,20 @@ def test_sidecar_records_the_flite_settings(tiny):
     assert record["flite_options"] == ["-voice", "slt"]
     with wave.open(str(next((tiny / "wavs" / "slt").glob("*.wav")))) as wav:
         assert (wav.getframerate(), wav.getnchannels()) == (16000, 1)
+
+
+def test_a_folder_of_other_files_is_never_overwritten(tmp_path, capsys):
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    user_folder = tmp_path / "userds"
+    DatasetDict({"train": Dataset.from_dict({"text": ["x"] * 100})}).save_to_disk(str(user_folder))
+    before = {path: path.read_bytes() for path in user_folder.rglob("*") if path.is_file()}
+    with pytest.raises(SystemExit):
+        main(["corpus", str(user_folder), "--hours", "0.005"])
+    assert "not a spidr-hf corpus" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in user_folder.rglob("*") if path.is_file()} == before
+    assert len(load_from_disk(str(user_folder))["train"]) == 100
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(SystemExit):
+        main(["corpus", str(tmp_path / "file"), "--hours", "0.005"])
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == "mine"

@@ -288,3 +288,22 @@ def test_comparison_with_the_random_initialisation_uses_each_systems_best_layer(
     text = format_comparison(report)
     assert "20.00 (layer 2) vs 25.00 (layer 1)  better" in text
     assert "0.050 (layer 1) vs 0.200 (layer 1)  NOT better" in text
+
+
+def test_an_earlier_report_is_kept_unless_overwrite_is_asked(corpus_dir, model_dir, tmp_path, capsys):
+    output = tmp_path / "report"
+    output.mkdir()
+    (output / "results.json").write_text('{"earlier": true}')
+    command = ["evaluate", str(model_dir), "--dataset", str(corpus_dir), "--layers", "4", "--max-utterances", "4"]
+    with pytest.raises(SystemExit):  # refused before any work
+        main([*command, "--output", str(output)])
+    assert "already holds a report" in capsys.readouterr().err
+    assert (output / "results.json").read_text() == '{"earlier": true}'
+    (tmp_path / "a_file").write_text("mine")
+    for destination, message in ((tmp_path / "a_file", "is a file"), (tmp_path / "a_file" / "sub", "Cannot create")):
+        with pytest.raises(SystemExit):
+            main([*command, "--output", str(destination)])
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "a_file").read_text() == "mine"
+    assert main([*command, "--output", str(output), "--overwrite"]) == 0
+    assert "results" in json.loads((output / "results.json").read_text())

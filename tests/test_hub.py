@@ -292,7 +292,8 @@ def test_card_needs_a_license():
         (lambda e: e.pop("num_abx_tokens"), "'num_abx_tokens' must be a int"),
         (lambda e: e["results"][0].update(metric="wer"), r"results\[0\]: 'metric' must be one of"),
         (lambda e: e["results"][1].update(system="hubert"), r"results\[1\]: 'system'"),
-        (lambda e: e["results"][2].update(value="0.4"), r"results\[2\]: 'value' must be a number"),
+        (lambda e: e["results"][2].update(value="0.4"), r"results\[2\]: 'value' must be a finite number"),
+        (lambda e: e["results"][2].update(value=float("nan")), r"results\[2\]: 'value' must be a finite number"),
         (lambda e: e["results"][3].update(layer="6"), r"results\[3\]: 'layer'"),
     ],
 )

@@ -417,6 +417,9 @@ def test_config_file_and_overrides(tmp_path):
         train.parse_config([str(path), "--not_an_option=1"])
     with pytest.raises(ValueError, match="num_codebooks"):
         train.build_model(train.parse_config([str(path), "--model_config.num_codebooks=9"])[0])
+    # A mistyped model setting is an error naming the closest one, not a silent extra entry of config.json
+    with pytest.raises(ValueError, match="Unknown model_config key 'hiden_size'; did you mean 'hidden_size'"):
+        train.build_model(train.parse_config([str(path), "--model_config.hiden_size=64"])[0])
 
 
 @pytest.mark.slow
@@ -432,6 +435,25 @@ def test_quickstart_config_trains_and_writes_a_loadable_model(corpus, tmp_path):
     assert model.config.feat_extract_norm == "group" and model.config.num_codebooks == 3
     units = model.get_units(torch.randn(1, 16_000), layer=6)
     assert units.shape == (1, 49) and units.dtype == torch.long
+    # Hub-ready as it is: AutoModel, the feature extractor and both pipelines load it with trust_remote_code in a
+    # fresh interpreter without spidr_hf, and give this model's features and units
+    from spidr_hf.feature_extraction_spidr import SpidrFeatureExtractor
+    from spidr_hf.release import check_release_folder
+
+    assert (output / "pipeline_spidr.py").is_file()
+    check_release_folder(output, model.eval(), SpidrFeatureExtractor(), layer=6)
+
+
+def test_training_never_overwrites_a_saved_model_it_cannot_resume(tmp_path):
+    output = tmp_path / "mine"
+    output.mkdir()
+    (output / "config.json").write_text('{"mine": 1}')
+    config = write_config(tmp_path, tiny_run_config(Path("somewhere"), output))
+    with pytest.raises(ValueError, match="already holds a saved model"):
+        train.main([str(config)])
+    assert (output / "config.json").read_text() == '{"mine": 1}'
+    result = run_script(str(TRAIN_SCRIPT), [str(config)], check=False)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("train.py: error: output_dir")
 
 
 @pytest.mark.parametrize("objective", ["spidr", "dinosr"])

@@ -9,6 +9,7 @@ starts from another config. `--key=value` arguments override it (dotted keys rea
 read as JSON, or else as strings). A run whose `output_dir` holds checkpoints resumes from the last one.
 """
 
+import difflib
 import json
 import logging
 import sys
@@ -104,6 +105,12 @@ def _parse_override(raw: str) -> Any:
 
 
 def build_model(model_args: ModelArguments) -> SpidrForPreTraining:
+    known = set(SpidrConfig().to_dict())
+    for key in model_args.model_config:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else " (see SpidrConfig)"
+            raise ValueError(f"Unknown model_config key {key!r}{hint}")
     if model_args.init_from:
         return SpidrForPreTraining.from_pretrained(model_args.init_from)
     if model_args.objective == "dinosr":
@@ -116,6 +123,7 @@ def build_model(model_args: ModelArguments) -> SpidrForPreTraining:
 def main(argv: list[str]) -> None:
     model_args, data_args, training_args = parse_config(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_output_dir(Path(training_args.output_dir), training_args.resume_from_checkpoint)
     set_seed(training_args.seed)
     model = build_model(model_args)
     if data_args.pad:
@@ -181,6 +189,18 @@ def main(argv: list[str]) -> None:
         logger.info("Saved the pretrained model to %s", training_args.output_dir)
 
 
+def check_output_dir(output_dir: Path, resume_from_checkpoint: str | None) -> None:
+    """A run writes into a new folder or resumes one; a saved model with no checkpoint to resume is left alone."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir {output_dir} is a file")
+    saved_model = (output_dir / "config.json").is_file()
+    if resume_from_checkpoint is None and saved_model and not get_last_checkpoint(output_dir):
+        raise ValueError(
+            f"output_dir {output_dir} already holds a saved model (config.json) and no checkpoint to resume from; "
+            "nothing was changed: choose another output_dir"
+        )
+
+
 def _shard_for_this_process(dataset, training_args: SpidrTrainingArguments):
     """Each process reads its own part of a stream."""
     if training_args.world_size == 1:
@@ -191,4 +211,7 @@ def _shard_for_this_process(dataset, training_args: SpidrTrainingArguments):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except ValueError as error:  # a bad config value or file: one line, not a traceback
+        raise SystemExit(f"train.py: error: {error}") from None

@@ -13,6 +13,7 @@ needs `apt-get install flite fortunes` (Debian/Ubuntu).
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -307,16 +308,17 @@ def build_corpus(
     """
     from datasets import Dataset, DatasetDict
 
-    if hours <= 0:
-        raise ValueError(f"--hours must be positive, got {hours}")
+    if not math.isfinite(hours) or hours <= 0:
+        raise ValueError(f"--hours must be a positive number, got {hours}")
     if not 2 <= num_speakers <= len(SPEAKERS):
         raise ValueError(f"--speakers must be between 2 and {len(SPEAKERS)}, got {num_speakers}")
     if not 1 <= dev_speakers < num_speakers:
         raise ValueError(f"--dev-speakers must be at least 1 and fewer than --speakers ({num_speakers})")
+    out_dir = Path(out_dir)
+    _check_destination(out_dir)
     flite = find_flite()
     speakers = SPEAKERS[:num_speakers]
     utterances = plan_utterances(load_sentences(), speakers, hours, seed)
-    out_dir = Path(out_dir)
     wav_dir = out_dir / WAV_DIR
     todo = [utterance for utterance in utterances if not _is_done(wav_dir, utterance)]
     # Threads are enough: each job's work happens in its own flite process
@@ -341,6 +343,17 @@ def build_corpus(
     ]
     write_item_file(out_dir / ITEM_FILE, items)
     return corpus
+
+
+def _check_destination(out_dir: Path) -> None:
+    """A corpus goes into a new or empty folder, or a corpus folder it updates; anything else is the user's."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file, not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / WAV_DIR).is_dir():
+        raise ValueError(
+            f"{out_dir} already holds files that are not a spidr-hf corpus (no {WAV_DIR}/ folder); nothing was "
+            "written: choose a new or empty folder"
+        )
 
 
 def _num_frames(phones: Sequence[dict]) -> int:

@@ -304,6 +304,14 @@ PIPELINE_TASKS: dict[str, tuple[type[ChunkPipeline], str]] = {
 }
 
 
+def custom_pipelines() -> dict[str, dict[str, Any]]:
+    """The `custom_pipelines` config entry that lets `pipeline(task, model=folder, trust_remote_code=True)` work."""
+    return {
+        task: {"impl": f"{pipeline_class.__module__.split('.')[-1]}.{pipeline_class.__name__}", "pt": [auto_class]}
+        for task, (pipeline_class, auto_class) in PIPELINE_TASKS.items()
+    }
+
+
 def register_pipelines() -> None:
     """Register the tasks with transformers, so that `pipeline("spidr-features", model=...)` finds them."""
     for task, (pipeline_class, auto_class) in PIPELINE_TASKS.items():

@@ -4,6 +4,7 @@ fresh interpreter that cannot import `spidr_hf`.
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -29,9 +30,9 @@ from .pipeline_spidr import (
     DEFAULT_CHUNK_LENGTH_S,
     DEFAULT_LAYER,
     DEFAULT_STRIDE_LENGTH_S,
-    PIPELINE_TASKS,
     SpidrFeaturesPipeline,
     SpidrUnitsPipeline,
+    custom_pipelines,
 )
 
 # The templates live beside the sources, in the repository's model_cards/ folder.
@@ -116,8 +117,9 @@ def _check_result_row(row: Any, where: str) -> None:
             raise ValueError(f"{where}: {key!r} must be one of {allowed}, got {row.get(key)!r}.")
     if row.get("layer") is not None and not isinstance(row["layer"], int):
         raise ValueError(f"{where}: 'layer' must be an integer or null, got {row['layer']!r}.")
-    if not isinstance(row.get("value"), int | float) or isinstance(row["value"], bool):
-        raise ValueError(f"{where}: 'value' must be a number, got {row.get('value')!r}.")
+    value = row.get("value")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{where}: 'value' must be a finite number, got {value!r}.")
 
 
 def evaluation_table(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -208,14 +210,6 @@ def render_model_card(config: SpidrConfig, options: CardOptions) -> ModelCard:
         evaluation=evaluation_table(evaluation) if evaluation else None,
     )
     return ModelCard(content)
-
-
-def custom_pipelines() -> dict[str, dict[str, Any]]:
-    """The `custom_pipelines` config entry that lets `pipeline(task, model=folder, trust_remote_code=True)` work."""
-    return {
-        task: {"impl": f"{pipeline_class.__module__.split('.')[-1]}.{pipeline_class.__name__}", "pt": [auto_class]}
-        for task, (pipeline_class, auto_class) in PIPELINE_TASKS.items()
-    }
 
 
 def load_source(model_dir: Path) -> tuple[SpidrForPreTraining, SpidrFeatureExtractor]:

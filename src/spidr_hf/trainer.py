@@ -10,10 +10,12 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.dynamic_module_utils import custom_object_save
 
 from .codebook_init import KMEANS_FRAMES_PER_CODEWORD, kmeans_codewords, set_codewords, teacher_target_frames
 from .data import SAMPLING_RATE, BucketBatchSampler, DecodedSpeech, SpeechCollator, StreamingBatches
 from .modeling_spidr import SpidrCodebookHealth, SpidrCodebookStatistics, SpidrForPreTraining
+from .pipeline_spidr import SpidrFeaturesPipeline, custom_pipelines
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +319,14 @@ class SpidrTrainer(Trainer):
             for layer in config.codebook_layers
         ]
         return f"{'; '.join(parts)} ({logs['codebook_frames_per_update']:.0f} masked frames per update)"
+
+    # ---- saving ----
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save as the Trainer does, plus the pipelines' code and config entry: every saved folder is Hub-ready."""
+        self.model.config.custom_pipelines = custom_pipelines()
+        super()._save(output_dir, state_dict)
+        # Copies pipeline_spidr.py, which `pipeline(task, model=folder, trust_remote_code=True)` loads
+        custom_object_save(SpidrFeaturesPipeline, output_dir if output_dir is not None else self.args.output_dir)
 
     # ---- optimizer and schedule ----
     def get_decay_parameter_names(self, model) -> list[str]:

@@ -1,6 +1,7 @@
 """`spidr-hf evaluate MODEL_OR_DIR --dataset DIR`: ABX and unit quality, with log-mel and random-init baselines."""
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -40,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="discrete units to evaluate (default: codebook if the checkpoint has trained heads, else kmeans)",
     )
     parser.add_argument("--output", type=Path, default=Path("spidr-eval"), help="report folder (default: spidr-eval)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the report of an earlier run in the --output folder"
+    )
     parser.add_argument("--num-clusters", type=int, default=256, help="k-means clusters (default: 256)")
     parser.add_argument(
         "--kmeans-frames", type=int, default=30_000, help="train-split frames to fit k-means on (default: 30000)"
@@ -62,7 +66,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
+def check_output(output: Path, overwrite: bool) -> None:
+    """Before any work: the report folder can be written and holds no earlier report, unless it may be replaced."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} is a file; the report needs a folder")
+    if (output / "results.json").exists() and not overwrite:
+        raise ValueError(
+            f"{output} already holds a report (results.json); pass --overwrite to replace it, or choose another folder"
+        )
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"Cannot create the report folder {output}: {error.strerror}") from error
+    if not os.access(output, os.W_OK):
+        raise ValueError(f"Cannot write the report into {output}: permission denied")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_output(args.output, args.overwrite)
     report = evaluate_model(
         args.model,
         args.dataset,
