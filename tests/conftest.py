@@ -2,6 +2,8 @@
 
 import importlib.util
 import os
+import shutil
+import socket
 from pathlib import Path
 from types import ModuleType
 
@@ -35,6 +37,15 @@ def corpus(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("corpus")
     build_corpus(folder, hours=0.02, num_speakers=2, dev_speakers=1, seed=0)
     return folder
+
+
+def two_process_launcher() -> list[str]:
+    """`accelerate launch` of 2 CPU processes (gloo) on a port that is free now, so that runs cannot collide."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    return [*launcher, "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
 
 
 def load_script(path: Path, name: str) -> ModuleType:

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, two_process_launcher
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining, compute_span_mask
 from spidr_hf.codebook_init import kmeans_codewords
@@ -72,16 +71,17 @@ def test_accumulation_equals_more_processes_equals_one_big_batch(tmp_path):
 
     script = tmp_path / "run.py"
     script.write_text(ACCUMULATION_RUN.format(tiny_config={**TINY_CONFIG, "conv_dim": list(TINY_CONFIG["conv_dim"])}))
-    layouts = {"accumulation": ([], "2", "2"), "processes": (None, "1", "2"), "one_batch": ([], "1", "4")}
+    single = [sys.executable]
+    layouts = {
+        "accumulation": (single, "2", "2"),
+        "processes": (two_process_launcher(), "1", "2"),
+        "one_batch": (single, "1", "4"),
+    }
     results = {}
     for name, (launcher, accumulation, per_batch) in layouts.items():
         out = tmp_path / name
         out.mkdir()
-        if launcher is None:
-            launcher = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
-            launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-            launcher += ["--main_process_port", "29519"]
-        run_script(str(script), [str(out), accumulation, per_batch], launcher=launcher or [sys.executable])
+        run_script(str(script), [str(out), accumulation, per_batch], launcher=launcher)
         results[name] = (torch.load(out / "state.pt"), json.loads((out / "logs.json").read_text()))
 
     expected_state, expected_logs = results["one_batch"]

@@ -5,7 +5,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_CONFIG, load_script
+from conftest import TINY_CONFIG, load_script, two_process_launcher
 from safetensors.torch import load_file
 from torchcodec.encoders import AudioEncoder
 
@@ -256,9 +255,7 @@ def test_two_processes_keep_codebooks_and_teacher_identical(corpus, tmp_path):
     config_path = write_config(tmp_path, config)
     launcher = tmp_path / "rank_launcher.py"
     launcher.write_text(RANK_LAUNCHER.format(train_script=str(TRAIN_SCRIPT)))
-    accelerate = [shutil.which("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    accelerate += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
-    run_script(str(launcher), [str(tmp_path), str(config_path)], launcher=accelerate)
+    run_script(str(launcher), [str(tmp_path), str(config_path)], launcher=two_process_launcher())
 
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for key, value in rank0.items():
