@@ -1,7 +1,9 @@
 """`spidr-hf convert`: checkpoint formats and clear errors that leave nothing behind."""
 
 import json
+import os
 import re
+import stat
 
 import pytest
 import spidr.models.utils as reference_utils
@@ -202,3 +204,18 @@ def test_cli_reports_errors_in_one_line(tmp_path, capsys):
         cli_main(["convert", str(tmp_path / "notes.pt"), str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert "spidr-hf convert: error:" in capsys.readouterr().err
+
+
+def test_written_folders_get_the_usual_permissions(reference_checkpoint, tmp_path):
+    """Under umask 022 a new or empty destination ends up 755 with 644 files, like a plain mkdir and open."""
+    _, path = reference_checkpoint
+    (tmp_path / "empty").mkdir(mode=0o755)
+    previous = os.umask(0o022)
+    try:
+        for destination in (tmp_path / "new", tmp_path / "empty"):
+            convert(path, destination)
+            assert stat.S_IMODE(destination.stat().st_mode) == 0o755
+            modes = {stat.S_IMODE(file.stat().st_mode) for file in destination.iterdir()}
+            assert modes == {0o644}
+    finally:
+        os.umask(previous)

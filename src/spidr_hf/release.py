@@ -247,11 +247,21 @@ def write_release_folder(
         custom_object_save(SpidrFeaturesPipeline, staging)  # copies pipeline_spidr.py (and what it imports)
         if card is not None:
             card.save(Path(staging) / "README.md")
+        _permissions_from_umask(Path(staging))
         if destination.exists():
             destination.rmdir()
         shutil.move(staging, destination)
         Path(staging).mkdir()  # the context manager removes it again
     return destination
+
+
+def _permissions_from_umask(folder: Path) -> None:
+    """The modes a plain mkdir and open would give, where the private temporary folder and files gave 0700/0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def probe_signal() -> np.ndarray:
