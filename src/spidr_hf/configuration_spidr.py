@@ -45,10 +45,11 @@ class SpidrConfig(PreTrainedConfig):
         codebook_decay (`float`, defaults to 0.9): EMA decay of the codebooks (1.0 freezes them).
         codebook_restart_after (`int`, defaults to 0): a small-batch remedy, off in the paper (0). A codeword that no
             masked frame is assigned to in this many consecutive codebook updates is restarted: the most used codeword
-            of its codebook is split in two (`c (1 + 0.05)` and `c (1 - 0.05)`, sharing its count), so that the
-            codebook keeps all its codewords in use. With the paper's ~10^5 masked frames per update few codewords ever
-            go unused; with a few thousand or fewer, many die at the first updates and never come back. Pair it with
-            k-means initialised codebooks (`codebook_init_batches` in `SpidrTrainingArguments`).
+            of its codebook is split in two, each half 5 % of its norm away from it towards or away from the mean of
+            its latest frames, sharing its count, so that the codebook keeps all its codewords in use. With the
+            paper's ~10^5 masked frames per update few codewords ever go unused; with a few hundred or thousand, many
+            die at the first updates and never come back. It can be combined with k-means initialised codebooks
+            (`codebook_init_batches` in `SpidrTrainingArguments`).
         ema_start_decay (`float`, defaults to 0.999): teacher EMA decay at step 0.
         ema_timescale (`float`, defaults to 20000): SpidR schedule
             `1 - (1 - ema_start_decay) * exp(-step / ema_timescale)`.
