@@ -60,6 +60,7 @@ ACCUMULATION_RUN = textwrap.dedent(
         torch.save(model.state_dict(), out + "/state.pt")
         with open(out + "/logs.json", "w") as f:
             json.dump([entry for entry in trainer.state.log_history if "loss" in entry], f)
+    trainer.accelerator.end_training()  # destroys the process group: gloo threads left running can abort the exit
     """
 )
 

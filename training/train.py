@@ -187,6 +187,7 @@ def main(argv: list[str]) -> None:
     trainer.save_model()  # Hub-ready: model, config with auto_map, code files, preprocessor config
     if trainer.is_world_process_zero():
         logger.info("Saved the pretrained model to %s", training_args.output_dir)
+    trainer.accelerator.end_training()  # closes the trackers and the process group of a multi-process run
 
 
 def check_output_dir(output_dir: Path, resume_from_checkpoint: str | None) -> None:

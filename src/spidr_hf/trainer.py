@@ -84,7 +84,11 @@ class SpidrUpdateCallback(TrainerCallback):
         self.trainer = trainer
         self.statistics: SpidrCodebookStatistics | None = None
         self.last_decay = float("nan")
-        self.health: list[SpidrCodebookHealth] = []  # the updates since the last log
+        # Health of the updates since the last log: running sums on the device (a fixed size however rarely the run
+        # logs), the number of updates, and the latest update's
+        self.health_sums: torch.Tensor | None = None
+        self.health_updates = 0
+        self.latest_health: torch.Tensor | None = None
         self.warned = False
 
     def add(self, statistics: SpidrCodebookStatistics) -> None:
@@ -103,7 +107,11 @@ class SpidrUpdateCallback(TrainerCallback):
         # all-reduce needs them all
         statistics = self.statistics if self.statistics is not None else model.codebooks.zero_statistics()
         self.statistics = None
-        self.health.append(model.codebooks.apply_statistics(statistics))
+        health = model.codebooks.apply_statistics(statistics)
+        stacked = torch.stack(health).float()  # (figures, num_codebooks)
+        self.health_sums = stacked if self.health_sums is None else self.health_sums + stacked
+        self.health_updates += 1
+        self.latest_health = stacked
         self.last_decay = model.update_teacher(state.global_step)
 
     def health_logs(self, config, step: int) -> dict[str, float]:
@@ -111,21 +119,23 @@ class SpidrUpdateCallback(TrainerCallback):
         Per-codebook figures of the updates since the last call, averaged (restarts: summed; codewords never
         assigned: the latest), and a warning the first time more than half a codebook is unused after the first steps.
         """
-        if not self.health:
+        if self.health_sums is None:
             return {}
-        # One transfer from the device for all updates; each figure becomes (updates, num_codebooks)
-        figures = SpidrCodebookHealth(*torch.stack([torch.stack(h).float() for h in self.health], dim=1).cpu())
-        self.health = []
+        # One transfer from the device; each figure is (num_codebooks,)
+        sums, latest = torch.stack([self.health_sums, self.latest_health]).cpu()
+        means, totals = SpidrCodebookHealth(*(sums / self.health_updates)), SpidrCodebookHealth(*sums)
+        never_assigned = SpidrCodebookHealth(*latest).never_assigned
+        self.health_sums, self.health_updates = None, 0
         logs = {}
         for index, layer in enumerate(config.codebook_layers):
             prefix = f"codebook_layer{layer}"
-            logs[f"{prefix}/target_perplexity"] = figures.target_perplexity[:, index].mean().item()
-            logs[f"{prefix}/assigned"] = figures.assigned[:, index].mean().item()
-            logs[f"{prefix}/never_assigned"] = figures.never_assigned[-1, index].item()
-            logs[f"{prefix}/restarted"] = figures.restarted[:, index].sum().item()
-        logs["codebook_frames_per_update"] = figures.frames[:, 0].mean().item()
+            logs[f"{prefix}/target_perplexity"] = means.target_perplexity[index].item()
+            logs[f"{prefix}/assigned"] = means.assigned[index].item()
+            logs[f"{prefix}/never_assigned"] = never_assigned[index].item()
+            logs[f"{prefix}/restarted"] = totals.restarted[index].item()
+        logs["codebook_frames_per_update"] = means.frames[0].item()
         if not self.warned and step >= HEALTH_GRACE_UPDATES:
-            self._warn_if_unhealthy(config, figures.never_assigned[-1], logs["codebook_frames_per_update"])
+            self._warn_if_unhealthy(config, never_assigned, logs["codebook_frames_per_update"])
         return logs
 
     def _warn_if_unhealthy(self, config, never_assigned: torch.Tensor, frames_per_update: float) -> None:
