@@ -45,10 +45,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
 
     model_args, _, training_args = train.parse_config([str(args.config)])
+    try:  # a missing or unreadable corpus is a one-line error, before the model is built
+        utterances = load_split(args.corpus, "train", args.utterances, training_args.seed)
+    except ValueError as error:
+        parser.error(str(error))
     set_seed(training_args.seed)
     model = train.build_model(model_args).eval()
     extractor = SpidrFeatureExtractor()
-    utterances = load_split(args.corpus, "train", args.utterances, training_args.seed)
     batches = (
         {"input_values": extractor(u.audio, sampling_rate=extractor.sampling_rate, return_tensors="pt").input_values}
         for u in utterances

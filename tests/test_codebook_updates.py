@@ -311,3 +311,6 @@ def test_codebook_frames_benchmark_shows_the_remedy(corpus, capsys):
         assert by_setting[setting]["perplexity"] > paper["perplexity"] + 5
         assert by_setting[setting]["never_assigned"] < paper["never_assigned"]
     assert "frames/update" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        benchmark.main(["--corpus", str(ROOT / "no-such-corpus")])
+    assert "is not a dataset saved with DatasetDict.save_to_disk" in capsys.readouterr().err
