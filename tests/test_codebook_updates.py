@@ -60,7 +60,8 @@ ACCUMULATION_RUN = textwrap.dedent(
         torch.save(model.state_dict(), out + "/state.pt")
         with open(out + "/logs.json", "w") as f:
             json.dump([entry for entry in trainer.state.log_history if "loss" in entry], f)
-    trainer.accelerator.end_training()  # destroys the process group: gloo threads left running can abort the exit
+    trainer.accelerator.wait_for_everyone()  # then tear the process group down together: gloo threads left
+    trainer.accelerator.end_training()  # running at exit can abort a process
     """
 )
 
