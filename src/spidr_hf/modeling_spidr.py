@@ -746,6 +746,8 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
     codebook per target layer, and the learned mask embedding.
     """
 
+    # The Trainer passes `num_items_in_batch` (masked frames of the global batch) to `forward`
+    accepts_loss_kwargs = True
     # Codebook usage tracking came after the first releases; folders without it start from no usage
     _keys_to_ignore_on_load_missing = [r"codebooks\.idle_updates", r"codebooks\.ever_assigned"]
 
@@ -852,6 +854,7 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         mask_time_indices: torch.Tensor | None = None,
         defer_codebook_update: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
         return_dict: bool | None = None,
     ) -> SpidrForPreTrainingOutput | tuple:
         r"""
@@ -863,6 +866,11 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
             instead. A loop with gradient accumulation sums them over the micro-batches of an optimizer step and
             applies them once (`model.codebooks.apply_statistics`), so that every micro-batch is assigned against the
             same codebooks and the update sees all their frames, as with more processes. `SpidrTrainer` does this.
+        num_items_in_batch (`torch.Tensor` or `int`, *optional*):
+            Masked frames of the whole global batch (every micro-batch of the optimizer step, every process). The loss
+            is then this batch's sum of masked-frame losses divided by it, so that the gradients summed over
+            micro-batches (and averaged over processes, times their number) are those of the global mean. Without it
+            the loss is this batch's own mean.
         """
         _, features, frame_mask = self.spidr.embed(input_values, attention_mask)
         batch, frames = features.shape[:2]
@@ -895,7 +903,7 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
             weights = mask.to(log_probs.dtype)
             num_masked = weights.sum()
             frame_losses = -log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(0)
-            loss = (frame_losses * weights).sum() / num_masked
+            loss = (frame_losses * weights).sum() / (num_masked if num_items_in_batch is None else num_items_in_batch)
             with torch.no_grad():
                 onehot = F.one_hot(labels, self.config.codebook_size).to(log_probs.dtype) * weights.unsqueeze(-1)
                 target_perplexity = _perplexity(onehot.sum((1, 2)) / num_masked)
