@@ -32,8 +32,7 @@ def teacher_target_frames(
     for batch in batches:
         if "input_values" not in batch:  # every file of the batch was skipped
             continue
-        _, features, frame_mask = model.spidr.embed(batch["input_values"], batch.get("attention_mask"))
-        targets = model._targets(features, frame_mask)  # (num_codebooks, batch, frames, hidden)
+        targets, frame_mask = model.get_teacher_targets(batch["input_values"], batch.get("attention_mask"))
         valid = targets.flatten(1, 2) if frame_mask is None else targets[:, frame_mask]
         chunks.append(valid.cpu())
     if not chunks:

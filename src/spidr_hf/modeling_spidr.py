@@ -86,6 +86,11 @@ class SpidrForPreTrainingOutput(ModelOutput):
     codebook_statistics (`SpidrCodebookStatistics`, returned in training mode with `defer_codebook_update=True`):
         This batch's contribution to the codebook update, to be summed with the other micro-batches' and applied once
         with `model.codebooks.apply_statistics`.
+    logits (`tuple(torch.FloatTensor)` of shape `(batch_size, frames, codebook_size)`):
+        The codebook heads' logits, entry `k` for encoder layer `config.codebook_layers[k]` (only the heads of the
+        layers that ran when `num_layers` stops the encoder early). The argmax is the discrete unit.
+    hidden_states, layer_results, attentions:
+        The student's outputs, as in [`SpidrModelOutput`], when asked for.
     """
 
     loss: torch.FloatTensor | None = None
@@ -93,6 +98,10 @@ class SpidrForPreTrainingOutput(ModelOutput):
     prediction_perplexity: torch.FloatTensor | None = None
     mask_time_indices: torch.BoolTensor | None = None
     codebook_statistics: SpidrCodebookStatistics | None = None
+    logits: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor | None, ...] | None = None
+    layer_results: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def normalize_over_time(hidden_states: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
@@ -400,8 +409,8 @@ class SpidrEncoderLayerStableLayerNorm(SpidrEncoderLayer):
 
 
 class SpidrEncoderOutput(NamedTuple):
-    last_hidden_state: torch.Tensor
-    layer_results: tuple[torch.Tensor, ...]
+    last_hidden_state: torch.Tensor  # (batch, frames, hidden)
+    layer_results: tuple[torch.Tensor, ...] | None  # one (batch, frames, hidden) per layer that ran, when asked for
 
 
 class SpidrEncoder(nn.Module):
@@ -421,12 +430,13 @@ class SpidrEncoder(nn.Module):
         hidden_states: torch.Tensor,
         frame_mask: torch.Tensor | None = None,
         num_layers: int | None = None,
-        layer_results_from: int | None = None,
+        output_layer_results: bool = False,
         **kwargs,
     ) -> SpidrEncoderOutput:
         """
-        Run the first `num_layers` layers (all by default). `layer_results_from` (1-based) asks for the layer results of
-        that layer and the following ones. The final LayerNorm of pre-LN models is applied only when all layers run.
+        `(batch, frames, hidden)` features and the `(batch, frames)` valid-frame mask (None without padding) to the
+        residual stream and, with `output_layer_results`, each layer's result. Runs the first `num_layers` layers (all
+        by default); the final LayerNorm of pre-LN models is applied only when all layers run.
         """
         num_layers = len(self.layers) if num_layers is None else num_layers
         hidden_states = hidden_states + self.pos_conv_embed(hidden_states, frame_mask)
@@ -443,11 +453,11 @@ class SpidrEncoder(nn.Module):
         for index, layer in enumerate(self.layers[:num_layers]):
             skip = None if skips is None else skips[index]
             hidden_states, layer_result = layer(hidden_states, attention_mask, skip, **kwargs)
-            if layer_results_from is not None and index + 1 >= layer_results_from:
+            if output_layer_results:
                 layer_results.append(layer_result)
         if self.config.do_stable_layer_norm and num_layers == len(self.layers):
             hidden_states = self.layer_norm(hidden_states)
-        return SpidrEncoderOutput(last_hidden_state=hidden_states, layer_results=tuple(layer_results))
+        return SpidrEncoderOutput(hidden_states, tuple(layer_results) if output_layer_results else None)
 
 
 class SpidrPreTrainedModel(PreTrainedModel):
@@ -462,10 +472,10 @@ class SpidrPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _no_split_modules = ["SpidrEncoderLayer", "SpidrEncoderLayerStableLayerNorm"]
     _keep_in_fp32_modules_strict = ["teacher", "codebooks"]  # EMA and codebook statistics need fp32
-    # SpidrEncoderLayer matches the pre-LN subclass too
+    # SpidrEncoderLayer matches the pre-LN subclass too. Layer results are returned by the encoder itself rather than
+    # recorded: the teacher, a bare encoder, needs them as well.
     _can_record_outputs = {
         "hidden_states": OutputRecorder(SpidrEncoderLayer, index=0),
-        "layer_results": OutputRecorder(SpidrEncoderLayer, index=1),
         "attentions": OutputRecorder(SpidrAttention, index=1),
     }
 
@@ -533,6 +543,21 @@ class SpidrPreTrainedModel(PreTrainedModel):
         """Number of frames for inputs of `input_lengths` samples."""
         return conv_output_lengths(torch.as_tensor(input_lengths), self.config.conv_kernel, self.config.conv_stride)
 
+    def _num_frames(self, num_samples: int) -> int:
+        """Number of frames for `num_samples` samples, as a Python int (no tensor: torch.compile keeps one graph)."""
+        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride, strict=True):
+            num_samples = (num_samples - kernel) // stride + 1
+        return max(num_samples, 0)
+
+    def _get_feature_vector_attention_mask(
+        self, num_frames: int, attention_mask: torch.Tensor | None
+    ) -> torch.BoolTensor | None:
+        """The `(batch, num_frames)` valid-frame mask for a sample-level `attention_mask` (None: all frames valid)."""
+        if attention_mask is None:
+            return None
+        frame_lengths = self._get_feat_extract_output_lengths(attention_mask.sum(-1))
+        return torch.arange(num_frames, device=attention_mask.device) < frame_lengths[:, None]
+
     def _check_inputs(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         if input_values.dim() != 2:
             raise ValueError(
@@ -580,10 +605,7 @@ class SpidrModel(SpidrPreTrainedModel):
         # Audio comes in fp32; a model loaded in half precision takes it in its own dtype
         input_values = input_values.to(self.feature_extractor.conv_layers[0].conv.weight.dtype)
         extract_features = self.feature_extractor(input_values, sample_lengths)
-        frame_mask = None
-        if sample_lengths is not None:
-            frame_lengths = self._get_feat_extract_output_lengths(sample_lengths)
-            frame_mask = torch.arange(extract_features.shape[1], device=input_values.device) < frame_lengths[:, None]
+        frame_mask = self._get_feature_vector_attention_mask(extract_features.shape[1], attention_mask)
         return extract_features, self.feature_projection(extract_features), frame_mask
 
     @capture_outputs(tie_last_hidden_states=False)
@@ -591,6 +613,8 @@ class SpidrModel(SpidrPreTrainedModel):
         self,
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+        mask_embedding: torch.Tensor | None = None,
         output_hidden_states: bool | int | list[int] | None = None,
         output_layer_results: bool | None = None,
         output_attentions: bool | None = None,
@@ -603,6 +627,11 @@ class SpidrModel(SpidrPreTrainedModel):
             16 kHz mono audio, standardized per utterance by [`SpidrFeatureExtractor`].
         attention_mask (`torch.LongTensor` of shape `(batch_size, samples)`, *optional*):
             1 for real samples, 0 for right padding. Valid frames of a padded batch equal those of the unpadded items.
+        mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
+            Frames whose projected features are replaced by `mask_embedding` before the Transformer encoder, as in
+            pretraining ([`SpidrForPreTraining`] passes its masks and learned embedding).
+        mask_embedding (`torch.FloatTensor` of shape `(hidden_size,)`, *optional*):
+            What masked frames become; required with `mask_time_indices`.
         output_layer_results (`bool`, *optional*):
             Return every layer's feed-forward output (the paper's features; layer 6 recommended).
         num_layers (`int`, *optional*):
@@ -617,10 +646,26 @@ class SpidrModel(SpidrPreTrainedModel):
         if num_layers is not None and not 1 <= num_layers <= self.config.num_hidden_layers:
             raise ValueError(f"`num_layers` must be in [1, {self.config.num_hidden_layers}], got {num_layers}.")
         extract_features, hidden_states, frame_mask = self.embed(input_values, attention_mask)
-        if self.training:
-            hidden_states = F.dropout(hidden_states, p=self.config.feat_proj_dropout)
-        encoder_output = self.encoder(hidden_states, frame_mask, num_layers=num_layers, **kwargs)
-        return SpidrModelOutput(last_hidden_state=encoder_output.last_hidden_state, extract_features=extract_features)
+        hidden_states = F.dropout(hidden_states, p=self.config.feat_proj_dropout, training=self.training)
+        if mask_time_indices is not None:
+            if mask_embedding is None:
+                raise ValueError("`mask_time_indices` needs the `mask_embedding` that masked frames become.")
+            if mask_time_indices.shape != hidden_states.shape[:2]:
+                raise ValueError(
+                    f"`mask_time_indices` must have shape (batch, frames) = {tuple(hidden_states.shape[:2])}, "
+                    f"got {tuple(mask_time_indices.shape)}."
+                )
+            hidden_states = torch.where(
+                mask_time_indices.bool().unsqueeze(-1), mask_embedding.to(hidden_states.dtype), hidden_states
+            )
+        encoder_output = self.encoder(
+            hidden_states, frame_mask, num_layers=num_layers, output_layer_results=bool(output_layer_results), **kwargs
+        )
+        return SpidrModelOutput(
+            last_hidden_state=encoder_output.last_hidden_state,
+            extract_features=extract_features,
+            layer_results=encoder_output.layer_results,
+        )
 
 
 class SpidrCodebooks(nn.Module):
@@ -826,27 +871,37 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         torch._foreach_copy_(copy_teacher, copy_student)
         return decay
 
-    def _student_predictions(
-        self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None, num_layers: int | None = None
-    ) -> list[torch.Tensor | None]:
-        """Head logits for each encoder layer (None where there is no head), running `num_layers` layers at most."""
-        first = self.config.codebook_layers[0]
-        if self.config.objective == "spidr":
-            output = self.spidr.encoder(hidden_states, frame_mask, num_layers=num_layers, layer_results_from=first)
-            inputs = output.layer_results
-        else:
-            output = self.spidr.encoder(hidden_states, frame_mask)
-            inputs = [output.last_hidden_state] * len(self.heads)
-        logits: list[torch.Tensor | None] = [None] * (first - 1)
-        logits += [head(x) for head, x in zip(self.heads, inputs, strict=False)]
-        return logits
+    @torch.no_grad()
+    def get_teacher_targets(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.BoolTensor | None]:
+        """
+        The teacher's targets `(num_codebooks, batch, frames, hidden)` (see `_teacher_targets`) and the valid-frame mask
+        `(batch, frames)` (None without padding): what the codebooks are fitted to.
+        """
+        _, features, frame_mask = self.spidr.embed(input_values, attention_mask)
+        return self._teacher_targets(features, frame_mask), frame_mask
 
-    def _targets(self, features: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    def _teacher_targets(self, features: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
         """Teacher layer results of the codebook layers, in fp32, normalized over each utterance's valid frames."""
         teacher_dtype = self.teacher.layer_norm.weight.dtype  # fp32 even when the student was loaded in half precision
-        output = self.teacher(features.to(teacher_dtype), frame_mask, layer_results_from=self.config.codebook_layers[0])
+        output = self.teacher(features.to(teacher_dtype), frame_mask, output_layer_results=True)
+        first = self.config.codebook_layers[0]
         with torch.autocast(features.device.type, enabled=False):
-            return torch.stack([normalize_over_time(r.float(), frame_mask) for r in output.layer_results])
+            return torch.stack([normalize_over_time(r.float(), frame_mask) for r in output.layer_results[first - 1 :]])
+
+    def _draw_masks(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.BoolTensor:
+        """SpidR's time masks `(batch, frames)` for a batch, drawn with the config's masking parameters."""
+        frames = self._num_frames(input_values.shape[1])
+        if attention_mask is None:
+            lengths = [frames] * input_values.shape[0]
+        else:
+            lengths = self._get_feat_extract_output_lengths(attention_mask.sum(-1)).tolist()
+        config = self.config
+        masks = compute_span_mask(
+            lengths, frames, config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks
+        )
+        return masks.to(input_values.device)
 
     def forward(
         self,
@@ -855,12 +910,18 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         mask_time_indices: torch.Tensor | None = None,
         defer_codebook_update: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
+        return_loss: bool = True,
+        num_layers: int | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
+        output_layer_results: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> SpidrForPreTrainingOutput | tuple:
         r"""
         mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
-            True for the frames replaced by the mask embedding and predicted. Drawn with the config's masking
-            parameters when not given. In training mode the codebooks are updated with the masked targets.
+            True for the frames replaced by the mask embedding and predicted. With `return_loss`, drawn with the
+            config's masking parameters when not given. In training mode the codebooks are updated with the masked
+            targets.
         defer_codebook_update (`bool`, *optional*, defaults to `False`):
             In training mode, leave the codebooks as they are and return this batch's `codebook_statistics`
             instead. A loop with gradient accumulation sums them over the micro-batches of an optimizer step and
@@ -871,58 +932,101 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
             is then this batch's sum of masked-frame losses divided by it, so that the gradients summed over
             micro-batches (and averaged over processes, times their number) are those of the global mean. Without it
             the loss is this batch's own mean.
+        return_loss (`bool`, *optional*, defaults to `True`):
+            False runs the student and its heads only (no masks unless given, no teacher, no codebook update): the
+            inference call that returns features (`output_layer_results`, `output_hidden_states`) and units (the
+            argmax of `logits`) together.
+        num_layers (`int`, *optional*):
+            Without the loss, stop the student after this many layers (see [`SpidrModel`]); only the heads of the
+            layers that ran are applied. DinoSR heads read the final output, so they need every layer.
         """
-        _, features, frame_mask = self.spidr.embed(input_values, attention_mask)
-        batch, frames = features.shape[:2]
-        if mask_time_indices is None:
-            lengths = [frames] * batch if frame_mask is None else frame_mask.sum(-1).tolist()
-            mask_time_indices = compute_span_mask(
-                lengths,
-                frames,
-                self.config.mask_time_prob,
-                self.config.mask_time_length,
-                self.config.mask_time_min_masks,
-            ).to(features.device)
-        elif mask_time_indices.shape != (batch, frames):
-            raise ValueError(
-                f"`mask_time_indices` must have shape (batch, frames) = {(batch, frames)}, "
-                f"got {tuple(mask_time_indices.shape)}."
-            )
-        mask = mask_time_indices.bool() if frame_mask is None else mask_time_indices.bool() & frame_mask
+        self._check_inputs(input_values, attention_mask)
+        config = self.config
+        if return_loss and num_layers is not None:
+            raise ValueError("The loss needs every layer: `num_layers` goes with `return_loss=False`.")
+        if config.objective == "dinosr" and num_layers not in (None, config.num_hidden_layers):
+            raise ValueError("DinoSR heads read the final output: `num_layers` must be left out.")
+        if return_loss and mask_time_indices is None:
+            mask_time_indices = self._draw_masks(input_values, attention_mask)
+        mask = None
+        if mask_time_indices is not None:
+            frames = self._num_frames(input_values.shape[1])
+            if mask_time_indices.shape != (input_values.shape[0], frames):
+                raise ValueError(
+                    f"`mask_time_indices` must have shape (batch, frames) = {(input_values.shape[0], frames)}, "
+                    f"got {tuple(mask_time_indices.shape)}."
+                )
+            frame_mask = self._get_feature_vector_attention_mask(frames, attention_mask)
+            mask = mask_time_indices.bool() if frame_mask is None else mask_time_indices.bool() & frame_mask
 
-        student_input = F.dropout(features, p=self.config.feat_proj_dropout, training=self.training)
-        student_input = torch.where(mask.unsqueeze(-1), self.mask_embedding.to(student_input.dtype), student_input)
-        logits = torch.stack([x for x in self._student_predictions(student_input, frame_mask) if x is not None])
+        student = self.spidr(
+            input_values,
+            attention_mask,
+            mask_time_indices=mask,
+            mask_embedding=self.mask_embedding,
+            num_layers=num_layers,
+            output_hidden_states=output_hidden_states,
+            output_layer_results=output_layer_results or config.objective == "spidr",
+            output_attentions=output_attentions,
+        )
+        # SpidR heads read the layer results of their layers, DinoSR heads the final output
+        if config.objective == "spidr":
+            head_inputs = student.layer_results[config.codebook_layers[0] - 1 :]
+        else:
+            head_inputs = [student.last_hidden_state] * len(self.heads)
+        logits = tuple(head(x) for head, x in zip(self.heads, head_inputs, strict=False))
+        loss = {}
+        if return_loss:
+            loss = self._loss(logits, mask, student.extract_features, attention_mask, num_items_in_batch)
+            if self.training and not defer_codebook_update:
+                self.codebooks.apply_statistics(loss.pop("codebook_statistics"))
+        output = SpidrForPreTrainingOutput(
+            **loss,
+            mask_time_indices=mask,
+            logits=logits,
+            hidden_states=student.hidden_states,
+            layer_results=student.layer_results if output_layer_results else None,
+            attentions=student.attentions,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def _loss(
+        self,
+        logits: tuple[torch.Tensor, ...],
+        mask: torch.Tensor,
+        extract_features: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> dict[str, torch.Tensor | SpidrCodebookStatistics | None]:
+        """
+        The loss of the heads' `logits` on the masked frames against the teacher's codebook assignments, both
+        perplexities and, in training mode, the batch's codebook statistics.
+        """
+        frame_mask = self._get_feature_vector_attention_mask(mask.shape[1], attention_mask)
         with torch.no_grad():
-            targets = self._targets(features, frame_mask)
-
-        with torch.autocast(features.device.type, enabled=False):
-            log_probs = F.log_softmax(logits.float(), dim=-1)
+            # The teacher reads the student's projected features, unmasked and without dropout
+            targets = self._teacher_targets(self.spidr.feature_projection(extract_features), frame_mask)
+        with torch.autocast(extract_features.device.type, enabled=False):
+            log_probs = F.log_softmax(torch.stack(logits).float(), dim=-1)
             flat_targets = targets.flatten(1, 2)
             labels = self.codebooks.assign(flat_targets).view(targets.shape[:3])
             weights = mask.to(log_probs.dtype)
             num_masked = weights.sum()
             frame_losses = -log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(0)
-            loss = (frame_losses * weights).sum() / (num_masked if num_items_in_batch is None else num_items_in_batch)
+            divisor = num_masked if num_items_in_batch is None else num_items_in_batch
+            loss = (frame_losses * weights).sum() / divisor
             with torch.no_grad():
                 onehot = F.one_hot(labels, self.config.codebook_size).to(log_probs.dtype) * weights.unsqueeze(-1)
-                target_perplexity = _perplexity(onehot.sum((1, 2)) / num_masked)
-                prediction_perplexity = _perplexity((log_probs.exp() * weights.unsqueeze(-1)).sum((1, 2)) / num_masked)
-                codebook_statistics = None
+                predicted = (log_probs.exp() * weights.unsqueeze(-1)).sum((1, 2)) / num_masked
+                statistics = None
                 if self.training:
-                    codebook_statistics = self.codebooks.statistics(flat_targets, onehot.flatten(1, 2))
-                    if not defer_codebook_update:
-                        self.codebooks.apply_statistics(codebook_statistics)
-                        codebook_statistics = None
-
-        output = SpidrForPreTrainingOutput(
-            loss=loss,
-            target_perplexity=target_perplexity,
-            prediction_perplexity=prediction_perplexity,
-            mask_time_indices=mask,
-            codebook_statistics=codebook_statistics,
-        )
-        return output if return_dict is not False else output.to_tuple()
+                    statistics = self.codebooks.statistics(flat_targets, onehot.flatten(1, 2))
+        return {
+            "loss": loss,
+            "target_perplexity": _perplexity(onehot.sum((1, 2)) / num_masked),
+            "prediction_perplexity": _perplexity(predicted),
+            "codebook_statistics": statistics,
+        }
 
     @torch.no_grad()
     def get_codebook_probs(
@@ -932,11 +1036,13 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         Codebook-head probabilities `(batch, frames, codebook_size)` for every encoder layer, None for layers without
         a head. Padded frames are all-zero rows.
         """
-        _, features, frame_mask = self.spidr.embed(input_values, attention_mask)
-        return tuple(
-            None if x is None else self._probabilities(x, frame_mask)
-            for x in self._student_predictions(features, frame_mask)
-        )
+        logits = self(input_values, attention_mask, return_loss=False).logits
+        frame_mask = self._get_feature_vector_attention_mask(logits[0].shape[1], attention_mask)
+        first = self.config.codebook_layers[0]
+        probabilities = [None] * (first - 1) + [F.softmax(x.float(), dim=-1) for x in logits]
+        if frame_mask is not None:
+            probabilities = [None if p is None else p * frame_mask.unsqueeze(-1) for p in probabilities]
+        return tuple(probabilities)
 
     @torch.no_grad()
     def get_units(
@@ -950,16 +1056,11 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
             raise ValueError(
                 f"Layer {layer} has no codebook head; layers with one: {list(self.config.codebook_layers)}."
             )
-        _, features, frame_mask = self.spidr.embed(input_values, attention_mask)
         num_layers = layer if self.config.objective == "spidr" else None
-        logits = self._student_predictions(features, frame_mask, num_layers=num_layers)[layer - 1]
-        units = logits.argmax(-1)
+        logits = self(input_values, attention_mask, return_loss=False, num_layers=num_layers).logits
+        units = logits[self.config.codebook_layers.index(layer)].argmax(-1)
+        frame_mask = self._get_feature_vector_attention_mask(units.shape[1], attention_mask)
         return units if frame_mask is None else units.masked_fill(~frame_mask, -1)
-
-    @staticmethod
-    def _probabilities(logits: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
-        probs = F.softmax(logits.float(), dim=-1)
-        return probs if frame_mask is None else probs * frame_mask.unsqueeze(-1)
 
 
 def _perplexity(probs: torch.Tensor) -> torch.Tensor:

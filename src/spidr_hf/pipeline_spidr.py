@@ -235,9 +235,11 @@ class SpidrFeaturesPipeline(_SpidrChunkPipeline):
         first_layer = 1 if representation == "layer_results" else 0
         if not first_layer <= layer <= num_layers:
             raise ValueError(f"`layer` must be in [{first_layer}, {num_layers}] for {representation}, got {layer}.")
-        # A full SpidrForPreTraining passed by hand works too: its `base_model` is the student network
+        # A full SpidrForPreTraining passed by hand works too: its `base_model` is the student network. The encoder
+        # stops after the layer asked for (at least one layer runs, also for the encoder input, layer 0).
         outputs = self.model.base_model(
             **self._model_inputs(model_inputs),
+            num_layers=max(layer, 1),
             output_layer_results=representation == "layer_results",
             output_hidden_states=representation == "hidden_states",
         )

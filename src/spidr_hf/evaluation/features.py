@@ -131,31 +131,32 @@ class ModelRepresentations:
         self.codebook_layers = list(codebook_layers)
         self.device = device
 
+    def _layers_to_run(self, with_units: bool) -> int | None:
+        """The encoder stops after the last layer needed (DinoSR heads read the final output: all of them)."""
+        if not with_units or not self.codebook_layers:
+            return max(self.layers)
+        if self.model.config.objective == "dinosr":
+            return None
+        return max([*self.layers, *self.codebook_layers])
+
     @torch.no_grad()
     def __call__(self, audios: Sequence[np.ndarray], with_units: bool = True) -> Representations:
         inputs = self.feature_extractor(list(audios), sampling_rate=SAMPLING_RATE, return_tensors="pt").to(self.device)
-        student = getattr(self.model, "spidr", self.model)
-        lengths = student._get_feat_extract_output_lengths(inputs["attention_mask"].sum(-1)).tolist()
-        output = student(**inputs, output_layer_results=True)
+        lengths = self.model._get_feat_extract_output_lengths(inputs["attention_mask"].sum(-1)).tolist()
+        num_layers = self._layers_to_run(with_units)
+        if with_units and self.codebook_layers:  # features and units from one forward pass
+            output = self.model(**inputs, return_loss=False, num_layers=num_layers, output_layer_results=True)
+        else:
+            output = self.model.base_model(**inputs, num_layers=num_layers, output_layer_results=True)
         features = {
             layer: [output.layer_results[layer - 1][b, :length].float().cpu() for b, length in enumerate(lengths)]
             for layer in self.layers
         }
         units = {}
         for layer in self.codebook_layers if with_units else ():
-            logits = self._codebook_logits(output, layer)
+            logits = output.logits[self.model.config.codebook_layers.index(layer)]
             units[layer] = [logits[b, :length].argmax(-1).cpu() for b, length in enumerate(lengths)]
         return Representations(features, units)
-
-    def _codebook_logits(self, output, layer: int) -> torch.Tensor:
-        """
-        Logits of the codebook head of `layer` from the same forward pass as the features, the head reading what the
-        config documents (`SpidrConfig.objective`): the layer's result (SpidR) or the final output (DinoSR). The
-        tests check that these units equal `SpidrForPreTraining.get_units`.
-        """
-        config = self.model.config
-        head_input = output.layer_results[layer - 1] if config.objective == "spidr" else output.last_hidden_state
-        return self.model.heads[config.codebook_layers.index(layer)](head_input)
 
 
 def log_mel(audio: np.ndarray) -> torch.Tensor:
