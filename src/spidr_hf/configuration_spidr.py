@@ -6,6 +6,7 @@ import operator
 
 from transformers import PreTrainedConfig
 
+SAMPLING_RATE = 16_000  # Hz: the audio every SpidR and DinoSR model takes (the feature extractor checks it)
 OBJECTIVES = ("spidr", "dinosr")
 FEAT_EXTRACT_NORMS = ("layer", "group")
 
@@ -124,6 +125,11 @@ class SpidrConfig(PreTrainedConfig):
     def inputs_to_logits_ratio(self) -> int:
         """Samples per output frame (320 = 20 ms at 16 kHz by default)."""
         return functools.reduce(operator.mul, self.conv_stride, 1)
+
+    @property
+    def frame_rate(self) -> float:
+        """Output frames per second (50 by default: one frame every 20 ms)."""
+        return SAMPLING_RATE / self.inputs_to_logits_ratio
 
     @property
     def receptive_field(self) -> int:

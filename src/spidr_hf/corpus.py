@@ -28,9 +28,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .configuration_spidr import SAMPLING_RATE
 from .evaluation.items import ITEM_FILE, SILENCE, items_from_alignment, num_frames, write_item_file
 
-SAMPLING_RATE = 16000
 DEFAULT_HOURS = 1.0  # about a minute to build; enough for the CPU pretraining quickstart
 WAV_DIR = "wavs"
 

@@ -4,9 +4,12 @@ import numpy as np
 from transformers import BatchFeature, SequenceFeatureExtractor
 from transformers.utils import PaddingStrategy, TensorType, logging
 
+from .configuration_spidr import SAMPLING_RATE, SpidrConfig
+
 logger = logging.get_logger(__name__)
 
 STANDARDIZATION_EPS = 1e-5  # (x - mean) / sqrt(var + eps), as the model was trained
+DEFAULT_MIN_SAMPLES = SpidrConfig().receptive_field  # shorter inputs give no frame with the default feature encoder
 
 
 class SpidrFeatureExtractor(SequenceFeatureExtractor):
@@ -28,11 +31,11 @@ class SpidrFeatureExtractor(SequenceFeatureExtractor):
     def __init__(
         self,
         feature_size: int = 1,
-        sampling_rate: int = 16000,
+        sampling_rate: int = SAMPLING_RATE,
         padding_value: float = 0.0,
         return_attention_mask: bool = True,
         do_normalize: bool = True,
-        min_samples: int = 400,
+        min_samples: int = DEFAULT_MIN_SAMPLES,
         **kwargs,
     ):
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)

@@ -10,9 +10,9 @@ import torch
 from tqdm import tqdm
 from transformers.audio_utils import mel_filter_bank
 
+from ..configuration_spidr import SAMPLING_RATE
 from .items import HOP_SAMPLES, WINDOW_SAMPLES
 
-SAMPLING_RATE = 16000
 REQUIRED_COLUMNS = ("audio", "id", "speaker", "phones")
 _PHONE_KEYS = {"phone", "start", "end"}
 # Alignment times may exceed the audio by rounding only

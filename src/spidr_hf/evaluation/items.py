@@ -6,12 +6,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from ..configuration_spidr import SAMPLING_RATE, SpidrConfig
+
 ITEM_FILE = "dev.item"  # name of a corpus folder's item file, for its dev split
 ITEM_HEADER = "#file onset offset #phone prev-phone next-phone speaker"
-FRAME_RATE = 50  # SpidR frames: 20 ms, frame j centred at (j + 0.5) / 50 s
 SILENCE = "pau"  # flite's silence phone; never an ABX token, but a valid context
-# Front end shared by SpidR and the log-mel baseline: 400-sample (25 ms) window, 320-sample (20 ms) hop, no padding
-WINDOW_SAMPLES, HOP_SAMPLES = 400, 320
+# Front end shared by SpidR and the log-mel baseline: the default feature encoder's window (receptive field, 400
+# samples = 25 ms) and hop (320 samples = 20 ms), no padding
+WINDOW_SAMPLES, HOP_SAMPLES = SpidrConfig().receptive_field, SpidrConfig().inputs_to_logits_ratio
+FRAME_RATE = SAMPLING_RATE // HOP_SAMPLES  # SpidR frames per second; frame j is centred at (j + 0.5) / FRAME_RATE s
 _EPS = 1e-6  # item times are decimal strings; keep a centre that lies exactly on a boundary inside the token
 
 
