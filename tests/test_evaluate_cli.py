@@ -16,6 +16,8 @@ from spidr_hf.evaluation import evaluate_model, log_mel
 from spidr_hf.evaluation.cli import parse_layers
 from spidr_hf.evaluation.features import ModelRepresentations
 from spidr_hf.evaluation.items import num_frames
+from spidr_hf.evaluation.report import compare_to_initialisation, format_comparison
+from spidr_hf.evaluation.schema import EvaluationReport, EvaluationResult
 
 SYSTEMS = {"model", "random_init", "log_mel"}
 REPRESENTATIONS = {"layer_results", "codebook", "kmeans", "log_mel"}
@@ -120,8 +122,8 @@ def test_cli_end_to_end(corpus_dir, model_dir, tmp_path, capsys):
 def test_python_api_default_units(corpus_dir, model_dir):
     """Default units of a checkpoint with heads are codebook units; nothing is written without output_dir."""
     report = evaluate_model(model_dir, corpus_dir, layers=[4], max_utterances=4)
-    check_schema(report)
-    representations = {(r["system"], r["representation"], r["layer"]) for r in report["results"]}
+    check_schema(report.to_dict())
+    representations = {result.row for result in report.results}
     assert representations == {
         ("model", "layer_results", 4),
         ("model", "codebook", 4),
@@ -130,7 +132,7 @@ def test_python_api_default_units(corpus_dir, model_dir):
         ("log_mel", "log_mel", None),
     }
     full = evaluate_model(model_dir, corpus_dir, layers=[4], units=["codebook"])
-    assert report["num_abx_tokens"] < full["num_abx_tokens"]
+    assert report.num_abx_tokens < full.num_abx_tokens
 
 
 def test_student_checkpoint_gets_kmeans_units(corpus_dir, tmp_path):
@@ -138,7 +140,7 @@ def test_student_checkpoint_gets_kmeans_units(corpus_dir, tmp_path):
     SpidrModel(tiny_config()).save_pretrained(tmp_path)
     SpidrFeatureExtractor().save_pretrained(tmp_path)
     report = evaluate_model(tmp_path, corpus_dir, layers=[1], num_clusters=4, kmeans_frames=500, max_utterances=3)
-    assert {r["representation"] for r in report["results"] if r["system"] == "model"} == {"layer_results", "kmeans"}
+    assert {r.representation for r in report.results if r.system == "model"} == {"layer_results", "kmeans"}
     with pytest.raises(ValueError, match="no trained codebook heads"):
         evaluate_model(tmp_path, corpus_dir, units=["codebook"])
 
@@ -260,31 +262,25 @@ def test_parse_layers():
 
 
 def test_comparison_with_the_random_initialisation_uses_each_systems_best_layer():
-    from spidr_hf.evaluation.report import compare_to_initialisation, format_comparison
-
-    def record(system, representation, layer, metric, value):
-        return {"system": system, "representation": representation, "layer": layer, "metric": metric, "value": value}
-
-    report = {
-        "results": [
-            record("model", "layer_results", 1, "abx_within", 30.0),
-            record("model", "layer_results", 2, "abx_within", 20.0),
-            record("random_init", "layer_results", 1, "abx_within", 25.0),
-            record("random_init", "layer_results", 2, "abx_within", 40.0),
-            record("model", "codebook", 2, "pnmi", 0.10),
-            record("random_init", "codebook", 2, "pnmi", 0.10),
-            record("model", "kmeans", 1, "pnmi", 0.05),
-            record("random_init", "kmeans", 1, "pnmi", 0.20),
-            record("log_mel", "log_mel", None, "abx_within", 5.0),
-            record("model", "codebook", 2, "bitrate", 100.0),
-        ]
-    }
-    comparisons = {(c["representation"], c["metric"]): c for c in compare_to_initialisation(report)}
+    results = [
+        EvaluationResult("model", "layer_results", 1, "abx_within", 30.0),
+        EvaluationResult("model", "layer_results", 2, "abx_within", 20.0),
+        EvaluationResult("random_init", "layer_results", 1, "abx_within", 25.0),
+        EvaluationResult("random_init", "layer_results", 2, "abx_within", 40.0),
+        EvaluationResult("model", "codebook", 2, "pnmi", 0.10),
+        EvaluationResult("random_init", "codebook", 2, "pnmi", 0.10),
+        EvaluationResult("model", "kmeans", 1, "pnmi", 0.05),
+        EvaluationResult("random_init", "kmeans", 1, "pnmi", 0.20),
+        EvaluationResult("log_mel", "log_mel", None, "abx_within", 5.0),
+        EvaluationResult("model", "codebook", 2, "bitrate", 100.0),
+    ]
+    report = EvaluationReport(model="tiny", dataset="corpus", split="dev", num_abx_tokens=10, results=results)
+    comparisons = {(c.representation, c.metric): c for c in compare_to_initialisation(report)}
     assert set(comparisons) == {("layer_results", "abx_within"), ("codebook", "pnmi"), ("kmeans", "pnmi")}
     abx = comparisons["layer_results", "abx_within"]
-    assert (abx["trained"]["layer"], abx["initial"]["layer"], abx["better"]) == (2, 1, True)
-    assert comparisons["codebook", "pnmi"]["better"] is False  # a tie is no improvement
-    assert comparisons["kmeans", "pnmi"]["better"] is False
+    assert (abx.trained.layer, abx.initial.layer, abx.better) == (2, 1, True)
+    assert comparisons["codebook", "pnmi"].better is False  # a tie is no improvement
+    assert comparisons["kmeans", "pnmi"].better is False
     text = format_comparison(report)
     assert "20.00 (layer 2) vs 25.00 (layer 1)  better" in text
     assert "0.050 (layer 1) vs 0.200 (layer 1)  NOT better" in text

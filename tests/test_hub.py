@@ -28,14 +28,9 @@ from torchcodec.encoders import AudioEncoder
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrFeaturesPipeline, SpidrForPreTraining, SpidrUnitsPipeline
 from spidr_hf import push as push_module
 from spidr_hf.cli import main
-from spidr_hf.release import (
-    CardOptions,
-    check_release_folder,
-    load_evaluation,
-    load_source,
-    official_checkpoints,
-    render_model_card,
-)
+from spidr_hf.evaluation.schema import EvaluationReport
+from spidr_hf.model_card import CardOptions, official_checkpoints, render_model_card
+from spidr_hf.release import check_release_folder, load_source
 
 REPO_ID = "me/tiny-spidr"
 RELEASE_FILES = {
@@ -289,7 +284,10 @@ def test_card_needs_a_license():
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (lambda e: e.pop("num_abx_tokens"), "'num_abx_tokens' must be a int"),
+        (lambda e: e.pop("num_abx_tokens"), "missing 'num_abx_tokens'"),
+        (lambda e: e.update(num_abx_tokens="1234"), "'num_abx_tokens' must be an integer"),
+        (lambda e: e["results"][4].pop("layer"), r"results\[4\]: missing 'layer'"),
+        (lambda e: e["results"].append([]), r"results\[6\] must be a JSON object"),
         (lambda e: e["results"][0].update(metric="wer"), r"results\[0\]: 'metric' must be one of"),
         (lambda e: e["results"][1].update(system="hubert"), r"results\[1\]: 'system'"),
         (lambda e: e["results"][2].update(value="0.4"), r"results\[2\]: 'value' must be a finite number"),
@@ -302,8 +300,24 @@ def test_bad_evaluation_json(tmp_path, change, match):
     change(evaluation)
     path = tmp_path / "results.json"
     path.write_text(json.dumps(evaluation))
-    with pytest.raises(ValueError, match=match):
-        load_evaluation(path)
+    with pytest.raises(ValueError, match=match) as error:
+        EvaluationReport.load(path)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+def test_evaluation_json_round_trip(evaluation_path, tmp_path):
+    """A report read from results.json writes the same JSON back, and the card's table reads it in file order."""
+    report = EvaluationReport.load(evaluation_path)
+    assert report.results[5].layer is None and report.results[2].value == 0.4321
+    report.dump(tmp_path / "results.json")
+    assert json.loads((tmp_path / "results.json").read_text()) == EVALUATION
+    assert list(report.table()) == [
+        ("model", "layer_results", 3),
+        ("model", "codebook", 3),
+        ("random_init", "layer_results", 3),
+        ("log_mel", "log_mel", None),
+    ]
+    assert report.metrics() == ["abx_within", "abx_across", "pnmi", "bitrate"]
 
 
 def test_source_must_be_a_full_spidr_model(tmp_path):

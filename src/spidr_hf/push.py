@@ -10,7 +10,8 @@ from huggingface_hub import CommitInfo, HfApi, get_token
 from huggingface_hub.errors import HFValidationError, HTTPError
 from huggingface_hub.utils import validate_repo_id
 
-from .release import CardOptions, assemble_release, official_checkpoints
+from .model_card import CardOptions, official_checkpoints
+from .release import assemble_release
 
 
 class PushError(ValueError):

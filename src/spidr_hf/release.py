@@ -1,215 +1,29 @@
 """
-Hub release folders: weights, remote code, custom pipelines and a model card, checked by loading the folder in a
-fresh interpreter that cannot import `spidr_hf`.
+Hub release folders: weights, remote code, custom pipelines and the model card (`model_card.py`) written all or nothing,
+then checked by loading the folder in a fresh interpreter that cannot import `spidr_hf` (`release_check.py`).
 """
 
-import json
-import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import jinja2
 import numpy as np
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 from transformers import AutoConfig
 from transformers.dynamic_module_utils import custom_object_save
 
 from . import release_check
 from .configuration_spidr import SpidrConfig
-from .evaluation.schema import METRICS, REPRESENTATIONS, SYSTEMS
 from .feature_extraction_spidr import SpidrFeatureExtractor
+from .model_card import CardOptions, official_entry, recommended_layer, render_model_card
 from .modeling_spidr import SpidrForPreTraining
-from .pipeline_spidr import (
-    DEFAULT_CHUNK_LENGTH_S,
-    DEFAULT_LAYER,
-    DEFAULT_STRIDE_LENGTH_S,
-    SpidrFeaturesPipeline,
-    SpidrUnitsPipeline,
-    custom_pipelines,
-)
+from .pipeline_spidr import SpidrFeaturesPipeline, SpidrUnitsPipeline, custom_pipelines
 
-# The templates live beside the sources, in the repository's model_cards/ folder.
-MODEL_CARDS_DIR = Path(__file__).resolve().parents[2] / "model_cards"
-CARD_TAGS = ["audio", "speech", "self-supervised-learning", "speech-representation", "discrete-units"]
 PROBE_SECONDS = 2.0
 CHECK_TIMEOUT_S = 900
-
-MODEL_INDEX_METRICS = ("abx_within", "abx_across", "pnmi")  # the unit-quality figures the paper reports
-
-
-@dataclass(frozen=True)
-class CardOptions:
-    """What the model card says beyond what the model config tells."""
-
-    repo_id: str
-    official: str | None = None  # name of an entry of model_cards/official.toml
-    license: str | None = None  # Hub license id; official checkpoints bring theirs
-    datasets: tuple[str, ...] = ()
-    base_model: str | None = None
-    evaluation: Path | None = None
-
-
-def official_checkpoints() -> dict[str, dict[str, Any]]:
-    """The official checkpoints with a ready-made card (model_cards/official.toml)."""
-    return tomllib.loads((MODEL_CARDS_DIR / "official.toml").read_text(encoding="utf-8"))
-
-
-def official_entry(name: str | None, config: SpidrConfig) -> dict[str, Any] | None:
-    """The card entry `name` (None for none), checked against the model's config."""
-    if name is None:
-        return None
-    checkpoints = official_checkpoints()
-    if name not in checkpoints:
-        raise ValueError(f"Unknown official checkpoint {name!r}; known: {sorted(checkpoints)}.")
-    entry = checkpoints[name]
-    mismatches = {
-        key: (getattr(config, key), value)
-        for key, value in entry["expected_config"].items()
-        if getattr(config, key) != value
-    }
-    if mismatches:
-        details = ", ".join(f"{key}={ours!r} (expected {theirs!r})" for key, (ours, theirs) in mismatches.items())
-        raise ValueError(f"The model is not the {name} checkpoint: {details}.")
-    return entry
-
-
-def recommended_layer(config: SpidrConfig, official: dict[str, Any] | None) -> int:
-    """The layer the card recommends: the paper's for official checkpoints, else layer 6 when it has a codebook."""
-    if official is not None:
-        return official["layer"]
-    return DEFAULT_LAYER if DEFAULT_LAYER in config.codebook_layers else config.codebook_layers[0]
-
-
-def load_evaluation(path: Path) -> dict[str, Any]:
-    """Read and check an evaluation JSON written by `spidr-hf evaluate`."""
-    try:
-        evaluation = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"Cannot read the evaluation JSON {path}: {error}") from error
-    expected = {"model": str, "dataset": str, "split": str, "num_abx_tokens": int, "results": list}
-    if not isinstance(evaluation, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(evaluation).__name__}.")
-    for key, kind in expected.items():
-        if not isinstance(evaluation.get(key), kind):
-            raise ValueError(f"{path}: {key!r} must be a {kind.__name__}, got {evaluation.get(key)!r}.")
-    for index, row in enumerate(evaluation["results"]):
-        _check_result_row(row, f"{path}: results[{index}]")
-    return evaluation
-
-
-def _check_result_row(row: Any, where: str) -> None:
-    choices = {
-        "system": SYSTEMS,
-        "representation": REPRESENTATIONS,
-        "metric": tuple(METRICS),
-    }
-    if not isinstance(row, dict):
-        raise ValueError(f"{where} must be an object, got {row!r}.")
-    for key, allowed in choices.items():
-        if row.get(key) not in allowed:
-            raise ValueError(f"{where}: {key!r} must be one of {allowed}, got {row.get(key)!r}.")
-    if row.get("layer") is not None and not isinstance(row["layer"], int):
-        raise ValueError(f"{where}: 'layer' must be an integer or null, got {row['layer']!r}.")
-    value = row.get("value")
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{where}: 'value' must be a finite number, got {value!r}.")
-
-
-def evaluation_table(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """One row per (system, representation, layer), one column per metric, in the JSON's order."""
-    metrics = [m for m in METRICS if any(r["metric"] == m for r in evaluation["results"])]
-    cells: dict[tuple[str, str, Any], dict[str, float]] = {}
-    for result in evaluation["results"]:
-        key = (result["system"], result["representation"], result["layer"])
-        cells.setdefault(key, {})[result["metric"]] = result["value"]
-    rows = [
-        {
-            "system": system,
-            "representation": representation,
-            "layer": "-" if layer is None else layer,
-            "cells": [format(values[m], METRICS[m][1]) if m in values else "-" for m in metrics],
-        }
-        for (system, representation, layer), values in cells.items()
-    ]
-    return {
-        "dataset": evaluation["dataset"],
-        "split": evaluation["split"],
-        "num_abx_tokens": evaluation["num_abx_tokens"],
-        "columns": [METRICS[m][0] for m in metrics],
-        "rows": rows,
-    }
-
-
-def evaluation_results(evaluation: dict[str, Any]) -> list[EvalResult]:
-    """The model's own ABX and PNMI figures as Hub model-index entries (baselines stay in the card's table)."""
-    results = []
-    for result in evaluation["results"]:
-        if result["system"] != "model" or result["metric"] not in MODEL_INDEX_METRICS:
-            continue
-        layer = "" if result["layer"] is None else f"layer {result['layer']} "
-        results.append(
-            EvalResult(
-                task_type="feature-extraction",
-                task_name="ABX" if result["metric"].startswith("abx") else "PNMI",
-                dataset_type=evaluation["dataset"],
-                dataset_name=evaluation["dataset"],
-                dataset_split=evaluation["split"],
-                metric_type=result["metric"],
-                metric_value=result["value"],
-                metric_name=f"{METRICS[result['metric']][0]}, {layer}{result['representation']}",
-            )
-        )
-    return results
-
-
-def render_model_card(config: SpidrConfig, options: CardOptions) -> ModelCard:
-    """Render model_cards/template.md with the Hub metadata and, if given, the evaluation figures."""
-    official = official_entry(options.official, config)
-    if official and options.license not in (None, official["license"]):
-        raise ValueError(f"The {options.official} weights are {official['license']}, not {options.license}.")
-    license_id = official["license"] if official else options.license
-    if license_id is None:
-        raise ValueError("Say under which license the weights are released (--license), e.g. cc-by-4.0.")
-    evaluation = None if options.evaluation is None else load_evaluation(options.evaluation)
-    family = "SpidR" if config.objective == "spidr" else "DinoSR"
-    card_data = ModelCardData(
-        language=["en"],
-        license=license_id,
-        library_name="transformers",
-        pipeline_tag="feature-extraction",
-        tags=[*CARD_TAGS, config.objective],
-        datasets=list(official["datasets"] if official else options.datasets) or None,
-        base_model=options.base_model,
-        model_name=options.repo_id,
-        eval_results=evaluation_results(evaluation) if evaluation else None,
-    )
-    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-    template = environment.from_string((MODEL_CARDS_DIR / "template.md").read_text(encoding="utf-8"))
-    content = template.render(
-        card_data=card_data.to_yaml(),
-        title=official["title"] if official else options.repo_id.split("/")[-1],
-        family=family,
-        official=official,
-        repo_id=options.repo_id,
-        layer=recommended_layer(config, official),
-        license=license_id,
-        num_hidden_layers=config.num_hidden_layers,
-        hidden_size=config.hidden_size,
-        num_codebooks=config.num_codebooks,
-        codebook_size=config.codebook_size,
-        codebook_layers=config.codebook_layers,
-        chunk_length_s=DEFAULT_CHUNK_LENGTH_S,
-        stride_length_s=DEFAULT_STRIDE_LENGTH_S,
-        evaluation=evaluation_table(evaluation) if evaluation else None,
-    )
-    return ModelCard(content)
 
 
 def load_source(model_dir: Path) -> tuple[SpidrForPreTraining, SpidrFeatureExtractor]:

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output,
     )
     print(format_table(report))
-    if any(record["system"] == "random_init" for record in report["results"]):
+    if any(result.system == "random_init" for result in report.results):
         print(format_comparison(report))
     print(f"Wrote {args.output / 'results.json'} and plots")
     return 0

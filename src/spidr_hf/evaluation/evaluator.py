@@ -23,6 +23,7 @@ from .features import (
     load_split,
 )
 from .items import FRAME_RATE, ITEM_FILE, AbxItem, frame_span, num_frames, read_item_file
+from .schema import EvaluationReport, EvaluationResult, Representation, Row, System
 from .units_quality import LABEL_RATE, UNIT_RATE, cooccurrence, frame_labels, units_quality
 
 logger = logging.getLogger(__name__)
@@ -146,13 +147,13 @@ def evaluate_model(
     seed: int = 0,
     device: str | None = None,
     output_dir: str | os.PathLike | None = None,
-) -> dict:
+) -> EvaluationReport:
     """
     ABX (layer results and units) and unit quality on the dev split of `dataset` (a `spidr-hf corpus` folder or any
     dataset saved the same way, with its `dev.item`), for the model, its random initialisation and log-mel features.
 
-    Returns `{"model", "dataset", "split", "num_abx_tokens", "results": [{"system", "representation", "layer",
-    "metric", "value"}, ...]}`; with `output_dir`, also writes it as results.json with PNG plots there.
+    Returns the figures as an `EvaluationReport`; with `output_dir`, also writes it as results.json with PNG plots
+    there.
 
     Args:
         layers: 1-based layers to evaluate (all by default).
@@ -199,13 +200,13 @@ def evaluate_model(
         )
         results += system_results
         cooccurrences.update(system_cooccurrences)
-    report = {
-        "model": str(model),
-        "dataset": str(dataset),
-        "split": SPLIT,
-        "num_abx_tokens": len(tokens.utterance),
-        "results": results,
-    }
+    report = EvaluationReport(
+        model=str(model),
+        dataset=str(dataset),
+        split=SPLIT,
+        num_abx_tokens=len(tokens.utterance),
+        results=results,
+    )
     if output_dir is not None:
         from .report import write_report  # matplotlib only when a report is written
 
@@ -214,15 +215,15 @@ def evaluate_model(
 
 
 def evaluate_system(
-    system: str,
+    system: System,
     representations,
     dev: Sequence[Utterance],
     tokens: Tokens,
     kmeans_audio: Sequence[np.ndarray],
     num_units: dict[str, int],
     settings: Settings,
-) -> tuple[list[dict], dict]:
-    """Result records of one system, and its phone x unit co-occurrences keyed by (system, representation, layer)."""
+) -> tuple[list[EvaluationResult], dict[Row, tuple[list, np.ndarray]]]:
+    """Results of one system, and its phone x unit co-occurrences keyed by (system, representation, layer)."""
     kmeans = _fit_kmeans(system, representations, kmeans_audio, settings) if kmeans_audio else {}
     token_frames, unit_sequences = _dev_outputs(system, representations, dev, tokens, kmeans, settings.batch_size)
     abx_options = {
@@ -294,13 +295,13 @@ def _dev_outputs(
     return token_frames, unit_sequences
 
 
-def _records(system: str, representation: str, layer: int | None, metrics: dict[str, float]) -> list[dict]:
+def _records(
+    system: System, representation: Representation, layer: int | None, metrics: dict[str, float]
+) -> list[EvaluationResult]:
     records = []
     for metric, value in metrics.items():
         if math.isnan(value):
             logger.warning("%s %s layer %s: no %s (no triplet to score)", system, representation, layer, metric)
             continue
-        records.append(
-            {"system": system, "representation": representation, "layer": layer, "metric": metric, "value": value}
-        )
+        records.append(EvaluationResult(system, representation, layer, metric, value))
     return records

@@ -1,15 +1,15 @@
 """Evaluation report: results.json, a text table and PNG plots (per-layer ABX and PNMI, phone x unit heatmap)."""
 
-import json
 import re
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .schema import METRICS
+from .schema import METRICS, EvaluationReport, EvaluationResult, Metric, Representation, Row
 
 # Phone classes of the CMU/ARPAbet set (flite's phones), in heatmap order; other phones come last
 PHONE_CLASSES = {
@@ -25,45 +25,39 @@ PHONE_CLASSES = {
 }
 _PHONE_RANK = {phone: rank for rank, phone in enumerate(p for phones in PHONE_CLASSES.values() for p in phones)}
 _CLASS_OF = {phone: name for name, phones in PHONE_CLASSES.items() for phone in phones}
-Row = tuple[str, str, int | None]  # (system, representation, layer)
 
 
-def write_report(report: dict, cooccurrences: dict, output_dir: Path) -> None:
-    """results.json, abx.png, pnmi.png and a co-occurrence heatmap for the model's best-PNMI layer of each unit kind."""
+def write_report(
+    report: EvaluationReport, cooccurrences: dict[Row, tuple[list[Hashable], np.ndarray]], output_dir: Path
+) -> None:
+    """
+    results.json, abx.png, pnmi.png and a co-occurrence heatmap for the model's best-PNMI layer of each unit kind
+    (`cooccurrences`: the phones and phone x unit counts of each (system, representation, layer)).
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    results = report["results"]
-    plot_abx(results, output_dir / "abx.png")
-    plot_pnmi(results, output_dir / "pnmi.png")
+    report.dump(output_dir / "results.json")
+    plot_abx(report.results, output_dir / "abx.png")
+    plot_pnmi(report.results, output_dir / "pnmi.png")
     for kind in ("codebook", "kmeans"):
-        scores = [r for r in results if (r["system"], r["representation"], r["metric"]) == ("model", kind, "pnmi")]
+        scores = [r for r in report.results if (r.system, r.representation, r.metric) == ("model", kind, "pnmi")]
         if scores:
-            best = max(scores, key=lambda record: record["value"])
-            phones, counts = cooccurrences["model", kind, best["layer"]]
-            title = f"{kind} units of layer {best['layer']}: P(phone | unit)"
-            plot_cooccurrence(phones, counts, output_dir / f"cooccurrence_{kind}_layer{best['layer']}.png", title)
+            best = max(scores, key=lambda result: result.value)
+            phones, counts = cooccurrences[best.row]
+            title = f"{kind} units of layer {best.layer}: P(phone | unit)"
+            plot_cooccurrence(phones, counts, output_dir / f"cooccurrence_{kind}_layer{best.layer}.png", title)
 
 
-def _table(results: list[dict]) -> dict[Row, dict[str, float]]:
-    table: dict[Row, dict[str, float]] = {}
-    for record in results:
-        row = (record["system"], record["representation"], record["layer"])
-        table.setdefault(row, {})[record["metric"]] = record["value"]
-    return table
-
-
-def format_table(report: dict) -> str:
+def format_table(report: EvaluationReport) -> str:
     """The results as a fixed-width text table, one row per (system, representation, layer)."""
-    table = _table(report["results"])
-    metrics = [metric for metric in METRICS if any(metric in values for values in table.values())]
+    metrics = report.metrics()
     header = ["system", "representation", "layer", *metrics]
     lines = [header]
-    for (system, representation, layer), values in table.items():
-        cells = [format(values[m], METRICS[m][1]) if m in values else "-" for m in metrics]
+    for (system, representation, layer), values in report.table().items():
+        cells = [format(values[m], METRICS[m].format) if m in values else "-" for m in metrics]
         lines.append([system, representation, "-" if layer is None else str(layer), *cells])
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     text = ["  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in lines]
-    summary = f"{report['model']} on {report['dataset']} ({report['split']}, {report['num_abx_tokens']} ABX tokens)"
+    summary = f"{report.model} on {report.dataset} ({report.split}, {report.num_abx_tokens} ABX tokens)"
     return "\n".join([summary, *text])
 
 
@@ -71,56 +65,59 @@ def format_table(report: dict) -> str:
 _BEST = {"abx_within": min, "abx_across": min, "pnmi": max}
 
 
-def compare_to_initialisation(report: dict) -> list[dict]:
+@dataclass(frozen=True)
+class Comparison:
+    """The model's best layer beside the best layer of its random initialisation, for one representation and metric."""
+
+    representation: Representation
+    metric: Metric
+    trained: EvaluationResult
+    initial: EvaluationResult
+    better: bool  # strictly better: a tie is no improvement
+
+
+def compare_to_initialisation(report: EvaluationReport) -> list[Comparison]:
     """
     For each representation and ABX/PNMI metric: the model's best layer beside the best layer of its own random
     initialisation, and whether training improved it.
     """
-    best: dict[tuple[str, str, str], dict] = {}
-    for record in report["results"]:
-        choose = _BEST.get(record["metric"])
-        if choose is None or record["system"] not in ("model", "random_init"):
+    best: dict[tuple[str, str, str], EvaluationResult] = {}
+    for result in report.results:
+        choose = _BEST.get(result.metric)
+        if choose is None or result.system not in ("model", "random_init"):
             continue
-        key = (record["system"], record["representation"], record["metric"])
-        best[key] = record if key not in best else choose(best[key], record, key=lambda r: r["value"])
+        key = (result.system, result.representation, result.metric)
+        best[key] = result if key not in best else choose(best[key], result, key=lambda r: r.value)
     comparisons = []
     for (system, representation, metric), trained in best.items():
         initial = best.get(("random_init", representation, metric))
         if system != "model" or initial is None:
             continue
-        better = _BEST[metric]((trained["value"], initial["value"])) == trained["value"] != initial["value"]
-        comparisons.append(
-            {
-                "representation": representation,
-                "metric": metric,
-                "trained": trained,
-                "initial": initial,
-                "better": better,
-            }
-        )
+        better = _BEST[metric]((trained.value, initial.value)) == trained.value != initial.value
+        comparisons.append(Comparison(trained.representation, trained.metric, trained, initial, better))
     return comparisons
 
 
-def format_comparison(report: dict) -> str:
+def format_comparison(report: EvaluationReport) -> str:
     """Lines saying, per representation and metric, whether training beat the random initialisation."""
     lines = ["Trained model vs its random initialisation (best layer of each):"]
     for item in compare_to_initialisation(report):
-        trained, initial = item["trained"], item["initial"]
-        value_format = METRICS[item["metric"]][1]
+        trained, initial = item.trained, item.initial
+        label, value_format = METRICS[item.metric]
         lines.append(
-            f"  {item['representation']:>13} {METRICS[item['metric']][0]:>15}: "
-            f"{format(trained['value'], value_format)} (layer {trained['layer']}) vs "
-            f"{format(initial['value'], value_format)} (layer {initial['layer']})  "
-            f"{'better' if item['better'] else 'NOT better'}"
+            f"  {item.representation:>13} {label:>15}: "
+            f"{format(trained.value, value_format)} (layer {trained.layer}) vs "
+            f"{format(initial.value, value_format)} (layer {initial.layer})  "
+            f"{'better' if item.better else 'NOT better'}"
         )
     return "\n".join(lines)
 
 
-def _series(results: list[dict], metric: str) -> dict[tuple[str, str], dict[int | None, float]]:
+def _series(results: Sequence[EvaluationResult], metric: Metric) -> dict[tuple[str, str], dict[int | None, float]]:
     series: dict[tuple[str, str], dict[int | None, float]] = {}
-    for record in results:
-        if record["metric"] == metric:
-            series.setdefault((record["system"], record["representation"]), {})[record["layer"]] = record["value"]
+    for result in results:
+        if result.metric == metric:
+            series.setdefault((result.system, result.representation), {})[result.layer] = result.value
     return series
 
 
@@ -140,7 +137,7 @@ def _plot_per_layer(axes, series: dict[tuple[str, str], dict[int | None, float]]
     axes.grid(alpha=0.3)
 
 
-def plot_abx(results: list[dict], path: Path) -> None:
+def plot_abx(results: Sequence[EvaluationResult], path: Path) -> None:
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     for axes, mode in zip(figure.subplots(1, 2, sharey=True), ("within", "across"), strict=True):
         _plot_per_layer(axes, _series(results, f"abx_{mode}"))
@@ -150,7 +147,7 @@ def plot_abx(results: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def plot_pnmi(results: list[dict], path: Path) -> None:
+def plot_pnmi(results: Sequence[EvaluationResult], path: Path) -> None:
     figure = Figure(figsize=(6, 4.5), layout="constrained")
     axes = figure.subplots()
     _plot_per_layer(axes, _series(results, "pnmi"))

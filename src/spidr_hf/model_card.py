@@ -1,0 +1,154 @@
+"""
+Model cards of released folders: the template and the official checkpoints' entries shipped in `spidr_hf/model_cards/`,
+the Hub metadata, and the figures of a `spidr-hf evaluate` report as a table and a model-index.
+"""
+
+import tomllib
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .configuration_spidr import SpidrConfig
+from .evaluation.schema import METRICS, EvaluationReport
+from .pipeline_spidr import DEFAULT_CHUNK_LENGTH_S, DEFAULT_LAYER, DEFAULT_STRIDE_LENGTH_S
+
+CARD_TAGS = ["audio", "speech", "self-supervised-learning", "speech-representation", "discrete-units"]
+MODEL_INDEX_METRICS = ("abx_within", "abx_across", "pnmi")  # the unit-quality figures the paper reports
+
+
+def _card_file(name: str) -> str:
+    """A file of the package's model_cards/ folder (package data, so that an installed wheel has it too)."""
+    return (files(__package__) / "model_cards" / name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class CardOptions:
+    """What the model card says beyond what the model config tells."""
+
+    repo_id: str
+    official: str | None = None  # name of an entry of model_cards/official.toml
+    license: str | None = None  # Hub license id; official checkpoints bring theirs
+    datasets: tuple[str, ...] = ()
+    base_model: str | None = None
+    evaluation: Path | None = None  # results.json of `spidr-hf evaluate`
+
+
+def official_checkpoints() -> dict[str, dict[str, Any]]:
+    """The official checkpoints with a ready-made card (model_cards/official.toml)."""
+    return tomllib.loads(_card_file("official.toml"))
+
+
+def official_entry(name: str | None, config: SpidrConfig) -> dict[str, Any] | None:
+    """The card entry `name` (None for none), checked against the model's config."""
+    if name is None:
+        return None
+    checkpoints = official_checkpoints()
+    if name not in checkpoints:
+        raise ValueError(f"Unknown official checkpoint {name!r}; known: {sorted(checkpoints)}.")
+    entry = checkpoints[name]
+    mismatches = {
+        key: (getattr(config, key), value)
+        for key, value in entry["expected_config"].items()
+        if getattr(config, key) != value
+    }
+    if mismatches:
+        details = ", ".join(f"{key}={ours!r} (expected {theirs!r})" for key, (ours, theirs) in mismatches.items())
+        raise ValueError(f"The model is not the {name} checkpoint: {details}.")
+    return entry
+
+
+def recommended_layer(config: SpidrConfig, official: dict[str, Any] | None) -> int:
+    """The layer the card recommends: the paper's for official checkpoints, else layer 6 when it has a codebook."""
+    if official is not None:
+        return official["layer"]
+    return DEFAULT_LAYER if DEFAULT_LAYER in config.codebook_layers else config.codebook_layers[0]
+
+
+def evaluation_table(report: EvaluationReport) -> dict[str, Any]:
+    """The template's evaluation table: one row per (system, representation, layer), one column per metric."""
+    metrics = report.metrics()
+    rows = [
+        {
+            "system": system,
+            "representation": representation,
+            "layer": "-" if layer is None else layer,
+            "cells": [format(values[m], METRICS[m].format) if m in values else "-" for m in metrics],
+        }
+        for (system, representation, layer), values in report.table().items()
+    ]
+    return {
+        "dataset": report.dataset,
+        "split": report.split,
+        "num_abx_tokens": report.num_abx_tokens,
+        "columns": [METRICS[m].label for m in metrics],
+        "rows": rows,
+    }
+
+
+def evaluation_results(report: EvaluationReport) -> list[EvalResult]:
+    """The model's own ABX and PNMI figures as Hub model-index entries (baselines stay in the card's table)."""
+    results = []
+    for result in report.results:
+        if result.system != "model" or result.metric not in MODEL_INDEX_METRICS:
+            continue
+        layer = "" if result.layer is None else f"layer {result.layer} "
+        results.append(
+            EvalResult(
+                task_type="feature-extraction",
+                task_name="ABX" if result.metric.startswith("abx") else "PNMI",
+                dataset_type=report.dataset,
+                dataset_name=report.dataset,
+                dataset_split=report.split,
+                metric_type=result.metric,
+                metric_value=result.value,
+                metric_name=f"{METRICS[result.metric].label}, {layer}{result.representation}",
+            )
+        )
+    return results
+
+
+def render_model_card(config: SpidrConfig, options: CardOptions) -> ModelCard:
+    """Render model_cards/template.md with the Hub metadata and, if given, the evaluation figures."""
+    official = official_entry(options.official, config)
+    if official and options.license not in (None, official["license"]):
+        raise ValueError(f"The {options.official} weights are {official['license']}, not {options.license}.")
+    license_id = official["license"] if official else options.license
+    if license_id is None:
+        raise ValueError("Say under which license the weights are released (--license), e.g. cc-by-4.0.")
+    evaluation = None if options.evaluation is None else EvaluationReport.load(options.evaluation)
+    family = "SpidR" if config.objective == "spidr" else "DinoSR"
+    card_data = ModelCardData(
+        language=["en"],
+        license=license_id,
+        library_name="transformers",
+        pipeline_tag="feature-extraction",
+        tags=[*CARD_TAGS, config.objective],
+        datasets=list(official["datasets"] if official else options.datasets) or None,
+        base_model=options.base_model,
+        model_name=options.repo_id,
+        eval_results=None if evaluation is None else evaluation_results(evaluation),
+    )
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    template = environment.from_string(_card_file("template.md"))
+    content = template.render(
+        card_data=card_data.to_yaml(),
+        title=official["title"] if official else options.repo_id.split("/")[-1],
+        family=family,
+        official=official,
+        repo_id=options.repo_id,
+        layer=recommended_layer(config, official),
+        license=license_id,
+        num_hidden_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        num_codebooks=config.num_codebooks,
+        codebook_size=config.codebook_size,
+        codebook_layers=config.codebook_layers,
+        chunk_length_s=DEFAULT_CHUNK_LENGTH_S,
+        stride_length_s=DEFAULT_STRIDE_LENGTH_S,
+        evaluation=None if evaluation is None else evaluation_table(evaluation),
+    )
+    return ModelCard(content)
