@@ -16,7 +16,7 @@ from transformers import AutoConfig
 from transformers.dynamic_module_utils import custom_object_save
 
 from . import release_check
-from .configuration_spidr import SpidrConfig
+from .configuration_spidr import SAMPLING_RATE, SpidrConfig
 from .feature_extraction_spidr import SpidrFeatureExtractor
 from .model_card import CardOptions, official_entry, recommended_layer, render_model_card
 from .modeling_spidr import SpidrForPreTraining
@@ -79,8 +79,8 @@ def _permissions_from_umask(folder: Path) -> None:
 
 
 def probe_signal() -> np.ndarray:
-    """A fixed 16 kHz test signal: a chirp in noise."""
-    time = np.arange(int(PROBE_SECONDS * 16000)) / 16000
+    """A fixed test signal at the model's sampling rate: a chirp in noise."""
+    time = np.arange(int(PROBE_SECONDS * SAMPLING_RATE)) / SAMPLING_RATE
     noise = np.random.default_rng(0).standard_normal(time.size)
     return (np.sin(2 * np.pi * (200 + 400 * time) * time) + 0.1 * noise).astype(np.float32)
 
@@ -120,10 +120,10 @@ def check_release_folder(
             raise ValueError(f"{folder} does not load without spidr_hf:\n{completed.stderr[-3000:]}")
         released = np.load(output)
         expected_features = SpidrFeaturesPipeline(model=model, feature_extractor=feature_extractor, device="cpu")(
-            probe, sampling_rate=16000, layer=layer
+            probe, sampling_rate=SAMPLING_RATE, layer=layer
         )["features"]
         expected_units = SpidrUnitsPipeline(model=model, feature_extractor=feature_extractor, device="cpu")(
-            probe, sampling_rate=16000, layer=layer
+            probe, sampling_rate=SAMPLING_RATE, layer=layer
         )["units"]
     if not np.allclose(released["features"], expected_features, rtol=1e-4, atol=1e-5):
         difference = np.abs(released["features"] - expected_features).max()

@@ -38,9 +38,10 @@ def main(folder: str, probe_path: str, layer: int, output_path: str) -> None:
     for name, obj in loaded.items():
         if not type(obj).__module__.startswith("transformers_modules."):
             raise RuntimeError(f"{name} gave {type(obj).__module__}.{type(obj).__name__}, not the folder's code.")
-    probe = np.load(probe_path)
-    features = loaded["spidr-features"](probe, sampling_rate=16000, layer=layer)["features"]
-    units = loaded["spidr-units"](probe, sampling_rate=16000, layer=layer)["units"]
+    probe = np.load(probe_path)  # at the sampling rate of the folder's feature extractor
+    rate = loaded["AutoFeatureExtractor"].sampling_rate
+    features = loaded["spidr-features"](probe, sampling_rate=rate, layer=layer)["features"]
+    units = loaded["spidr-units"](probe, sampling_rate=rate, layer=layer)["units"]
     if any(name == "spidr_hf" or name.startswith("spidr_hf.") for name in sys.modules):
         raise RuntimeError("spidr_hf was imported during the release check.")
     np.savez(output_path, features=features, units=units)
