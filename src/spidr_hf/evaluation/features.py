@@ -11,6 +11,7 @@ from tqdm import tqdm
 from transformers.audio_utils import mel_filter_bank
 
 from ..configuration_spidr import SAMPLING_RATE
+from ..pipeline_spidr import load_audio
 from .items import HOP_SAMPLES, WINDOW_SAMPLES
 
 REQUIRED_COLUMNS = ("audio", "id", "speaker", "phones")
@@ -80,7 +81,7 @@ def _utterance(row: dict) -> Utterance:
     phones = row["phones"]
     if not isinstance(phones, list) or not all(isinstance(p, dict) and p.keys() >= _PHONE_KEYS for p in phones):
         raise ValueError(f"Utterance {row['id']}: phones must be a list of {{'phone', 'start', 'end'}} records")
-    audio = row["audio"].get_all_samples().data[0].numpy()
+    audio = load_audio(row["audio"], None, SAMPLING_RATE)
     utterance = Utterance(str(row["id"]), str(row["speaker"]), audio, phones)
     check_alignment(utterance)
     return utterance
