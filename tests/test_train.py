@@ -1,6 +1,7 @@
 """Pretraining through `training/train.py`: learning, schedules, SIGKILL resume, freezing, 2 processes, bad data."""
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,15 @@ from conftest import TINY_CONFIG, load_script, two_process_launcher
 from safetensors.torch import load_file
 from torchcodec.encoders import AudioEncoder
 
-from spidr_hf import SpidrForPreTraining
+from spidr_hf import SpidrConfig, SpidrForPreTraining
+from spidr_hf.data import DataArguments, PretrainingData
+from spidr_hf.trainer import SpidrTrainer, SpidrTrainingArguments
+from spidr_hf.training_setup import build_model, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "training" / "train.py"
 
-
+# The script itself: tests run its `main` with a recording SpidrTrainer in place of its own
 train = load_script(TRAIN_SCRIPT, "spidr_train")
 
 
@@ -104,7 +109,7 @@ def train_and_record(config_path: Path) -> list[dict]:
 @pytest.mark.slow
 def test_tiny_model_learns_and_the_teacher_follows(corpus, tmp_path):
     config = tiny_run_config(corpus, tmp_path / "run", eval_split="dev", eval_strategy="steps", eval_steps=15)
-    initial = train.build_model(train.parse_config([str(write_config(tmp_path, config))])[0])
+    initial = build_model(parse_config([str(write_config(tmp_path, config))])[0])
     trainer_log = train_and_record(tmp_path / "config.yaml")
     logs = training_logs(trainer_log)
     assert len(logs) == config["max_steps"]
@@ -244,8 +249,6 @@ RANK_LAUNCHER = textwrap.dedent(
 
 @pytest.mark.slow
 def test_two_processes_keep_codebooks_and_teacher_identical(corpus, tmp_path):
-    from spidr_hf.data import BucketBatchSampler, DecodedSpeech, SpeechCollator, audio_lengths, load_audio_dataset
-
     config = tiny_run_config(
         corpus,
         tmp_path / "run",
@@ -262,25 +265,14 @@ def test_two_processes_keep_codebooks_and_teacher_identical(corpus, tmp_path):
         assert torch.equal(value, rank1[key]), key
 
     # The first step's loss is the mean over the masked frames of both processes' batches
-    model_args, data_args, _ = train.parse_config([str(config_path)])
+    model_args, data_args, training_args = parse_config([str(config_path)])
     from transformers import set_seed
 
     set_seed(0)
-    model = train.build_model(model_args).eval()
-    dataset = load_audio_dataset(str(corpus), "train")
-    sampler = BucketBatchSampler(
-        audio_lengths(dataset),
-        data_args.max_batch_samples,
-        data_args.min_samples,
-        data_args.max_samples,
-        num_buckets=data_args.num_buckets,
-        seed=0,
-    )
-    collator = SpeechCollator(model.config, data_args.min_samples, data_args.max_samples)
-    items = DecodedSpeech(dataset)
+    model = build_model(model_args).eval()
+    batches = PretrainingData.load(data_args, training_args).train_dataloader(model.config)
     loss_sum, frames = 0.0, 0
-    for batch in list(sampler)[:2]:  # process r takes batch r
-        inputs = collator([items[key] for key in batch])
+    for inputs in itertools.islice(batches, 2):  # process r takes batch r
         inputs.pop("num_skipped")
         with torch.no_grad():
             output = model(**inputs)
@@ -340,6 +332,107 @@ def test_tri_stage_schedule_matches_the_reference():
         ours_optimizer.step()
         reference.step()
         ours.step()
+
+
+# Runs the recipes' arguments on a CPU without their trackers and evaluations
+CPU_RUN = [
+    "--bf16=false",
+    "--torch_compile=false",
+    "--optim=adamw_torch",
+    "--use_cpu=true",
+    "--report_to=none",
+    "--eval_strategy=no",
+]
+
+
+def learning_rates(scheduler, steps: int) -> list[float]:
+    """The learning rate of each of the first `steps` optimizer steps."""
+    rates = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the schedule steps without optimizer steps
+        for _ in range(steps):
+            rates.append(scheduler.get_last_lr()[0])
+            scheduler.step()
+    return rates
+
+
+def trainer_schedule(args: SpidrTrainingArguments) -> list[float]:
+    """The learning rates of the whole run that SpidrTrainer sets up from `args`."""
+    trainer = SpidrTrainer(model=SpidrForPreTraining(SpidrConfig(**TINY_CONFIG)), args=args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
+    return learning_rates(trainer.lr_scheduler, args.max_steps)
+
+
+@pytest.mark.parametrize("name", ["spidr_base_librispeech", "dinosr_base_librispeech", "quickstart_cpu"])
+def test_recipes_follow_the_reference_tri_stage_schedule(name, tmp_path):
+    """The recipes name the paper's schedule, and the trainer's learning rate is the reference's at every step."""
+    from spidr.config import OptimizerConfig
+    from spidr.optimizer import build_scheduler
+
+    config = ROOT / "training" / "configs" / f"{name}.yaml"
+    _, _, args = parse_config([str(config), *CPU_RUN, f"--output_dir={tmp_path}"])
+    assert args.lr_scheduler_type == "tri_stage"
+    reference_settings = OptimizerConfig(
+        lr=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        hold_steps=args.lr_hold_steps,
+        decay_steps=args.lr_decay_steps,
+        init_lr_scale=args.lr_init_scale,
+        final_lr_scale=args.lr_final_scale,
+    )
+    reference_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    reference = learning_rates(build_scheduler(reference_optimizer, reference_settings), args.max_steps)
+    np.testing.assert_allclose(trainer_schedule(args), reference, rtol=1e-9, atol=0)
+
+
+def test_other_schedules_come_from_transformers_and_unknown_ones_are_refused(tmp_path):
+    from transformers import get_cosine_schedule_with_warmup
+
+    config = write_config(tmp_path, tiny_run_config(Path("somewhere"), tmp_path / "run"))
+    _, _, args = parse_config([str(config), "--lr_scheduler_type=cosine"])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    expected = learning_rates(get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps), 30)
+    np.testing.assert_allclose(trainer_schedule(args), expected, rtol=1e-12, atol=0)
+    # A name neither ours nor transformers' is a one-line error that lists the choices
+    with pytest.raises(ValueError, match=r"lr_scheduler_type.*tri_stage.*cosine.*got 'tristage'") as error:
+        parse_config([str(config), "--lr_scheduler_type=tristage"])
+    assert "\n" not in str(error.value)
+
+
+def usable_utterances(dataset, min_samples: int) -> int:
+    from spidr_hf.data import audio_lengths
+
+    return int((audio_lengths(dataset) >= min_samples).sum())
+
+
+def test_pretraining_data_batches_every_usable_utterance_once(corpus, tmp_path):
+    """Map-style and streamed training splits and the evaluation split, as `DataArguments` describe them."""
+    data_args = DataArguments(
+        dataset=str(corpus), eval_split="dev", max_batch_samples=128_000, min_samples=60_000, max_samples=64_000
+    )
+    training_args = SpidrTrainingArguments(output_dir=str(tmp_path), use_cpu=True, max_steps=10, report_to="none")
+    endless = SpidrTrainingArguments(output_dir=str(tmp_path), use_cpu=True, num_train_epochs=1, report_to="none")
+    config = SpidrConfig(**TINY_CONFIG)
+    data = PretrainingData.load(data_args, training_args)
+    streamed = PretrainingData.load(dataclasses.replace(data_args, streaming=True, streaming_buffer=8), training_args)
+    expected = usable_utterances(data.train_dataset, data_args.min_samples)
+    assert 0 < expected < len(data.train_dataset)  # some utterances are too short
+    for loader in (data.train_dataloader(config), streamed.train_dataloader(config)):
+        batches = [batch for batch in loader if "input_values" in batch]
+        assert sum(len(batch["input_values"]) for batch in batches) == expected
+        assert all(batch["input_values"].numel() <= data_args.max_batch_samples for batch in batches)
+    # Evaluation: its own split, the same crops and masks every time; another split gets its lengths read
+    first, again = list(data.eval_dataloader(config)), list(data.eval_dataloader(config))
+    assert sum(len(batch["input_values"]) for batch in first) == usable_utterances(
+        data.eval_dataset, data_args.min_samples
+    )
+    for batch, repeated in zip(first, again, strict=True):
+        assert torch.equal(batch["input_values"], repeated["input_values"])
+        assert torch.equal(batch["mask_time_indices"], repeated["mask_time_indices"])
+    other = data.eval_dataloader(config, dataset=data.train_dataset)
+    assert sum(len(batch["input_values"]) for batch in other) == expected
+    with pytest.raises(ValueError, match="Streaming needs max_steps"):
+        PretrainingData.load(dataclasses.replace(data_args, streaming=True), endless)
 
 
 def test_bucket_batches_are_bounded_deterministic_and_fixed_in_number():
@@ -402,21 +495,21 @@ def test_collator_crops_to_the_shortest_and_masks_valid_frames_only():
 def test_config_file_and_overrides(tmp_path):
     config = tiny_run_config(Path("somewhere"), tmp_path / "run")
     path = write_config(tmp_path, config)
-    model_args, data_args, training_args = train.parse_config(
+    model_args, data_args, training_args = parse_config(
         [str(path), "--max_steps=7", "--model_config.num_hidden_layers=3", "--pad=true", "--save_strategy=no"]
     )
     assert training_args.max_steps == 7 and data_args.pad is True and training_args.save_strategy == "no"
     assert model_args.model_config["num_hidden_layers"] == 3
-    assert train.build_model(model_args).config.num_hidden_layers == 3
+    assert build_model(model_args).config.num_hidden_layers == 3
     with pytest.raises(SystemExit, match="--key=value"):
-        train.parse_config([str(path), "--max_steps", "7"])
+        parse_config([str(path), "--max_steps", "7"])
     with pytest.raises(ValueError):
-        train.parse_config([str(path), "--not_an_option=1"])
+        parse_config([str(path), "--not_an_option=1"])
     with pytest.raises(ValueError, match="num_codebooks"):
-        train.build_model(train.parse_config([str(path), "--model_config.num_codebooks=9"])[0])
+        build_model(parse_config([str(path), "--model_config.num_codebooks=9"])[0])
     # A mistyped model setting is an error naming the closest one, not a silent extra entry of config.json
     with pytest.raises(ValueError, match="Unknown model_config key 'hiden_size'; did you mean 'hidden_size'"):
-        train.build_model(train.parse_config([str(path), "--model_config.hiden_size=64"])[0])
+        build_model(parse_config([str(path), "--model_config.hiden_size=64"])[0])
 
 
 @pytest.mark.slow
@@ -458,24 +551,25 @@ def test_paper_recipes(objective):
     """The LibriSpeech configs hold the paper recipe (bf16 and the fused optimizer need a GPU, hence the overrides)."""
     path = ROOT / "training" / "configs" / f"{objective}_base_librispeech.yaml"
     cpu = ["--bf16=false", "--torch_compile=false", "--optim=adamw_torch", "--use_cpu=true"]
-    model_args, data_args, args = train.parse_config([str(path), *cpu])
+    model_args, data_args, args = parse_config([str(path), *cpu])
     assert model_args.objective == objective and model_args.model_config == {}
     assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (5e-4, 0.9, 0.95, 1e-6)
     assert (args.weight_decay, args.max_grad_norm, args.max_steps) == (0.01, 10.0, 400_000)
+    assert args.lr_scheduler_type == "tri_stage"
     assert (args.warmup_steps, args.lr_hold_steps, args.lr_decay_steps) == (12_000, 188_000, 200_000)
     assert (data_args.max_batch_samples, data_args.min_samples, data_args.max_samples) == (3_800_000, 2_000, 320_000)
     assert data_args.num_buckets == 1000 and data_args.pad is False
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="bf16"):
-            train.parse_config([str(path)])  # as written, the recipe needs a GPU
+            parse_config([str(path)])  # as written, the recipe needs a GPU
 
 
 @pytest.mark.parametrize(("name", "processes"), [("spidr_base_1gpu", 1), ("spidr_base_8gpu", 8)])
 def test_fewer_gpu_recipes_keep_the_paper_global_batch(name, processes):
     """1 and 8 GPU recipes: the paper's recipe, with accumulation making up its 16 GPUs of 3.8M samples."""
     cpu = ["--bf16=false", "--torch_compile=false", "--optim=adamw_torch", "--use_cpu=true"]
-    paper = train.parse_config([str(ROOT / "training" / "configs" / "spidr_base_librispeech.yaml"), *cpu])
-    variant = train.parse_config([str(ROOT / "training" / "configs" / f"{name}.yaml"), *cpu])
+    paper = parse_config([str(ROOT / "training" / "configs" / "spidr_base_librispeech.yaml"), *cpu])
+    variant = parse_config([str(ROOT / "training" / "configs" / f"{name}.yaml"), *cpu])
     _, data_args, args = variant
     assert data_args.max_batch_samples * args.gradient_accumulation_steps * processes == 16 * 3_800_000
     assert args.output_dir.endswith(name)
@@ -496,13 +590,13 @@ def test_config_files_extend_others(tmp_path):
     (tmp_path / "variant.yaml").write_text(
         "extends: config.yaml\nmax_steps: 9\nmodel_config:\n  codebook_restart_after: 4\n"
     )
-    model_args, _, args = train.parse_config([str(tmp_path / "variant.yaml"), "--learning_rate=0.01"])
+    model_args, _, args = parse_config([str(tmp_path / "variant.yaml"), "--learning_rate=0.01"])
     assert args.max_steps == 9 and args.learning_rate == 0.01 and args.warmup_steps == base["warmup_steps"]
     # model_config entries are overridden one by one
     assert model_args.model_config == {**base["model_config"], "codebook_restart_after": 4}
     (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
     with pytest.raises(SystemExit, match="extends itself"):
-        train.parse_config([str(tmp_path / "loop.yaml")])
+        parse_config([str(tmp_path / "loop.yaml")])
     (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(SystemExit, match=r"missing\.yaml not found"):
-        train.parse_config([str(tmp_path / "orphan.yaml")])
+        parse_config([str(tmp_path / "orphan.yaml")])

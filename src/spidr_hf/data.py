@@ -1,26 +1,54 @@
-"""Speech data for pretraining: any `datasets` source, length-bucketed batches, cropping, standardization, masking."""
+"""
+Speech data for pretraining: the data arguments of a run, any `datasets` source, length-bucketed batches, cropping,
+standardization, masking, and `PretrainingData`, which builds the training and evaluation loaders from them.
+"""
 
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import IterableDataset as TorchIterableDataset
-from torch.utils.data import Sampler
 
 from .configuration_spidr import SpidrConfig
 from .feature_extraction_spidr import SpidrFeatureExtractor
 from .modeling_spidr import compute_span_mask, conv_output_lengths
 
+if TYPE_CHECKING:
+    from datasets import Dataset, IterableDataset
+    from transformers import TrainingArguments
+
 logger = logging.getLogger(__name__)
 
 SAMPLING_RATE = 16_000
 UNREADABLE = -1  # length recorded for files whose header cannot be read
+
+
+@dataclass
+class DataArguments:
+    """Where a pretraining run reads its speech and how it batches it (the data fields of a training config)."""
+
+    dataset: str = field(
+        metadata={"help": "save_to_disk folder, audio folder, parquet file or Hub dataset name."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_split: str = field(default="train", metadata={"help": "Training split; 'a+b' concatenates splits."})
+    eval_split: str | None = field(default=None, metadata={"help": "Split for the periodic dev loss."})
+    audio_column: str = "audio"
+    streaming: bool = field(default=False, metadata={"help": "Stream the training split (needs max_steps)."})
+    streaming_buffer: int = field(default=2000, metadata={"help": "Utterances read at once to bucket a stream."})
+    max_batch_samples: int = field(default=3_800_000, metadata={"help": "Audio samples per batch and device."})
+    min_samples: int = field(default=2_000, metadata={"help": "Shorter utterances are dropped."})
+    max_samples: int = field(default=320_000, metadata={"help": "Longer utterances are cropped (20 s)."})
+    num_buckets: int = field(default=1000, metadata={"help": "Length buckets for batching."})
+    pad: bool = field(default=False, metadata={"help": "Pad batches with attention masks instead of cropping."})
+    length_num_proc: int | None = field(default=None, metadata={"help": "Processes reading the audio durations."})
 
 
 def load_audio_dataset(
@@ -358,3 +386,129 @@ class SpeechCollator:
             batch[row, :length] = torch.from_numpy(utterance[offset : offset + length])
             lengths[row] = length
         return batch, lengths
+
+
+@dataclass
+class PretrainingData:
+    """
+    The data of a pretraining run and the loaders over it: the training split (a map-style dataset with the length of
+    every utterance, batched by `BucketBatchSampler`, or a stream already batched by `StreamingBatches`) and an
+    optional evaluation split with its lengths. `load` opens both as `DataArguments` say; the loaders are plain
+    `DataLoader`s that the Trainer hands to `accelerator.prepare`.
+    """
+
+    args: DataArguments
+    train_dataset: "Dataset | StreamingBatches"
+    train_lengths: np.ndarray | None = None  # None for a stream
+    eval_dataset: "Dataset | None" = None
+    eval_lengths: np.ndarray | None = None
+    # Of the training batches' order, crops and masks (TrainingArguments' `data_seed`, else its `seed`)
+    seed: int = 0
+    # Of the evaluation batches: the same crops and masks at every evaluation (TrainingArguments' `seed`)
+    eval_seed: int = 0
+    _reported_dropped: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train_dataset, StreamingBatches) and self.train_lengths is None:
+            raise ValueError("A map-style training dataset needs `train_lengths` (see `audio_lengths`).")
+        if self.eval_dataset is not None and self.eval_lengths is None:
+            raise ValueError("An evaluation dataset needs `eval_lengths` (see `audio_lengths`).")
+
+    @classmethod
+    def load(cls, args: DataArguments, training_args: "TrainingArguments") -> "PretrainingData":
+        """
+        Open the splits of `args` and read their audio lengths from the file headers (the main process first, so
+        that the others find them in the `datasets` cache); a streamed training split is split between the processes.
+        """
+        if args.streaming and training_args.max_steps <= 0:
+            raise ValueError("Streaming needs max_steps: the length of a stream is unknown.")
+        seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        train_dataset = load_audio_dataset(
+            args.dataset, args.train_split, args.dataset_config, args.audio_column, args.streaming
+        )
+        train_lengths = eval_dataset = eval_lengths = None
+        with training_args.main_process_first(desc="reading audio durations"):
+            if args.streaming:
+                train_dataset = StreamingBatches(
+                    _shard_for_this_process(train_dataset, training_args.process_index, training_args.world_size),
+                    args.max_batch_samples,
+                    args.min_samples,
+                    args.max_samples,
+                    audio_column=args.audio_column,
+                    buffer_size=args.streaming_buffer,
+                    seed=seed,
+                    pad=args.pad,
+                )
+            else:
+                train_lengths = audio_lengths(train_dataset, args.audio_column, args.length_num_proc)
+            if args.eval_split:
+                eval_dataset = load_audio_dataset(args.dataset, args.eval_split, args.dataset_config, args.audio_column)
+                eval_lengths = audio_lengths(eval_dataset, args.audio_column, args.length_num_proc)
+        return cls(
+            args, train_dataset, train_lengths, eval_dataset, eval_lengths, seed=seed, eval_seed=training_args.seed
+        )
+
+    def collator(self, config: SpidrConfig) -> SpeechCollator:
+        return SpeechCollator(config, self.args.min_samples, self.args.max_samples, self.args.pad)
+
+    def train_dataloader(self, config: SpidrConfig, num_workers: int = 0) -> DataLoader:
+        """Batches of the training split; the first time, warns of the utterances left out (unreadable, too short)."""
+        if isinstance(self.train_dataset, StreamingBatches):
+            return DataLoader(
+                self.train_dataset, batch_size=None, collate_fn=self.collator(config), num_workers=num_workers
+            )
+        sampler = self._bucket_sampler(self.train_lengths, self.seed)
+        dropped = sampler.num_dropped
+        # Once, though the Trainer builds the loader again (k-means codebooks, then training)
+        if any(dropped.values()) and not self._reported_dropped:
+            self._reported_dropped = True
+            logger.warning(
+                "Left out of training: %d unreadable and %d too short (< %d samples) utterances.",
+                dropped["unreadable"],
+                dropped["too_short"],
+                self.args.min_samples,
+            )
+        return DataLoader(
+            DecodedSpeech(self.train_dataset, self.args.audio_column),
+            batch_sampler=sampler,
+            collate_fn=self.collator(config),
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+        )
+
+    def eval_dataloader(
+        self, config: SpidrConfig, num_workers: int = 0, dataset: "Dataset | None" = None
+    ) -> DataLoader:
+        """Batches of the evaluation split, or of another decoded `dataset` (its lengths are read first)."""
+        if dataset is None or dataset is self.eval_dataset:
+            if self.eval_dataset is None:
+                raise ValueError("This run has no evaluation split (set `eval_split`).")
+            dataset, lengths = self.eval_dataset, self.eval_lengths
+        else:
+            lengths = audio_lengths(dataset, self.args.audio_column, self.args.length_num_proc)
+        return DataLoader(
+            DecodedSpeech(dataset, self.args.audio_column),
+            batch_sampler=self._bucket_sampler(lengths, self.eval_seed),
+            collate_fn=self.collator(config),
+            num_workers=num_workers,
+        )
+
+    def _bucket_sampler(self, lengths: np.ndarray, seed: int) -> BucketBatchSampler:
+        return BucketBatchSampler(
+            lengths,
+            self.args.max_batch_samples,
+            self.args.min_samples,
+            self.args.max_samples,
+            num_buckets=self.args.num_buckets,
+            seed=seed,
+            pad=self.args.pad,
+        )
+
+
+def _shard_for_this_process(dataset: "IterableDataset", process_index: int, world_size: int) -> "IterableDataset":
+    """Each process reads its own part of a stream."""
+    if world_size == 1:
+        return dataset
+    from datasets.distributed import split_dataset_by_node
+
+    return split_dataset_by_node(dataset, rank=process_index, world_size=world_size)

@@ -1,4 +1,4 @@
-"""Pretraining SpidR / DinoSR with the Transformers Trainer: loss, teacher EMA, LR schedule, data, logging."""
+"""Pretraining SpidR / DinoSR with the Transformers Trainer: loss, teacher EMA and codebooks, LR schedule, logs."""
 
 import itertools
 import logging
@@ -9,25 +9,47 @@ from dataclasses import dataclass, field
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import SchedulerType, Trainer, TrainerCallback, TrainingArguments
 from transformers.dynamic_module_utils import custom_object_save
 
 from .codebook_init import KMEANS_FRAMES_PER_CODEWORD, kmeans_codewords, set_codewords, teacher_target_frames
-from .data import SAMPLING_RATE, BucketBatchSampler, DecodedSpeech, SpeechCollator, StreamingBatches
+from .data import SAMPLING_RATE, PretrainingData
 from .modeling_spidr import SpidrCodebookHealth, SpidrCodebookStatistics, SpidrForPreTraining
 from .pipeline_spidr import SpidrFeaturesPipeline, custom_pipelines
 
 logger = logging.getLogger(__name__)
 
+# The paper's learning-rate schedule, the `lr_scheduler_type` of SpidrTrainingArguments by default
+TRI_STAGE = "tri_stage"
+
 
 @dataclass
 class SpidrTrainingArguments(TrainingArguments):
-    """TrainingArguments plus the paper's tri-stage learning-rate schedule (warm-up uses `warmup_steps`)."""
+    """
+    TrainingArguments plus the paper's tri-stage learning-rate schedule (`lr_scheduler_type="tri_stage"`, the
+    default: warm-up over `warmup_steps`, then the `lr_*` fields below) and the codebook initialisation. Any
+    transformers `lr_scheduler_type` works too, and then the `lr_*` fields are unused.
+    """
 
-    lr_hold_steps: int = field(default=188_000, metadata={"help": "Steps at the peak learning rate after warm-up."})
-    lr_decay_steps: int = field(default=200_000, metadata={"help": "Steps of exponential decay after the hold."})
-    lr_init_scale: float = field(default=0.01, metadata={"help": "Learning rate at step 0, relative to the peak."})
-    lr_final_scale: float = field(default=0.01, metadata={"help": "Learning rate after the decay, relative to peak."})
+    lr_scheduler_type: str = field(
+        default=TRI_STAGE,
+        metadata={
+            "help": f"{TRI_STAGE!r} (the paper's: linear warm-up, hold, exponential decay) or any transformers "
+            "SchedulerType (linear, cosine, ...)."
+        },
+    )
+    lr_hold_steps: int = field(
+        default=188_000, metadata={"help": "tri_stage: steps at the peak learning rate after warm-up."}
+    )
+    lr_decay_steps: int = field(
+        default=200_000, metadata={"help": "tri_stage: steps of exponential decay after the hold."}
+    )
+    lr_init_scale: float = field(
+        default=0.01, metadata={"help": "tri_stage: learning rate at step 0, relative to the peak."}
+    )
+    lr_final_scale: float = field(
+        default=0.01, metadata={"help": "tri_stage: learning rate after the decay, relative to the peak."}
+    )
     codebook_init_batches: int = field(
         default=0,
         metadata={
@@ -40,7 +62,16 @@ class SpidrTrainingArguments(TrainingArguments):
     include_num_input_tokens_seen: str | bool = "all"
 
     def __post_init__(self):
+        tri_stage = self.lr_scheduler_type == TRI_STAGE
+        known = [TRI_STAGE, *(schedule.value for schedule in SchedulerType)]
+        if self.lr_scheduler_type not in known:
+            raise ValueError(f"`lr_scheduler_type` must be one of {', '.join(known)}; got {self.lr_scheduler_type!r}.")
+        if tri_stage:
+            # TrainingArguments checks the name against transformers' schedules, which do not include this one
+            self.lr_scheduler_type = SchedulerType.CONSTANT
         super().__post_init__()
+        if tri_stage:
+            self.lr_scheduler_type = TRI_STAGE
         batches = self.codebook_init_batches
         if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
             raise ValueError(f"`codebook_init_batches` must be a non-negative integer (0: off), got {batches!r}.")
@@ -161,96 +192,65 @@ class SpidrTrainer(Trainer):
     """
     Trainer for `SpidrForPreTraining`: the loss is the mean over the masked frames of the whole global batch (all
     processes and accumulation steps), the codebooks are updated once per optimizer step with the statistics of that
-    whole global batch, the teacher follows the student after every optimizer step, AdamW applies
-    weight decay to every parameter (as the paper does), the LR follows the tri-stage schedule, batches are bucketed
-    by length, and logs include both perplexities, the teacher decay, audio hours seen and skipped files.
+    whole global batch, the teacher follows the student after every optimizer step, AdamW applies weight decay to
+    every parameter (as the paper does), the LR follows the tri-stage schedule (or another `lr_scheduler_type`), the
+    loaders come from `PretrainingData`, and logs include both perplexities, the teacher decay, audio hours seen and
+    skipped files.
     """
 
-    loss_is_scaled_for_ga = True
-
-    def __init__(self, *args, train_lengths=None, data_config: dict | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.train_lengths = train_lengths
-        self.data_config = data_config or {}
+    def __init__(
+        self,
+        model: SpidrForPreTraining,
+        args: SpidrTrainingArguments,
+        data: PretrainingData | None = None,
+        **kwargs,
+    ):
+        """`data` holds the datasets and builds the loaders (a subclass may build its own loaders instead)."""
+        if data is not None:
+            if "train_dataset" in kwargs or "eval_dataset" in kwargs:
+                raise ValueError("Give the datasets through `data` only, not also as train_dataset or eval_dataset.")
+            kwargs.update(train_dataset=data.train_dataset, eval_dataset=data.eval_dataset)
+        super().__init__(model=model, args=args, **kwargs)
+        self.data = data
         self.update_callback = SpidrUpdateCallback(self)
         self.add_callback(self.update_callback)
         self._log_sums = torch.zeros(4, device=self.args.device)  # target ppl, prediction ppl, forwards, audio seconds
         self._skipped = torch.zeros(3, dtype=torch.long, device=self.args.device)
         self._last_log_time = time.perf_counter()
-        self._reported_dropped = False
 
     # ---- data ----
-    def _collator(self) -> SpeechCollator:
-        return SpeechCollator(
-            self.model.config, self.data_config["min_samples"], self.data_config["max_samples"], self.data_config["pad"]
-        )
-
     def get_train_dataloader(self) -> DataLoader:
-        if isinstance(self.train_dataset, StreamingBatches):
-            loader = DataLoader(
-                self.train_dataset,
-                batch_size=None,
-                collate_fn=self._collator(),
-                num_workers=self.args.dataloader_num_workers,
-            )
-            return self.accelerator.prepare(loader)
-        sampler = BucketBatchSampler(
-            self.train_lengths,
-            self.data_config["max_batch_samples"],
-            self.data_config["min_samples"],
-            self.data_config["max_samples"],
-            num_buckets=self.data_config["num_buckets"],
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-            pad=self.data_config["pad"],
-        )
-        dropped = sampler.num_dropped
-        if any(dropped.values()) and not self._reported_dropped:  # once, though the loader is built again for k-means
-            self._reported_dropped = True
-            logger.warning(
-                "Left out of training: %d unreadable and %d too short (< %d samples) utterances.",
-                dropped["unreadable"],
-                dropped["too_short"],
-                self.data_config["min_samples"],
-            )
-        loader = DataLoader(
-            DecodedSpeech(self.train_dataset, self.data_config["audio_column"]),
-            batch_sampler=sampler,
-            collate_fn=self._collator(),
-            num_workers=self.args.dataloader_num_workers,
-            persistent_workers=self.args.dataloader_num_workers > 0,
-        )
+        loader = self._data().train_dataloader(self.model.config, self.args.dataloader_num_workers)
         return self.accelerator.prepare(loader)
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        lengths = self.data_config["eval_lengths"]
-        sampler = BucketBatchSampler(
-            lengths,
-            self.data_config["max_batch_samples"],
-            self.data_config["min_samples"],
-            self.data_config["max_samples"],
-            num_buckets=self.data_config["num_buckets"],
-            seed=self.args.seed,  # the same masks at every evaluation
-            pad=self.data_config["pad"],
-        )
-        loader = DataLoader(
-            DecodedSpeech(dataset, self.data_config["audio_column"]),
-            batch_sampler=sampler,
-            collate_fn=self._collator(),
-            num_workers=self.args.dataloader_num_workers,
-        )
+        loader = self._data().eval_dataloader(self.model.config, self.args.dataloader_num_workers, eval_dataset)
         return self.accelerator.prepare(loader)
+
+    def _data(self) -> PretrainingData:
+        if self.data is None:
+            raise ValueError("SpidrTrainer builds its data loaders from `data` (a PretrainingData); none was given.")
+        return self.data
 
     # ---- loss ----
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor:
-        """Masked frames in the accumulated batches of all processes: the loss is their mean."""
+        """
+        The loss is the mean over the masked frames of the global batch, so the items are masked frames: the
+        Trainer's version counts `labels`, which a self-supervised batch does not have. Summed over the accumulated
+        micro-batches, and over processes as the Trainer does (`average_tokens_across_devices`, its default).
+        """
         count = sum(batch["mask_time_indices"].sum() for batch in batch_samples if "mask_time_indices" in batch)
         count = torch.as_tensor(count, device=device)
-        if self.args.world_size > 1:
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
         return count
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """
+        The model's loss (in training: its masked-frame loss sum over `num_items_in_batch`, times the number of
+        processes as DDP averages their gradients; in evaluation: the batch's own mean), after counting skipped
+        files; the codebook statistics go to the optimizer step's update, the perplexities and audio to the logs.
+        """
         skipped = inputs.pop("num_skipped")
         if model.training:
             self._skipped += skipped.to(self._skipped.device)
@@ -258,27 +258,25 @@ class SpidrTrainer(Trainer):
             loss = sum(p.view(-1)[0] for p in model.parameters() if p.requires_grad) * 0.0
             return (loss, None) if return_outputs else loss
         # Codebooks are updated once per optimizer step with the statistics of all its micro-batches
-        outputs = model(**inputs, defer_codebook_update=True)
+        inputs = {**inputs, "defer_codebook_update": True}
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if outputs.codebook_statistics is not None:
             self.update_callback.add(outputs.codebook_statistics)
-        if num_items_in_batch is None:  # evaluation: the batch's own mean
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
-        masked = outputs.mask_time_indices.sum()
-        # DDP averages gradients over processes, hence the world size
-        loss = outputs.loss * masked / num_items_in_batch.clamp(min=1) * self.accelerator.num_processes
-        with torch.no_grad():
-            audio = inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["input_values"].numel()
-            self._log_sums += torch.stack(
-                [
-                    outputs.target_perplexity.float(),
-                    outputs.prediction_perplexity.float(),
-                    torch.ones((), device=self._log_sums.device),
-                    torch.as_tensor(audio, device=self._log_sums.device, dtype=torch.float32) / SAMPLING_RATE,
-                ]
-            )
+        if model.training:
+            with torch.no_grad():
+                audio = inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["input_values"].numel()
+                self._log_sums += torch.stack(
+                    [
+                        outputs.target_perplexity.float(),
+                        outputs.prediction_perplexity.float(),
+                        torch.ones((), device=self._log_sums.device),
+                        torch.as_tensor(audio, device=self._log_sums.device, dtype=torch.float32) / SAMPLING_RATE,
+                    ]
+                )
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # Without `num_items_in_batch` (which the Trainer's version would count): the evaluation loss is the batch mean
         with torch.no_grad():
             loss = self.compute_loss(model, self._prepare_inputs(inputs))
         return loss.detach(), None, None
@@ -344,17 +342,17 @@ class SpidrTrainer(Trainer):
         return [name for name, _ in model.named_parameters()]
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.lr_scheduler is None:
+        if self.lr_scheduler is None and self.args.lr_scheduler_type == TRI_STAGE:
             self.lr_scheduler = tri_stage_schedule(
                 optimizer or self.optimizer,
-                int(self.args.warmup_steps),
+                self.args.get_warmup_steps(num_training_steps),
                 self.args.lr_hold_steps,
                 self.args.lr_decay_steps,
                 self.args.lr_init_scale,
                 self.args.lr_final_scale,
             )
             self._created_lr_scheduler = True
-        return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)  # the transformers schedules
 
     # ---- logging ----
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -1,0 +1,134 @@
+"""
+Setting up a pretraining run from its config file: the arguments (`extends:` and `--key=value` overrides), the model,
+the training arguments the run implies, the output folder check and the checkpoint to resume.
+"""
+
+import difflib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+from transformers.trainer_utils import get_last_checkpoint
+
+from .configuration_spidr import SpidrConfig
+from .data import DataArguments
+from .modeling_spidr import SpidrForPreTraining
+from .trainer import SpidrTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    objective: str = field(default="spidr", metadata={"help": "spidr or dinosr: the preset the config starts from."})
+    model_config: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "SpidrConfig fields overriding the preset, e.g. {hidden_size: 256}."}
+    )
+    init_from: str | None = field(
+        default=None, metadata={"help": "Start from this SpidrForPreTraining folder or Hub repo instead of scratch."}
+    )
+
+
+def parse_config(
+    argv: list[str], usage: str = "CONFIG [--key=value ...]"
+) -> tuple[ModelArguments, DataArguments, SpidrTrainingArguments]:
+    """
+    Read `CONFIG [--key=value ...]` into the three argument dataclasses: dotted keys reach into `model_config`,
+    values are read as JSON, or else as strings. Exits with `usage` when the config file is not first (`--help`).
+    """
+    if not argv or argv[0].startswith("-"):
+        raise SystemExit(usage)
+    values = read_config_file(Path(argv[0]))
+    for override in argv[1:]:
+        key, separator, raw = override.removeprefix("--").partition("=")
+        if not separator:
+            raise SystemExit(f"Overrides take the form --key=value, got {override!r}.")
+        target = values
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = _parse_override(raw)
+    parser = HfArgumentParser((ModelArguments, DataArguments, SpidrTrainingArguments))
+    return parser.parse_dict(values, allow_extra_keys=False)
+
+
+def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """
+    A YAML or JSON config. `extends: OTHER` (a path relative to the file) starts from OTHER's values, which the file's
+    own override (its `model_config` entries one by one), so that a recipe variant states only what it changes.
+    """
+    if not path.is_file():
+        raise SystemExit(f"Config file {path} not found.")
+    if path.resolve() in seen:
+        raise SystemExit(f"Config file {path} extends itself (through {' -> '.join(map(str, seen))}).")
+    values = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise SystemExit(f"Config file {path} must hold a mapping of option names to values.")
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    merged = read_config_file(path.parent / base, (*seen, path.resolve()))
+    model_config = {**merged.get("model_config", {}), **values.pop("model_config", {})}
+    return {**merged, **values, **({"model_config": model_config} if model_config else {})}
+
+
+def _parse_override(raw: str) -> Any:
+    """JSON values (numbers, true/false, lists), anything else as a string: `--save_strategy=no` stays "no"."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+def build_model(model_args: ModelArguments) -> SpidrForPreTraining:
+    """The model to pretrain: the objective's preset with `model_config` over it, or the `init_from` model."""
+    known = set(SpidrConfig().to_dict())
+    for key in model_args.model_config:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else " (see SpidrConfig)"
+            raise ValueError(f"Unknown model_config key {key!r}{hint}")
+    if model_args.init_from:
+        return SpidrForPreTraining.from_pretrained(model_args.init_from)
+    if model_args.objective == "dinosr":
+        config = SpidrConfig.dinosr_base(**model_args.model_config)
+    else:
+        config = SpidrConfig(**{"objective": model_args.objective, **model_args.model_config})
+    return SpidrForPreTraining(config)
+
+
+def complete_training_arguments(
+    training_args: SpidrTrainingArguments, data_args: DataArguments, config: SpidrConfig
+) -> None:
+    """Set the training arguments that follow from the data and the model, unless the config set them."""
+    if data_args.pad:
+        training_args.include_num_input_tokens_seen = "non_padding"  # audio hours without the padding
+    if training_args.max_steps > config.freeze_step and training_args.ddp_find_unused_parameters is None:
+        # The feature encoder stops receiving gradients at the freeze step, after DDP was set up
+        training_args.ddp_find_unused_parameters = True
+
+
+def check_output_dir(output_dir: Path, resume_from_checkpoint: str | None) -> None:
+    """A run writes into a new folder or resumes one; a saved model with no checkpoint to resume is left alone."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir {output_dir} is a file")
+    saved_model = (output_dir / "config.json").is_file()
+    if resume_from_checkpoint is None and saved_model and not get_last_checkpoint(output_dir):
+        raise ValueError(
+            f"output_dir {output_dir} already holds a saved model (config.json) and no checkpoint to resume from; "
+            "nothing was changed: choose another output_dir"
+        )
+
+
+def checkpoint_to_resume(training_args: SpidrTrainingArguments) -> str | None:
+    """`resume_from_checkpoint` if set, else the last checkpoint in `output_dir`: a stopped run goes on by itself."""
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and Path(training_args.output_dir).is_dir():
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint:
+            logger.info("Resuming from %s", checkpoint)
+    return checkpoint
