@@ -23,9 +23,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from spidr_hf import SpidrConfig
+from spidr_hf.configuration_spidr import SAMPLING_RATE
 from spidr_hf.corpus import build_corpus
 from spidr_hf.data import (
-    SAMPLING_RATE,
     BucketBatchSampler,
     DecodedSpeech,
     SpeechCollator,

@@ -10,7 +10,6 @@ The teacher stays at its initialisation (no training), so this isolates the code
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -21,10 +20,9 @@ from transformers import set_seed
 from spidr_hf.codebook_init import KMEANS_FRAMES_PER_CODEWORD, kmeans_codewords, set_codewords, teacher_target_frames
 from spidr_hf.evaluation.features import load_split
 from spidr_hf.feature_extraction_spidr import SpidrFeatureExtractor
+from spidr_hf.training_setup import build_model, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
-import train  # noqa: E402  (the training script: its config reader and model builder)
 
 
 def positive(text: str) -> int:
@@ -44,13 +42,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--restart-after", type=positive, default=5, help="the remedy's restart setting")
     args = parser.parse_args(argv)
 
-    model_args, _, training_args = train.parse_config([str(args.config)])
+    model_args, _, training_args = parse_config([str(args.config)])
     try:  # a missing or unreadable corpus is a one-line error, before the model is built
         utterances = load_split(args.corpus, "train", args.utterances, training_args.seed)
     except ValueError as error:
         parser.error(str(error))
     set_seed(training_args.seed)
-    model = train.build_model(model_args).eval()
+    model = build_model(model_args).eval()
     extractor = SpidrFeatureExtractor()
     batches = (
         {"input_values": extractor(u.audio, sampling_rate=extractor.sampling_rate, return_tensors="pt").input_values}

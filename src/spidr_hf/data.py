@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,9 +16,10 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import IterableDataset as TorchIterableDataset
 
-from .configuration_spidr import SpidrConfig
+from .configuration_spidr import SAMPLING_RATE, SpidrConfig
 from .feature_extraction_spidr import SpidrFeatureExtractor
 from .modeling_spidr import compute_span_mask, conv_output_lengths
+from .pipeline_spidr import load_audio
 
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SAMPLING_RATE = 16_000
 UNREADABLE = -1  # length recorded for files whose header cannot be read
 
 
@@ -225,21 +225,9 @@ class DecodedSpeech(TorchDataset):
     def __getitem__(self, key: tuple[int, int]) -> SpeechItem:
         index, seed = key
         try:
-            return SpeechItem(decode_audio(self.dataset[index][self.audio_column]), seed)
+            return SpeechItem(load_audio(self.dataset[index][self.audio_column], None, SAMPLING_RATE), seed)
         except Exception as error:  # a corrupt file must not stop training; the collator counts it
             return SpeechItem(None, seed, f"{type(error).__name__}: {error}")
-
-
-def decode_audio(audio: Any) -> np.ndarray:
-    """Mono float32 samples from a datasets audio value (a torchcodec decoder, or a dict with an array)."""
-    if hasattr(audio, "get_all_samples"):
-        samples = audio.get_all_samples()
-        if samples.sample_rate != SAMPLING_RATE:
-            raise ValueError(f"decoded at {samples.sample_rate} Hz instead of {SAMPLING_RATE} Hz")
-        return samples.data.mean(0).numpy().astype(np.float32)
-    if audio.get("sampling_rate") != SAMPLING_RATE:
-        raise ValueError(f"audio at {audio.get('sampling_rate')} Hz instead of {SAMPLING_RATE} Hz")
-    return np.asarray(audio["array"], dtype=np.float32)
 
 
 class StreamingBatches(TorchIterableDataset):
@@ -310,7 +298,7 @@ class StreamingBatches(TorchIterableDataset):
                 buffer.append(SpeechItem(None, 0, f"{type(error).__name__}: {error}"))
                 continue
             try:
-                buffer.append(SpeechItem(decode_audio(example[self.audio_column]), 0))
+                buffer.append(SpeechItem(load_audio(example[self.audio_column], None, SAMPLING_RATE), 0))
             except Exception as error:
                 buffer.append(SpeechItem(None, 0, f"{type(error).__name__}: {error}"))
             if len(buffer) == self.buffer_size:

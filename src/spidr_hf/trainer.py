@@ -13,7 +13,8 @@ from transformers import SchedulerType, Trainer, TrainerCallback, TrainingArgume
 from transformers.dynamic_module_utils import custom_object_save
 
 from .codebook_init import KMEANS_FRAMES_PER_CODEWORD, kmeans_codewords, set_codewords, teacher_target_frames
-from .data import SAMPLING_RATE, PretrainingData
+from .configuration_spidr import SAMPLING_RATE
+from .data import PretrainingData
 from .modeling_spidr import SpidrCodebookHealth, SpidrCodebookStatistics, SpidrForPreTraining
 from .pipeline_spidr import SpidrFeaturesPipeline, custom_pipelines
 
