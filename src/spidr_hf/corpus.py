@@ -117,7 +117,9 @@ SPEAKERS = (
 
 
 @dataclass(frozen=True)
-class Utterance:
+class PlannedUtterance:
+    """An utterance to synthesize: its id, voice and sentence."""
+
     id: str
     speaker: Speaker
     text: str
@@ -152,7 +154,9 @@ def _is_plain_sentence(sentence: str) -> bool:
     )
 
 
-def plan_utterances(sentences: Sequence[str], speakers: Sequence[Speaker], hours: float, seed: int) -> list[Utterance]:
+def plan_utterances(
+    sentences: Sequence[str], speakers: Sequence[Speaker], hours: float, seed: int
+) -> list[PlannedUtterance]:
     """Deal shuffled sentences to the speakers, different ones to each, about `hours / len(speakers)` of speech each."""
     shuffled = list(sentences)
     random.Random(seed).shuffle(shuffled)
@@ -169,7 +173,7 @@ def plan_utterances(sentences: Sequence[str], speakers: Sequence[Speaker], hours
                 )
             text = shuffled[next_sentence]
             next_sentence += 1
-            utterances.append(Utterance(f"{speaker.name}-{count:05d}", speaker, text))
+            utterances.append(PlannedUtterance(f"{speaker.name}-{count:05d}", speaker, text))
             planned += len(text) * seconds_per_char
             count += 1
     return utterances
@@ -232,12 +236,12 @@ def _wav_duration(path: Path) -> float:
         return wav.getnframes() / SAMPLING_RATE
 
 
-def _paths(wav_dir: Path, utterance: Utterance) -> tuple[Path, Path]:
+def _paths(wav_dir: Path, utterance: PlannedUtterance) -> tuple[Path, Path]:
     folder = wav_dir / utterance.speaker.name
     return folder / f"{utterance.id}.wav", folder / f"{utterance.id}.json"
 
 
-def _is_done(wav_dir: Path, utterance: Utterance) -> bool:
+def _is_done(wav_dir: Path, utterance: PlannedUtterance) -> bool:
     """True when a previous run left this utterance's wav and an alignment for the same text and voice settings."""
     wav_path, json_path = _paths(wav_dir, utterance)
     if not (wav_path.is_file() and json_path.is_file()):
@@ -246,7 +250,7 @@ def _is_done(wav_dir: Path, utterance: Utterance) -> bool:
     return record["text"] == utterance.text and record["flite_options"] == utterance.speaker.flite_options()
 
 
-def synthesize(flite: str, wav_dir: Path, utterance: Utterance) -> None:
+def synthesize(flite: str, wav_dir: Path, utterance: PlannedUtterance) -> None:
     """Write the utterance's wav and its alignment JSON; each file appears only once complete (atomic renames)."""
     wav_path, json_path = _paths(wav_dir, utterance)
     wav_path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,7 +268,7 @@ def synthesize(flite: str, wav_dir: Path, utterance: Utterance) -> None:
     tmp_wav.replace(wav_path)  # last: the wav exists only with its alignment
 
 
-def _row(wav_dir: Path, utterance: Utterance) -> dict:
+def _row(wav_dir: Path, utterance: PlannedUtterance) -> dict:
     wav_path, json_path = _paths(wav_dir, utterance)
     record = json.loads(json_path.read_text())
     return {
