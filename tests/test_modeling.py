@@ -206,6 +206,11 @@ def assert_imports_only_torch_transformers(path) -> None:
 
 # The attention implementations run against eager attention below: the model must declare exactly these
 TESTED_ATTENTION = ("sdpa", "flex_attention")
+FLEX_ATTENTION_MARKS = [
+    pytest.mark.slow,  # inductor compiles flex attention on first use: 10 s to over a minute on a small CPU
+    # transformers' block mask (`_compile=True`) and inductor (`torch.jit`) use APIs that torch deprecates
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 
 
 def test_only_tested_attention_implementations_are_declared():
@@ -219,8 +224,7 @@ def test_only_tested_attention_implementations_are_declared():
 
 @pytest.mark.parametrize(
     "implementation",
-    # inductor compiles flex attention on first use: 10 s to over a minute on a small CPU
-    [pytest.param(name, marks=pytest.mark.slow) if name == "flex_attention" else name for name in TESTED_ATTENTION],
+    [pytest.param(name, marks=FLEX_ATTENTION_MARKS) if name == "flex_attention" else name for name in TESTED_ATTENTION],
 )
 def test_attention_implementations_agree_with_eager_attention(implementation):
     _, batch, mask = padded_batch([7000, 4100, 2500])
