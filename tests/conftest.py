@@ -9,6 +9,9 @@ from types import ModuleType
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# One intra-op thread (inherited by the scripts the tests start): the test models are tiny, and on a small shared
+# machine the threads of each parallel op wait for one another at every barrier (the fast tier takes 3-4x longer)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

@@ -200,7 +200,7 @@ def test_bad_input(tokens, kwargs, message):
 
 
 def test_label_count_mismatch():
-    with pytest.raises(ValueError, match="3 tokens but 2 phones"):
+    with pytest.raises(ValueError, match=r"3 tokens.*2 phones"):
         abx_error([torch.ones(1, 2)] * 3, ["a", "b"], ["c"] * 3, ["s"] * 3)
 
 

@@ -148,11 +148,11 @@ def test_not_a_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda sd: sd.pop("heads.1.0.weight"), r"missing keys \(1\): \['heads.1.weight'\]"),
-        (lambda sd: sd.update(extra=torch.zeros(1)), r"unexpected keys \(1\): \['extra'\]"),
+        (lambda sd: sd.pop("heads.1.0.weight"), r"missing.*heads\.1\.weight"),
+        (lambda sd: sd.update(extra=torch.zeros(1)), r"unexpected.*'extra'"),
         (
             lambda sd: sd.update({"mask_embedding": torch.zeros(65)}),
-            r"shape mismatches \(1\): \['mask_embedding: checkpoint \(65,\) vs model \(64,\)'\]",
+            r"mask_embedding.*\(65,\).*\(64,\)",
         ),
         (lambda sd: sd.update({"student.layer_norm.weight": "text"}), "not tensors"),
     ],

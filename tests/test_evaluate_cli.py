@@ -119,6 +119,7 @@ def test_cli_end_to_end(corpus_dir, model_dir, tmp_path, capsys):
     assert [name.split("_layer")[0] for name in heatmaps] == ["cooccurrence_codebook", "cooccurrence_kmeans"]
 
 
+@pytest.mark.slow
 def test_python_api_default_units(corpus_dir, model_dir):
     """Default units of a checkpoint with heads are codebook units; nothing is written without output_dir."""
     report = evaluate_model(model_dir, corpus_dir, layers=[4], max_utterances=4)
@@ -286,6 +287,7 @@ def test_comparison_with_the_random_initialisation_uses_each_systems_best_layer(
     assert "0.050 (layer 1) vs 0.200 (layer 1)  NOT better" in text
 
 
+@pytest.mark.slow
 def test_an_earlier_report_is_kept_unless_overwrite_is_asked(corpus_dir, model_dir, tmp_path, capsys):
     output = tmp_path / "report"
     output.mkdir()

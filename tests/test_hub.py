@@ -125,6 +125,7 @@ def release_dir(tmp_path_factory, source_dir, evaluation_path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_dry_run_writes_the_release_folder(release_dir, source_dir):
     assert {p.name for p in release_dir.iterdir()} == RELEASE_FILES
     config = json.loads((release_dir / "config.json").read_text())
@@ -145,6 +146,7 @@ def test_dry_run_writes_the_release_folder(release_dir, source_dir):
     assert (release_dir / "pipeline_spidr.py").read_text() == Path(inspect.getfile(SpidrFeaturesPipeline)).read_text()
 
 
+@pytest.mark.slow
 def test_dry_run_refuses_a_used_folder(source_dir, release_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*push_arguments(source_dir), "--dry-run", str(release_dir)])
@@ -152,6 +154,7 @@ def test_dry_run_refuses_a_used_folder(source_dir, release_dir, capsys):
     assert "not an empty folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_release_loads_through_pipelines_without_spidr_hf(release_dir, tmp_path):
     folder = shutil.copytree(release_dir, tmp_path / "copied-release")
     AudioEncoder(torch.from_numpy(speech(2.0))[None], sample_rate=16000).to_file(tmp_path / "speech.wav")
@@ -197,6 +200,7 @@ def test_release_loads_through_pipelines_without_spidr_hf(release_dir, tmp_path)
     np.testing.assert_array_equal(released["units"], units(speech_path, layer=4, deduplicate=True)["units"])
 
 
+@pytest.mark.slow
 def test_card_metadata(release_dir):
     card = ModelCard.load(release_dir / "README.md")
     data = card.data
@@ -221,6 +225,7 @@ def test_card_metadata(release_dir):
     assert "1234 ABX tokens" in card.text
 
 
+@pytest.mark.slow
 def test_card_snippets_run(release_dir, tmp_path):
     """Each Python block of the card, verbatim, against the repository id served from an offline Hub cache."""
     snippets = re.findall(r"```python\n(.*?)```", (release_dir / "README.md").read_text(), flags=re.DOTALL)
@@ -329,6 +334,7 @@ def test_source_must_be_a_full_spidr_model(tmp_path):
         load_source(tmp_path)
 
 
+@pytest.mark.slow
 def test_release_check_catches_broken_folders(release_dir, tmp_path):
     model, feature_extractor = load_source(release_dir)
     no_pipelines = shutil.copytree(release_dir, tmp_path / "no-pipelines")
@@ -392,6 +398,7 @@ def recording_api(monkeypatch) -> Iterator[type[RecordingHfApi]]:
     yield RecordingHfApi
 
 
+@pytest.mark.slow
 def test_push_uploads_the_checked_folder(source_dir, release_dir, recording_api, capsys):
     assert main([*push_arguments(source_dir), "--private", "--revision", "v1"]) == 0
     (api,) = recording_api.instances
@@ -417,6 +424,7 @@ def test_push_uploads_the_checked_folder(source_dir, release_dir, recording_api,
     )
 
 
+@pytest.mark.slow
 def test_push_as_pull_request(release_dir, recording_api):
     api = recording_api()
     commit = push_module.upload_release(api, release_dir, REPO_ID, private=False, revision=None, create_pr=True)
@@ -426,6 +434,7 @@ def test_push_as_pull_request(release_dir, recording_api):
     assert api.calls[1][1]["create_pr"] is True and api.calls[1][1]["revision"] is None
 
 
+@pytest.mark.slow
 def test_failed_upload_is_not_reported_done(source_dir, recording_api, monkeypatch, capsys):
     monkeypatch.setattr(push_module, "HfApi", partial(RecordingHfApi, fail_on="upload_folder"))
     with pytest.raises(SystemExit) as exit_info:
@@ -437,6 +446,7 @@ def test_failed_upload_is_not_reported_done(source_dir, recording_api, monkeypat
     assert [name for name, _ in recording_api.instances[0].calls] == ["whoami", "create_repo", "upload_folder"]
 
 
+@pytest.mark.slow
 def test_failed_repository_creation(release_dir, recording_api):
     api = recording_api(fail_on="create_repo")
     with pytest.raises(push_module.PushError, match=f"Creating the repository {REPO_ID} failed.*nothing was uploaded"):

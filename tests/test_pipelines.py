@@ -261,14 +261,14 @@ def test_arrays_need_no_torchcodec(features, monkeypatch, tmp_path):
     assert features(audio, sampling_rate=RATE, layer=4)["features"].shape == (49, 64)
     for needs_ffmpeg in ({"inputs": str(tmp_path / "speech.wav")}, {"inputs": audio, "sampling_rate": 8000}):
         (tmp_path / "speech.wav").write_bytes(b"")
-        with pytest.raises(ImportError, match="needs torchcodec and FFmpeg: `pip install torchcodec`"):
+        with pytest.raises(ImportError, match="torchcodec"):
             features(**needs_ffmpeg, layer=4)
 
 
 def test_undecodable_file_is_refused(tmp_path, features):
     path = tmp_path / "notes.wav"
     path.write_text("not audio")
-    with pytest.raises(ValueError, match=r"Could not decode .*notes\.wav"):
+    with pytest.raises(ValueError, match=r"notes\.wav"):
         features(str(path), layer=4)
 
 

@@ -534,6 +534,7 @@ def test_quickstart_config_trains_and_writes_a_loadable_model(corpus, tmp_path):
     check_release_folder(output, model.eval(), SpidrFeatureExtractor(), layer=6)
 
 
+@pytest.mark.slow
 def test_training_never_overwrites_a_saved_model_it_cannot_resume(tmp_path):
     output = tmp_path / "mine"
     output.mkdir()

@@ -23,11 +23,11 @@ def frame_labels(phones: Sequence[Mapping], num_labels: int, rate: int = LABEL_R
     return [phones[index]["phone"] for index in indices]
 
 
-def cooccurrence(
+def _aligned_frames(
     units: Sequence[Sequence[int]], labels: Sequence[Sequence[Hashable]], num_units: int
-) -> tuple[list[Hashable], np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """
-    Sorted phones and their `(phones, num_units)` co-occurrence counts with the units, each 20 ms unit standing for
+    The phone label (as a string) and the unit of every 10 ms frame of all utterances, each 20 ms unit standing for
     two 10 ms label frames. Per utterance, labels and repeated units may differ by two frames; the extra ones are
     ignored.
     """
@@ -51,9 +51,26 @@ def cooccurrence(
         raise ValueError("No frames")
     if flat_units.min() < 0 or flat_units.max() >= num_units:
         raise ValueError(f"Units must lie in [0, {num_units}), got [{flat_units.min()}, {flat_units.max()}]")
-    phones, phone_indices = np.unique(np.asarray(label_frames, dtype=object).astype(str), return_inverse=True)
+    return np.asarray(label_frames, dtype=object).astype(str), flat_units
+
+
+def cooccurrence(
+    units: Sequence[Sequence[int]], labels: Sequence[Sequence[Hashable]], num_units: int
+) -> tuple[list[Hashable], np.ndarray]:
+    """
+    Sorted phones and their `(phones, num_units)` co-occurrence counts with the units, over the frames of
+    `_aligned_frames`; units that never occur get a column of zeros.
+    """
+    return _cooccurrence(*_aligned_frames(units, labels, num_units), num_units)
+
+
+def _cooccurrence(phone_frames: np.ndarray, unit_frames: np.ndarray, num_units: int) -> tuple[list[str], np.ndarray]:
+    from sklearn.metrics.cluster import contingency_matrix  # scikit-learn is an `eval` extra
+
+    # Rows follow the sorted phones, columns the sorted units that occur
+    phones, occurring_units = np.unique(phone_frames), np.unique(unit_frames)
     counts = np.zeros((len(phones), num_units), dtype=np.int64)
-    np.add.at(counts, (phone_indices, flat_units), 1)
+    counts[:, occurring_units] = contingency_matrix(phone_frames, unit_frames)
     return phones.tolist(), counts
 
 
@@ -77,18 +94,18 @@ def units_quality(
     - active_codewords: units that occur;
     - bitrate: log2(num_units) x units per second after merging consecutive repeats.
     """
-    _, counts = cooccurrence(units, labels, num_units)
+    from sklearn.metrics.cluster import homogeneity_score
+
+    phone_frames, unit_frames = _aligned_frames(units, labels, num_units)
+    _, counts = _cooccurrence(phone_frames, unit_frames, num_units)
     if len(counts) < 2:
         raise ValueError("PNMI needs at least two distinct phones")
     joint = counts / counts.sum()
-    phone_marginal, unit_marginal = joint.sum(1), joint.sum(0)
-    nonzero = joint > 0
-    outer = np.outer(phone_marginal, unit_marginal)
-    mutual_information = (joint[nonzero] * np.log(joint[nonzero] / outer[nonzero])).sum()
-    phone_entropy = -(phone_marginal * np.log(phone_marginal)).sum()
+    unit_marginal = joint.sum(0)
     used = unit_marginal[unit_marginal > 0]
     return {
-        "pnmi": float(mutual_information / phone_entropy),
+        # (H(phone) - H(phone | unit)) / H(phone): the homogeneity of the units with respect to the phones
+        "pnmi": float(homogeneity_score(phone_frames, unit_frames)),
         "phone_purity": float(joint.max(0).sum()),
         "cluster_purity": float(joint.max(1).sum()),
         "codebook_perplexity": float(2 ** -(used * np.log2(used)).sum()),
