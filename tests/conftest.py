@@ -42,6 +42,20 @@ def corpus(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def source_dir(tmp_path_factory) -> Path:
+    """A saved tiny random SpidR pretraining model with its feature extractor (what `push` and `evaluate` read)."""
+    import torch
+
+    from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
+
+    folder = tmp_path_factory.mktemp("source") / "model"
+    torch.manual_seed(0)
+    SpidrForPreTraining(SpidrConfig(**TINY_CONFIG)).save_pretrained(folder)
+    SpidrFeatureExtractor().save_pretrained(folder)
+    return folder
+
+
 def two_process_launcher() -> list[str]:
     """`accelerate launch` of 2 CPU processes (gloo) on a port that is free now, so that runs cannot collide."""
     with socket.socket() as probe:

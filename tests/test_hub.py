@@ -25,7 +25,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import load_file
 from torchcodec.encoders import AudioEncoder
 
-from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrFeaturesPipeline, SpidrForPreTraining, SpidrUnitsPipeline
+from spidr_hf import SpidrConfig, SpidrFeaturesPipeline, SpidrForPreTraining, SpidrUnitsPipeline
 from spidr_hf import push as push_module
 from spidr_hf.cli import main
 from spidr_hf.evaluation.schema import EvaluationReport
@@ -95,15 +95,6 @@ def run_clean_python(code: str, cwd: Path, **environment: str) -> subprocess.Com
         text=True,
         timeout=600,
     )
-
-
-@pytest.fixture(scope="module")
-def source_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("source") / "model"
-    torch.manual_seed(0)
-    SpidrForPreTraining(SpidrConfig(**TINY_CONFIG)).save_pretrained(folder)
-    SpidrFeatureExtractor().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import TINY_CONFIG
 from huggingface_hub import ModelCard
 from transformers import pipeline
 
-from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrFeaturesPipeline, SpidrForPreTraining
+from spidr_hf import SpidrFeaturesPipeline
 
 pytestmark = pytest.mark.slow
 
@@ -61,15 +59,6 @@ def venv(tmp_path_factory) -> Path:
     # install of the outer environment has the same version: install anyway (into the virtualenv, which comes first).
     run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", wheel], cwd=root)
     return venv
-
-
-@pytest.fixture(scope="module")
-def source_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("source") / "model"
-    torch.manual_seed(0)
-    SpidrForPreTraining(SpidrConfig(**TINY_CONFIG)).save_pretrained(folder)
-    SpidrFeatureExtractor().save_pretrained(folder)
-    return folder
 
 
 def test_the_virtualenv_imports_the_installed_wheel(venv, tmp_path):

@@ -9,7 +9,9 @@ from itertools import groupby
 
 import numpy as np
 
-UNIT_RATE = 50  # units per second
+from .items import FRAME_RATE
+
+UNIT_RATE = FRAME_RATE  # units per second: one per SpidR frame
 LABEL_RATE = 100  # phone labels per second
 # A label sequence may be this many 10 ms frames longer or shorter than its units repeated to 10 ms
 MAX_LENGTH_DIFFERENCE = 2
