@@ -1,0 +1,97 @@
+"""Bad input from a user gives a clear one-line error, never a silently wrong result or a traceback (issue 12)."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONFIG
+from transformers import pipeline
+
+from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrModel
+
+RATE = 16000
+
+
+def one_line(message: str) -> bool:
+    return bool(message.strip()) and "\n" not in message.strip()
+
+
+@pytest.fixture(scope="module")
+def features():
+    torch.manual_seed(0)
+    model = SpidrModel(SpidrConfig(**TINY_CONFIG)).eval()
+    return pipeline("spidr-features", model=model, feature_extractor=SpidrFeatureExtractor(), device="cpu")
+
+
+def tone(seconds: float, rate: int) -> np.ndarray:
+    time = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * 220 * time)).astype(np.float32)
+
+
+@pytest.mark.parametrize("bad_samples", ["one_nan", "all_nan", "one_inf"])
+def test_non_finite_audio_is_refused_before_resampling(features, bad_samples):
+    audio = tone(1.0, 8000)
+    if bad_samples == "one_nan":
+        audio[1234] = np.nan
+    elif bad_samples == "all_nan":
+        audio[:] = np.nan
+    else:
+        audio[10] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite") as error:
+        features(audio, sampling_rate=8000)
+    assert one_line(str(error.value))
+
+
+def test_empty_audio_at_another_rate(features):
+    with pytest.raises(ValueError, match="empty") as error:
+        features(np.zeros(0, dtype=np.float32), sampling_rate=8000)
+    assert one_line(str(error.value))
+
+
+@pytest.mark.parametrize(
+    ("audio", "message"),
+    [
+        (np.full(RATE, 1e39, dtype=np.float64), "float32"),
+        (np.concatenate([np.zeros(RATE - 1), [-2e39]]), "float32"),
+        (tone(1.0, RATE).astype(np.complex64), "complex"),
+        ([tone(1.0, RATE), tone(1.0, RATE) * 1j], "complex"),
+    ],
+)
+def test_feature_extractor_refuses_values_it_would_change(audio, message):
+    with pytest.raises(ValueError, match=message) as error:
+        SpidrFeatureExtractor()(audio, sampling_rate=RATE)
+    assert one_line(str(error.value))
+
+
+def test_large_float64_values_that_fit_float32_still_work():
+    audio = tone(1.0, RATE).astype(np.float64) * 1e30
+    values = SpidrFeatureExtractor()(audio, sampling_rate=RATE)["input_values"][0]
+    assert np.isfinite(values).all()
+
+
+@pytest.mark.parametrize("sampling_rate", ["16000", 16000.5, True])
+def test_sampling_rate_must_be_an_integer(sampling_rate):
+    with pytest.raises(ValueError, match="integer") as error:
+        SpidrFeatureExtractor()(tone(1.0, RATE), sampling_rate=sampling_rate)
+    assert one_line(str(error.value))
+    assert repr(sampling_rate) in str(error.value)
+
+
+@pytest.mark.parametrize("sampling_rate", [16000.0, np.int64(16000)])
+def test_integral_sampling_rates_of_other_types_are_accepted(sampling_rate):
+    values = SpidrFeatureExtractor()(tone(1.0, RATE), sampling_rate=sampling_rate)["input_values"][0]
+    assert values.shape == (RATE,)
+
+
+@pytest.mark.parametrize(
+    ("audio", "sampling_rate", "message"),
+    [
+        (tone(1.0, RATE).astype(np.complex128), RATE, "complex"),
+        (torch.from_numpy(tone(1.0, 8000)).to(torch.complex64), 8000, "complex"),
+        (tone(1.0, 8000).astype(np.float64) * 1e39, 8000, "float32"),
+        (tone(1.0, 8000), "8000", "integer"),
+    ],
+)
+def test_pipeline_refuses_audio_it_would_change(features, audio, sampling_rate, message):
+    with pytest.raises(ValueError, match=message) as error:
+        features(audio, sampling_rate=sampling_rate)
+    assert one_line(str(error.value))
