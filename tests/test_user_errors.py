@@ -6,7 +6,8 @@ import torch
 from conftest import TINY_CONFIG
 from transformers import pipeline
 
-from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrModel
+from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel
+from spidr_hf.cli import main
 
 RATE = 16000
 
@@ -95,3 +96,37 @@ def test_pipeline_refuses_audio_it_would_change(features, audio, sampling_rate, 
     with pytest.raises(ValueError, match=message) as error:
         features(audio, sampling_rate=sampling_rate)
     assert one_line(str(error.value))
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("source") / "model"
+    torch.manual_seed(0)
+    SpidrForPreTraining(SpidrConfig(**TINY_CONFIG)).save_pretrained(folder)
+    SpidrFeatureExtractor().save_pretrained(folder)
+    return folder
+
+
+def run_cli(arguments: list[str], capsys) -> str:
+    """The one-line error `spidr-hf` prints for `arguments` (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert one_line(error), error
+    return error
+
+
+@pytest.mark.parametrize(("license_id", "hint"), [("not-a-license", "'other'"), ("cc-by-nc-4", "'cc-by-nc-4.0'")])
+def test_push_refuses_an_unknown_license_before_any_work(saved_model, tmp_path, capsys, license_id, hint):
+    arguments = ["push", str(saved_model), "--repo-id", "me/model", "--license", license_id]
+    error = run_cli([*arguments, "--dry-run", str(tmp_path / "out")], capsys)
+    assert "not a Hub license id" in error and hint in error
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("license_id", ["apache-2.0", "other"])
+def test_push_accepts_hub_license_ids(saved_model, tmp_path, license_id):
+    arguments = ["push", str(saved_model), "--repo-id", "me/model", "--license", license_id]
+    assert main([*arguments, "--dry-run", str(tmp_path / "out")]) == 0
+    assert f"license: {license_id}" in (tmp_path / "out" / "README.md").read_text()
