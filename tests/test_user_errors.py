@@ -1,9 +1,13 @@
 """Bad input from a user gives a clear one-line error, never a silently wrong result or a traceback (issue 12)."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_CONFIG
+from reference import build_reference, write_reference_checkpoint
 from transformers import pipeline
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel
@@ -130,3 +134,62 @@ def test_push_accepts_hub_license_ids(saved_model, tmp_path, license_id):
     arguments = ["push", str(saved_model), "--repo-id", "me/model", "--license", license_id]
     assert main([*arguments, "--dry-run", str(tmp_path / "out")]) == 0
     assert f"license: {license_id}" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.fixture
+def reference_checkpoint(tmp_path) -> Path:
+    torch.manual_seed(0)
+    model, config = build_reference("spidr")
+    return write_reference_checkpoint(model, config, "spidr", tmp_path / "original")
+
+
+def edit_reference_config(checkpoint: Path, edit) -> None:
+    path = checkpoint.parent / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["model"].update(encoder_embed_dim="64"), "'encoder_embed_dim' must be an integer, got '64'"),
+        (lambda c: c["model"].update(encoder_num_layers=2.5), "'encoder_num_layers' must be an integer"),
+        (lambda c: c["model"].update(encoder_layer_norm_first="yes"), "'encoder_layer_norm_first' must be true or"),
+        (lambda c: c["model"].update(encoder_dropout="0.1"), "'encoder_dropout' must be a number"),
+        (lambda c: c["model"].update(extractor_conv_layer_config=[[32, 10]]), "extractor_conv_layer_config must be"),
+        (lambda c: c.update(masking={"mask_prob": "high"}), "'mask_prob' must be a number"),
+    ],
+)
+def test_convert_refuses_config_fields_of_the_wrong_type(reference_checkpoint, tmp_path, capsys, edit, message):
+    edit_reference_config(reference_checkpoint, edit)
+    error = run_cli(["convert", str(reference_checkpoint), str(tmp_path / "out")], capsys)
+    assert message in error and "config.json" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_names_a_malformed_config_file(reference_checkpoint, tmp_path, capsys):
+    config_path = reference_checkpoint.parent / "config.json"
+    config_path.write_text('{"model": {')
+    error = run_cli(["convert", str(reference_checkpoint), str(tmp_path / "out")], capsys)
+    assert f"{config_path} is not valid JSON" in error
+    config_path.write_text("[1, 2]")
+    assert f"{config_path} must be a JSON object" in run_cli(
+        ["convert", str(reference_checkpoint), str(tmp_path / "out")], capsys
+    )
+
+
+def test_convert_without_config_says_which_configuration_it_assumed(reference_checkpoint, tmp_path, capsys):
+    (reference_checkpoint.parent / "config.json").unlink()
+    error = run_cli(["convert", str(reference_checkpoint), str(tmp_path / "out")], capsys)
+    assert "There is no config.json beside" in error and "spidr base configuration was assumed" in error
+
+
+def test_convert_destination_that_cannot_be_created(reference_checkpoint, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("mine")
+    error = run_cli(["convert", str(reference_checkpoint), str(tmp_path / "a-file" / "out")], capsys)
+    assert f"{tmp_path / 'a-file'} is a file" in error
+    assert (tmp_path / "a-file").read_text() == "mine"
+    # /proc takes no new folders, even from root (which file permissions would not stop)
+    error = run_cli(["convert", str(reference_checkpoint), "/proc/spidr-hf-test-out"], capsys)
+    assert "/proc/spidr-hf-test-out" in error
