@@ -1,6 +1,8 @@
 """Bad input from a user gives a clear one-line error, never a silently wrong result or a traceback (issue 12)."""
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,10 +10,11 @@ import pytest
 import torch
 from conftest import TINY_CONFIG
 from reference import build_reference, write_reference_checkpoint
-from transformers import pipeline
+from transformers import BertConfig, BertModel, pipeline
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel
 from spidr_hf.cli import main
+from spidr_hf.evaluation.evaluator import load_model
 
 RATE = 16000
 
@@ -193,3 +196,48 @@ def test_convert_destination_that_cannot_be_created(reference_checkpoint, tmp_pa
     # /proc takes no new folders, even from root (which file permissions would not stop)
     error = run_cli(["convert", str(reference_checkpoint), "/proc/spidr-hf-test-out"], capsys)
     assert "/proc/spidr-hf-test-out" in error
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bert") / "model"
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("bert", "it is a BertConfig, not SpidR/DinoSR"),
+        ("someone/no-such-model", "it is not a model folder, and offline (HF_HUB_OFFLINE) there is no cached copy"),
+        ("not a model id!", "it is neither a model folder nor a Hub model id"),
+    ],
+)
+def test_evaluate_names_what_is_wrong_with_the_model(bert_folder, tmp_path, capsys, model, message):
+    model = str(bert_folder) if model == "bert" else model
+    arguments = ["evaluate", model, "--dataset", str(tmp_path / "corpus"), "--output", str(tmp_path / "report")]
+    error = run_cli(arguments, capsys)
+    assert f"Cannot load the model {model}: {message}" in error
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("foo", "Unknown device 'foo'"), ("cuda", "CUDA is not available"), ("cuda:99", "CUDA")],
+)
+def test_evaluate_checks_the_device_first(saved_model, tmp_path, capsys, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    arguments = ["evaluate", str(saved_model), "--dataset", str(tmp_path / "corpus"), "--device", device]
+    error = run_cli([*arguments, "--output", str(tmp_path / "report")], capsys)
+    assert message in error
+
+
+def test_evaluate_uses_the_default_feature_extractor_for_a_folder_without_one(saved_model, tmp_path, caplog):
+    folder = shutil.copytree(saved_model, tmp_path / "model")
+    (folder / "preprocessor_config.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        _, _, feature_extractor, _ = load_model(folder, None)
+    assert isinstance(feature_extractor, SpidrFeatureExtractor)
+    assert feature_extractor.to_dict() == SpidrFeatureExtractor().to_dict()
+    assert "has no preprocessor_config.json" in caplog.text
