@@ -2,19 +2,24 @@
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import TINY_CONFIG
 from reference import build_reference, write_reference_checkpoint
 from transformers import BertConfig, BertModel, pipeline
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel
 from spidr_hf.cli import main
+from spidr_hf.data import DataArguments
 from spidr_hf.evaluation.evaluator import load_model
+from spidr_hf.trainer import SpidrTrainingArguments
+from spidr_hf.training_setup import ModelArguments, build_model, check_value_types, parse_config, read_config_file
 
 RATE = 16000
 
@@ -241,3 +246,56 @@ def test_evaluate_uses_the_default_feature_extractor_for_a_folder_without_one(sa
     assert isinstance(feature_extractor, SpidrFeatureExtractor)
     assert feature_extractor.to_dict() == SpidrFeatureExtractor().to_dict()
     assert "has no preprocessor_config.json" in caplog.text
+
+
+@pytest.fixture
+def run_config(tmp_path) -> Path:
+    config = {
+        "objective": "spidr",
+        "model_config": {**TINY_CONFIG, "conv_dim": list(TINY_CONFIG["conv_dim"])},
+        "dataset": str(tmp_path / "corpus"),
+        "output_dir": str(tmp_path / "run"),
+        "max_steps": 3,
+        "use_cpu": True,
+        "report_to": "none",
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--max_steps=abc", "max_steps must be an integer, got 'abc'"),
+        ("--max_steps=2.5", "max_steps must be an integer, got 2.5"),
+        ("--learning_rate=fast", "learning_rate must be a number, got 'fast'"),
+        ("--bf16=1", "bf16 must be true or false, got 1"),
+        ("--min_samples=null", "min_samples must be an integer, got None"),
+    ],
+)
+def test_training_arguments_of_the_wrong_type(run_config, override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_config([str(run_config), override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--model_config.hidden_size=abc", "model_config.hidden_size must be an integer, got 'abc'"),
+        ("--model_config.num_hidden_layers=2.5", "model_config.num_hidden_layers must be an integer, got 2.5"),
+        ("--model_config.conv_dim=3", "model_config.conv_dim must be a list, got 3"),
+        ("--model_config.qkv_bias=yes", "model_config.qkv_bias must be true or false, got 'yes'"),
+    ],
+)
+def test_model_config_values_of_the_wrong_type(run_config, override, message):
+    model_args, _, _ = parse_config([str(run_config), override])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_model(model_args)
+
+
+def test_the_shipped_training_configs_pass_the_type_checks():
+    for path in sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml")):
+        values = read_config_file(path)
+        check_value_types(values, (ModelArguments, DataArguments, SpidrTrainingArguments))
+        check_value_types(values.get("model_config", {}), (SpidrConfig,))
