@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, load_script
 from reference import build_reference, write_reference_checkpoint
 from transformers import BertConfig, BertModel, pipeline
 
@@ -18,7 +18,7 @@ from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, Sp
 from spidr_hf.cli import main
 from spidr_hf.data import DataArguments
 from spidr_hf.evaluation.evaluator import load_model
-from spidr_hf.trainer import SpidrTrainingArguments
+from spidr_hf.trainer import SpidrTrainingArguments, check_checkpoint_fits
 from spidr_hf.training_setup import ModelArguments, build_model, check_value_types, parse_config, read_config_file
 
 RATE = 16000
@@ -299,3 +299,37 @@ def test_the_shipped_training_configs_pass_the_type_checks():
         values = read_config_file(path)
         check_value_types(values, (ModelArguments, DataArguments, SpidrTrainingArguments))
         check_value_types(values.get("model_config", {}), (SpidrConfig,))
+
+
+def test_resuming_with_another_architecture_says_so(corpus, tmp_path):
+    train = load_script(Path(__file__).parents[1] / "training" / "train.py", "spidr_train_user_errors")
+    config = {
+        "objective": "spidr",
+        "model_config": {**TINY_CONFIG, "conv_dim": list(TINY_CONFIG["conv_dim"])},
+        "dataset": str(corpus),
+        "max_batch_samples": 64_000,
+        "min_samples": 4_000,
+        "max_samples": 16_000,
+        "output_dir": str(tmp_path / "run"),
+        "max_steps": 2,
+        "save_steps": 2,
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    train.main([str(path)])
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+    with pytest.raises(ValueError, match="checkpoint-2 was made with another model configuration") as error:
+        train.main([str(path), "--max_steps=4", "--model_config.num_hidden_layers=3"])
+    assert "num_hidden_layers=4 there, 3 here" in str(error.value) and one_line(str(error.value))
+
+
+def test_a_checkpoint_of_the_same_architecture_fits(tmp_path):
+    model = SpidrForPreTraining(SpidrConfig(**TINY_CONFIG))
+    model.save_pretrained(tmp_path / "checkpoint")
+    check_checkpoint_fits(tmp_path / "checkpoint", SpidrForPreTraining(SpidrConfig(**TINY_CONFIG, mask_time_prob=0.5)))
+    with pytest.raises(ValueError, match="codebook_size=16 there, 32 here"):
+        other = SpidrForPreTraining(SpidrConfig(**{**TINY_CONFIG, "codebook_size": 32}))
+        check_checkpoint_fits(tmp_path / "checkpoint", other)
