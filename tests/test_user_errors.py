@@ -12,11 +12,12 @@ import torch
 import yaml
 from conftest import TINY_CONFIG, load_script
 from reference import build_reference, write_reference_checkpoint
+from torchcodec.encoders import AudioEncoder
 from transformers import BertConfig, BertModel, pipeline
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel
 from spidr_hf.cli import main
-from spidr_hf.data import DataArguments
+from spidr_hf.data import DataArguments, PretrainingData
 from spidr_hf.evaluation.evaluator import load_model
 from spidr_hf.trainer import SpidrTrainingArguments, check_checkpoint_fits
 from spidr_hf.training_setup import ModelArguments, build_model, check_value_types, parse_config, read_config_file
@@ -333,3 +334,33 @@ def test_a_checkpoint_of_the_same_architecture_fits(tmp_path):
     with pytest.raises(ValueError, match="codebook_size=16 there, 32 here"):
         other = SpidrForPreTraining(SpidrConfig(**{**TINY_CONFIG, "codebook_size": 32}))
         check_checkpoint_fits(tmp_path / "checkpoint", other)
+
+
+def write_wav(path: Path, samples: np.ndarray) -> None:
+    AudioEncoder(torch.from_numpy(samples).float()[None], sample_rate=RATE).to_file(str(path))
+
+
+def test_training_warnings_name_the_skipped_files(tmp_path, caplog):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for index in range(4):
+        write_wav(folder / f"good{index}.wav", tone(1.0 + index / 4, RATE))
+    (folder / "garbage.wav").write_bytes(np.random.default_rng(0).bytes(5000))  # no readable header
+    write_wav(folder / "short.wav", tone(0.05, RATE))
+    write_wav(folder / "broken.flac", tone(1.0, RATE))
+    data = bytearray((folder / "broken.flac").read_bytes())
+    for i in range(200, len(data)):  # a valid header, then corrupt frames: fails only when decoded
+        data[i] = (data[i] * 7 + 13) % 256
+    (folder / "broken.flac").write_bytes(bytes(data))
+    arguments = DataArguments(dataset=str(folder), max_batch_samples=64_000, min_samples=4_000, max_samples=16_000)
+    training_arguments = SpidrTrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none")
+    data = PretrainingData.load(arguments, training_arguments)
+    with caplog.at_level(logging.WARNING, logger="spidr_hf.data"):
+        loader = data.train_dataloader(SpidrConfig(**TINY_CONFIG))
+        skipped = sum(batch["num_skipped"] for batch in loader)
+    assert "Left out of training: 1 unreadable and 1 too short" in caplog.text
+    assert (
+        f"unreadable: {folder / 'garbage.wav'}" in caplog.text and f"too short: {folder / 'short.wav'}" in caplog.text
+    )
+    assert skipped[0] == 1  # broken.flac, found when decoding
+    assert f"Skipping unreadable audio {folder / 'broken.flac'}: " in caplog.text
