@@ -17,7 +17,7 @@ from transformers import BertConfig, BertModel, pipeline
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel
 from spidr_hf.cli import main
-from spidr_hf.data import DataArguments, PretrainingData
+from spidr_hf.data import DataArguments, PretrainingData, load_audio_dataset
 from spidr_hf.evaluation.evaluator import load_model
 from spidr_hf.trainer import SpidrTrainingArguments, check_checkpoint_fits
 from spidr_hf.training_setup import ModelArguments, build_model, check_value_types, parse_config, read_config_file
@@ -364,3 +364,25 @@ def test_training_warnings_name_the_skipped_files(tmp_path, caplog):
     )
     assert skipped[0] == 1  # broken.flac, found when decoding
     assert f"Skipping unreadable audio {folder / 'broken.flac'}: " in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [("missing-folder", "Cannot open the dataset"), ("someone/no-such-dataset", "Cannot open the dataset")],
+)
+def test_a_dataset_that_cannot_be_opened(tmp_path, dataset, message):
+    source = str(tmp_path / dataset) if dataset == "missing-folder" else dataset
+    with pytest.raises(ValueError, match=message) as error:
+        load_audio_dataset(source)
+    assert source in str(error.value) and one_line(str(error.value))
+
+
+@pytest.mark.parametrize("init_from", ["missing-folder", "someone/no-such-model", "bert"])
+def test_init_from_that_cannot_be_loaded(run_config, bert_folder, tmp_path, init_from):
+    init_from = {"missing-folder": str(tmp_path / "missing"), "bert": str(bert_folder)}.get(init_from, init_from)
+    model_args, _, _ = parse_config([str(run_config), f"--init_from={init_from}"])
+    with pytest.raises(ValueError, match=re.escape(init_from)) as error:
+        build_model(model_args)
+    assert one_line(str(error.value))
+    if init_from == str(bert_folder):
+        assert "BertConfig, not a SpidR/DinoSR model" in str(error.value)

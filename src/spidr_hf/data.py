@@ -64,7 +64,21 @@ def load_audio_dataset(
     Open a speech dataset from any `datasets` source and decode its audio as 16 kHz mono: a folder written by
     `save_to_disk`, a folder of audio files (`audiofolder`), parquet files (path or glob), or a Hub dataset name.
     """
-    from datasets import Audio, DatasetDict, load_dataset, load_from_disk
+    from datasets import Audio
+
+    try:
+        dataset = _open_dataset(source, split, config_name, streaming)
+    except (FileNotFoundError, ConnectionError) as error:  # no such folder, files or Hub dataset; the Hub is offline
+        raise ValueError(f"Cannot open the dataset {source}: {' '.join(str(error).split())}") from error
+    columns = dataset.column_names if dataset.column_names is not None else list(dataset.features)
+    if audio_column not in columns:
+        raise ValueError(f"{source} has no {audio_column!r} column; columns: {columns}. Set the audio column name.")
+    return dataset.cast_column(audio_column, Audio(sampling_rate=SAMPLING_RATE, num_channels=1))
+
+
+def _open_dataset(source: str, split: str, config_name: str | None, streaming: bool):
+    """The `split` of `source`, opened the way its kind needs (see `load_audio_dataset`)."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
 
     path = Path(source)
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
@@ -81,10 +95,7 @@ def load_audio_dataset(
         dataset = load_dataset("parquet", data_files={split: source}, split=split, streaming=streaming)
     else:
         dataset = load_dataset(source, config_name, split=split, streaming=streaming)
-    columns = dataset.column_names if dataset.column_names is not None else list(dataset.features)
-    if audio_column not in columns:
-        raise ValueError(f"{source} has no {audio_column!r} column; columns: {columns}. Set the audio column name.")
-    return dataset.cast_column(audio_column, Audio(sampling_rate=SAMPLING_RATE, num_channels=1))
+    return dataset
 
 
 def audio_lengths(dataset, audio_column: str = "audio", num_proc: int | None = None) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser
+from transformers import AutoConfig, HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_spidr import SpidrConfig
@@ -152,12 +152,23 @@ def build_model(model_args: ModelArguments) -> SpidrForPreTraining:
             raise ValueError(f"Unknown model_config key {key!r}{hint}")
     check_value_types(model_args.model_config, (SpidrConfig,), prefix="model_config.")
     if model_args.init_from:
-        return SpidrForPreTraining.from_pretrained(model_args.init_from)
+        return _load_init_model(model_args.init_from)
     if model_args.objective == "dinosr":
         config = SpidrConfig.dinosr_base(**model_args.model_config)
     else:
         config = SpidrConfig(**{"objective": model_args.objective, **model_args.model_config})
     return SpidrForPreTraining(config)
+
+
+def _load_init_model(init_from: str) -> SpidrForPreTraining:
+    """The `init_from` model; one line if it cannot be loaded or is not SpidR/DinoSR."""
+    try:
+        config = AutoConfig.from_pretrained(init_from)
+        if not isinstance(config, SpidrConfig):
+            raise ValueError(f"init_from {init_from} is a {type(config).__name__}, not a SpidR/DinoSR model")
+        return SpidrForPreTraining.from_pretrained(init_from)
+    except OSError as error:  # no such folder or Hub repo, or missing files; transformers' messages span lines
+        raise ValueError(f"Cannot load init_from {init_from}: {' '.join(str(error).split())}") from error
 
 
 def complete_training_arguments(
