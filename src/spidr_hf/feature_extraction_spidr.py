@@ -13,7 +13,7 @@ DEFAULT_MIN_SAMPLES = SpidrConfig().receptive_field  # shorter inputs give no fr
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def checked_sampling_rate(sampling_rate) -> int:
+def checked_sampling_rate(sampling_rate: object) -> int:
     """`sampling_rate` as an int, refusing what is not a whole number of Hz (a string, a bool, 16000.5)."""
     is_number = isinstance(sampling_rate, int | float | np.integer | np.floating) and not isinstance(
         sampling_rate, bool
