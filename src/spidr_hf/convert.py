@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import pickle
 import re
 import zipfile
@@ -65,6 +66,7 @@ _REFERENCE_CONFIG_FIELDS = {
 _REFERENCE_MASKING_FIELDS = {"mask_prob": "mask_time_prob", "mask_length": "mask_time_length"}
 # Reference masking options this implementation does not have, with the value that means "not used".
 _UNSUPPORTED_MASKING = {"mask_selection": "static", "no_mask_overlap": False, "mask_channel_prob": 0.0}
+_DEFAULT_CONFIG = SpidrConfig()  # its values' types are those the reference fields must have
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -182,13 +184,58 @@ def _with_codebook_usage(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return state
 
 
+def read_reference_config(path: Path) -> dict[str, Any] | None:
+    """The reference's `config.json` at `path` (None if there is none), checked to be a JSON object."""
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConversionError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(raw, dict) or not isinstance(raw.get("model", {}), dict):
+        raise ConversionError(f"{path} must be a JSON object (the run config or its 'model' section).")
+    return raw
+
+
+def _conv_layers(layers: Any) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """`extractor_conv_layer_config` ([dim, kernel, stride] per layer) as the conv_dim/kernel/stride tuples."""
+    is_triples = isinstance(layers, list) and all(
+        isinstance(layer, list) and len(layer) == 3 and all(_is_int(n) and n > 0 for n in layer) for layer in layers
+    )
+    if not is_triples or not layers:
+        raise ConversionError(
+            f"extractor_conv_layer_config must be a list of [dim, kernel, stride] positive integers, got {layers!r}."
+        )
+    return tuple(tuple(column) for column in zip(*layers, strict=True))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_type(name: str, value: Any, ours: str) -> Any:
+    """`value` of the reference field `name`, if its JSON type fits SpidrConfig's `ours` (so "yes" is no bool)."""
+    default = getattr(_DEFAULT_CONFIG, ours)
+    if isinstance(default, bool):
+        fits, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        fits, kind = _is_int(value), "an integer"
+    elif isinstance(default, float):
+        fits, kind = _is_int(value) or isinstance(value, float), "a number"
+    else:
+        fits, kind = True, ""
+    if not fits:
+        raise ConversionError(f"Reference config field {name!r} must be {kind}, got {value!r}.")
+    return value
+
+
 def config_from_reference(raw: Mapping[str, Any], objective: str) -> SpidrConfig:
     """Build a SpidrConfig from the reference's `config.json` (full run config or its `model` section)."""
     model_fields = dict(raw.get("model", raw))
     kwargs: dict[str, Any] = {}
     if "extractor_conv_layer_config" in model_fields:
         layers = model_fields.pop("extractor_conv_layer_config")
-        kwargs["conv_dim"], kwargs["conv_kernel"], kwargs["conv_stride"] = (tuple(c) for c in zip(*layers, strict=True))
+        kwargs["conv_dim"], kwargs["conv_kernel"], kwargs["conv_stride"] = _conv_layers(layers)
     exclude = model_fields.pop("ema_exclude_layers", ["pos_conv_embed"])
     if list(exclude) != ["pos_conv_embed"]:
         raise ConversionError(f"Only ema_exclude_layers=['pos_conv_embed'] is supported, got {exclude}.")
@@ -198,11 +245,22 @@ def config_from_reference(raw: Mapping[str, Any], objective: str) -> SpidrConfig
     for name, value in model_fields.items():
         kwargs[_REFERENCE_CONFIG_FIELDS[name]] = _config_value(name, value)
     masking = raw.get("masking", {})
+    if not isinstance(masking, dict):
+        raise ConversionError(f"The reference config's 'masking' must be a JSON object, got {masking!r}.")
     for name, neutral in _UNSUPPORTED_MASKING.items():
         if masking.get(name, neutral) != neutral:
             raise ConversionError(f"Reference masking option {name}={masking[name]!r} is not supported.")
-    kwargs.update({ours: masking[theirs] for theirs, ours in _REFERENCE_MASKING_FIELDS.items() if theirs in masking})
-    return SpidrConfig.dinosr_base(**kwargs) if objective == "dinosr" else SpidrConfig(**kwargs)
+    kwargs.update(
+        {
+            ours: _check_type(theirs, masking[theirs], ours)
+            for theirs, ours in _REFERENCE_MASKING_FIELDS.items()
+            if theirs in masking
+        }
+    )
+    try:
+        return SpidrConfig.dinosr_base(**kwargs) if objective == "dinosr" else SpidrConfig(**kwargs)
+    except (TypeError, ValueError) as error:  # values of the right type that the config refuses
+        raise ConversionError(f"The reference model config is not valid: {error}") from error
 
 
 def _config_value(name: str, value: Any) -> Any:
@@ -211,7 +269,7 @@ def _config_value(name: str, value: Any) -> Any:
         if value not in modes:
             raise ConversionError(f"Unknown extractor_mode {value!r}; expected one of {sorted(modes)}.")
         return modes[value]
-    return value
+    return _check_type(name, value, _REFERENCE_CONFIG_FIELDS[name])
 
 
 def _objective_from_run(raw: Mapping[str, Any] | None, requested: str | None) -> str:
@@ -249,6 +307,7 @@ def load_original_model(source: str | Path, model_type: str | None = None) -> Sp
     """Build a `SpidrForPreTraining` from an official checkpoint file (reference or fairseq DinoSR)."""
     source = Path(source)
     checkpoint = load_checkpoint(source)
+    assumed = None  # the configuration that was assumed for lack of a config.json, for the error message
     if is_fairseq_checkpoint(checkpoint):
         if model_type not in (None, "dinosr"):
             raise ConversionError("A fairseq DinoSR checkpoint can only be converted with --model-type dinosr.")
@@ -257,23 +316,51 @@ def load_original_model(source: str | Path, model_type: str | None = None) -> Sp
         state = convert_fairseq_state_dict(checkpoint["model"])
     else:
         config_path = source.parent / "config.json"
-        raw = json.loads(config_path.read_text()) if config_path.is_file() else None
+        raw = read_reference_config(config_path)
         objective = _objective_from_run(raw, model_type)
         if raw is not None:
-            config = config_from_reference(raw, objective)
+            try:
+                config = config_from_reference(raw, objective)
+            except ConversionError as error:
+                raise ConversionError(f"{config_path}: {error}") from error
         else:
             config = SpidrConfig.dinosr_base() if objective == "dinosr" else SpidrConfig()
         state = convert_reference_state_dict(reference_state_dict(checkpoint))
+        if raw is None:
+            assumed = f"There is no config.json beside {source}, so the {objective} base configuration was assumed"
     model = SpidrForPreTraining(config)
-    check_state_dict(model, state)
+    try:
+        check_state_dict(model, state)
+    except ConversionError as error:
+        if assumed is None:
+            raise
+        raise ConversionError(
+            f"{assumed} and does not fit the checkpoint: put the run's config.json next to it. {error}"
+        ) from error
     model.load_state_dict(state, strict=True)
     return model.eval()
 
 
 def convert(source: str | Path, destination: str | Path, model_type: str | None = None) -> Path:
     """Write a Hub-ready folder (weights, configs, code files, pipelines; `spidr-hf push` adds the card)."""
+    destination = Path(destination)
+    check_destination_is_writable(destination)  # before the work, which can take a while
     model = load_original_model(source, model_type)
-    return write_release_folder(model, SpidrFeatureExtractor(), None, Path(destination))
+    try:
+        return write_release_folder(model, SpidrFeatureExtractor(), None, destination)
+    except OSError as error:  # a full disk, a read-only file system
+        raise ConversionError(f"Could not write {destination}: {error}") from error
+
+
+def check_destination_is_writable(destination: Path) -> None:
+    """Fail in one line if `destination` cannot be created: under a file or in a folder without write permission."""
+    ancestor = destination.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConversionError(f"Cannot create {destination}: {ancestor} is a file, not a folder.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConversionError(f"Cannot create {destination}: no permission to write in {ancestor}.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

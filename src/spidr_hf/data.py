@@ -3,6 +3,8 @@ Speech data for pretraining: the data arguments of a run, any `datasets` source,
 standardization, masking, and `PretrainingData`, which builds the training and evaluation loaders from them.
 """
 
+import dataclasses
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -62,7 +64,21 @@ def load_audio_dataset(
     Open a speech dataset from any `datasets` source and decode its audio as 16 kHz mono: a folder written by
     `save_to_disk`, a folder of audio files (`audiofolder`), parquet files (path or glob), or a Hub dataset name.
     """
-    from datasets import Audio, DatasetDict, load_dataset, load_from_disk
+    from datasets import Audio
+
+    try:
+        dataset = _open_dataset(source, split, config_name, streaming)
+    except (FileNotFoundError, ConnectionError) as error:  # no such folder, files or Hub dataset; the Hub is offline
+        raise ValueError(f"Cannot open the dataset {source}: {' '.join(str(error).split())}") from error
+    columns = dataset.column_names if dataset.column_names is not None else list(dataset.features)
+    if audio_column not in columns:
+        raise ValueError(f"{source} has no {audio_column!r} column; columns: {columns}. Set the audio column name.")
+    return dataset.cast_column(audio_column, Audio(sampling_rate=SAMPLING_RATE, num_channels=1))
+
+
+def _open_dataset(source: str, split: str, config_name: str | None, streaming: bool):
+    """The `split` of `source`, opened the way its kind needs (see `load_audio_dataset`)."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
 
     path = Path(source)
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
@@ -79,10 +95,7 @@ def load_audio_dataset(
         dataset = load_dataset("parquet", data_files={split: source}, split=split, streaming=streaming)
     else:
         dataset = load_dataset(source, config_name, split=split, streaming=streaming)
-    columns = dataset.column_names if dataset.column_names is not None else list(dataset.features)
-    if audio_column not in columns:
-        raise ValueError(f"{source} has no {audio_column!r} column; columns: {columns}. Set the audio column name.")
-    return dataset.cast_column(audio_column, Audio(sampling_rate=SAMPLING_RATE, num_channels=1))
+    return dataset
 
 
 def audio_lengths(dataset, audio_column: str = "audio", num_proc: int | None = None) -> np.ndarray:
@@ -210,6 +223,7 @@ class SpeechItem:
     audio: np.ndarray | None
     seed: int
     error: str | None = None
+    source: str | None = None  # the file (or stream example) it came from, for the warning when it is skipped
 
 
 class DecodedSpeech(TorchDataset):
@@ -227,7 +241,19 @@ class DecodedSpeech(TorchDataset):
         try:
             return SpeechItem(load_audio(self.dataset[index][self.audio_column], None, SAMPLING_RATE), seed)
         except Exception as error:  # a corrupt file must not stop training; the collator counts it
-            return SpeechItem(None, seed, f"{type(error).__name__}: {error}")
+            source = file_names(self.dataset, self.audio_column, [index])[0]
+            return SpeechItem(None, seed, f"{type(error).__name__}: {error}", source)
+
+
+def file_names(dataset, audio_column: str, indices: Sequence[int]) -> list[str]:
+    """The audio file of each row of `indices` (read without decoding), or "row N" where the row has no path."""
+    from datasets import Audio
+
+    try:
+        rows = dataset.cast_column(audio_column, Audio(decode=False)).select(indices)[audio_column]
+    except Exception:  # naming the file is for the warning only: never fail because of it
+        return [f"row {index}" for index in indices]
+    return [(row or {}).get("path") or f"row {index}" for index, row in zip(indices, rows, strict=True)]
 
 
 class StreamingBatches(TorchIterableDataset):
@@ -282,25 +308,26 @@ class StreamingBatches(TorchIterableDataset):
                 batches = [[usable[i] for i, _ in batch] for batch in sampler]
             for batch in batches or [[]]:
                 seed = batch_seed(self.seed, self.epoch, position)
-                yield [SpeechItem(item.audio, seed, item.error) for item in batch + unusable]
+                yield [dataclasses.replace(item, seed=seed) for item in batch + unusable]
                 unusable = []
                 position += 1
 
     def _buffers(self) -> Iterator[list[SpeechItem]]:
         buffer: list[SpeechItem] = []
         iterator = iter(self.dataset)
-        while True:
+        for position in itertools.count():
+            source = f"example {position} of the stream"
             try:
                 example = next(iterator)
             except StopIteration:
                 break
             except Exception as error:  # a corrupt file in the stream
-                buffer.append(SpeechItem(None, 0, f"{type(error).__name__}: {error}"))
+                buffer.append(SpeechItem(None, 0, f"{type(error).__name__}: {error}", source))
                 continue
             try:
                 buffer.append(SpeechItem(load_audio(example[self.audio_column], None, SAMPLING_RATE), 0))
             except Exception as error:
-                buffer.append(SpeechItem(None, 0, f"{type(error).__name__}: {error}"))
+                buffer.append(SpeechItem(None, 0, f"{type(error).__name__}: {error}", source))
             if len(buffer) == self.buffer_size:
                 yield buffer
                 buffer = []
@@ -328,7 +355,7 @@ class SpeechCollator:
         for item in items:
             if item.audio is None:
                 skipped["unreadable"] += 1
-                logger.warning("Skipping unreadable audio: %s", item.error)
+                logger.warning("Skipping unreadable audio %s: %s", item.source or "(file unknown)", item.error)
             elif len(item.audio) < self.min_samples:
                 skipped["too_short"] += 1
             else:
@@ -451,10 +478,11 @@ class PretrainingData:
         if any(dropped.values()) and not self._reported_dropped:
             self._reported_dropped = True
             logger.warning(
-                "Left out of training: %d unreadable and %d too short (< %d samples) utterances.",
+                "Left out of training: %d unreadable and %d too short (< %d samples) utterances.%s",
                 dropped["unreadable"],
                 dropped["too_short"],
                 self.args.min_samples,
+                self._dropped_examples(),
             )
         return DataLoader(
             DecodedSpeech(self.train_dataset, self.args.audio_column),
@@ -480,6 +508,21 @@ class PretrainingData:
             collate_fn=self.collator(config),
             num_workers=num_workers,
         )
+
+    def _dropped_examples(self, limit: int = 3) -> str:
+        """The first few files left out of training, by reason, for the warning."""
+        lengths = self.train_lengths
+        reasons = {
+            "unreadable": np.flatnonzero(lengths == UNREADABLE),
+            "too short": np.flatnonzero((lengths >= 0) & (lengths < self.args.min_samples)),
+        }
+        parts = []
+        for reason, indices in reasons.items():
+            if len(indices):
+                names = file_names(self.train_dataset, self.args.audio_column, indices[:limit].tolist())
+                more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
+                parts.append(f"{reason}: {', '.join(names)}{more}")
+        return f" Among them, {'; '.join(parts)}."
 
     def _bucket_sampler(self, lengths: np.ndarray, seed: int) -> BucketBatchSampler:
         return BucketBatchSampler(

@@ -10,6 +10,49 @@ logger = logging.get_logger(__name__)
 
 STANDARDIZATION_EPS = 1e-5  # (x - mean) / sqrt(var + eps), as the model was trained
 DEFAULT_MIN_SAMPLES = SpidrConfig().receptive_field  # shorter inputs give no frame with the default feature encoder
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def checked_sampling_rate(sampling_rate: object) -> int:
+    """`sampling_rate` as an int, refusing what is not a whole number of Hz (a string, a bool, 16000.5)."""
+    is_number = isinstance(sampling_rate, int | float | np.integer | np.floating) and not isinstance(
+        sampling_rate, bool
+    )
+    is_whole = is_number and np.isfinite(sampling_rate) and sampling_rate == int(sampling_rate) and sampling_rate > 0
+    if not is_whole:
+        raise ValueError(
+            f"`sampling_rate` must be a positive integer number of Hz, got {sampling_rate!r} "
+            f"({type(sampling_rate).__name__})."
+        )
+    return int(sampling_rate)
+
+
+def tensor_to_numpy(tensor):
+    """A torch tensor as a numpy array of its own dtype (complex and float64 stay so, for the checks), without torch."""
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy()  # numpy has no bfloat16
+
+
+def checked_float32_samples(array: np.ndarray, name: str) -> np.ndarray:
+    """
+    `array` as float32 samples, refusing what the cast would silently change or what gives no valid features:
+    non-numeric or complex values, no samples, NaN or infinite samples, values beyond float32's range.
+    """
+    if np.iscomplexobj(array):
+        raise ValueError(f"{name} is complex (dtype {array.dtype}): pass real audio samples, e.g. `np.real(audio)`.")
+    if not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{name} is not numeric (dtype {array.dtype}).")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty.")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite samples.")
+    peak = float(np.abs(array).max())
+    if peak > FLOAT32_MAX:
+        raise ValueError(
+            f"{name} has samples up to {peak:.3g}, beyond the float32 range ({FLOAT32_MAX:.3g}) the model computes "
+            "in: scale it down (audio samples are usually in [-1, 1])."
+        )
+    return array.astype(np.float32)
 
 
 class SpidrFeatureExtractor(SequenceFeatureExtractor):
@@ -59,6 +102,8 @@ class SpidrFeatureExtractor(SequenceFeatureExtractor):
         Featurize one utterance (1-d array or list of floats) or a batch (list of 1-d arrays, or a 2-d array with one
         utterance per row). Arrays may be numpy arrays or torch tensors.
         """
+        if sampling_rate is not None:
+            sampling_rate = checked_sampling_rate(sampling_rate)
         self._check_sampling_rate(sampling_rate)
         utterances = [self._check_utterance(x, i) for i, x in enumerate(self._as_utterances(raw_speech))]
         padded = self.pad(
@@ -96,7 +141,7 @@ class SpidrFeatureExtractor(SequenceFeatureExtractor):
     def _as_utterances(raw_speech) -> list:
         """Split the input into a list of utterances, keeping each one's original shape for the checks."""
         if hasattr(raw_speech, "detach"):  # torch tensor, without importing torch here
-            raw_speech = raw_speech.detach().cpu().float().numpy()
+            raw_speech = tensor_to_numpy(raw_speech)
         if isinstance(raw_speech, np.ndarray):
             if raw_speech.ndim > 2:
                 raise ValueError(
@@ -114,26 +159,21 @@ class SpidrFeatureExtractor(SequenceFeatureExtractor):
 
     def _check_utterance(self, utterance, index: int) -> np.ndarray:
         if hasattr(utterance, "detach"):
-            utterance = utterance.detach().cpu().float().numpy()
+            utterance = tensor_to_numpy(utterance)
         array = np.asarray(utterance)
         if array.ndim != 1:
             raise ValueError(
                 f"Utterance {index} has shape {array.shape}: SpidR takes mono audio, one 1-d array per utterance. "
                 "Downmix multi-channel audio first (e.g. `audio.mean(axis=0)` for a (channels, samples) array)."
             )
-        if not np.issubdtype(array.dtype, np.number):
-            raise ValueError(f"Utterance {index} is not numeric (dtype {array.dtype}).")
-        if array.size == 0:
-            raise ValueError(f"Utterance {index} is empty.")
-        if array.size < self.min_samples:
+        samples = checked_float32_samples(array, f"Utterance {index}")
+        if samples.size < self.min_samples:
             raise ValueError(
-                f"Utterance {index} has {array.size} samples, fewer than the model's receptive field of "
+                f"Utterance {index} has {samples.size} samples, fewer than the model's receptive field of "
                 f"{self.min_samples} samples ({1000 * self.min_samples / self.sampling_rate:.0f} ms). If this is a "
                 "(samples, channels) array, downmix it to mono first."
             )
-        if not np.isfinite(array).all():
-            raise ValueError(f"Utterance {index} contains NaN or infinite samples.")
-        return array.astype(np.float32)
+        return samples
 
     def _standardize(self, values: np.ndarray, length: int) -> np.ndarray:
         """Standardize the first `length` samples (float64 statistics) and set the padding to `padding_value`."""

@@ -3,6 +3,7 @@ Model cards of released folders: the template and the official checkpoints' entr
 the Hub metadata, and the figures of a `spidr-hf evaluate` report as a table and a model-index.
 """
 
+import difflib
 import tomllib
 from dataclasses import dataclass
 from importlib.resources import files
@@ -18,6 +19,93 @@ from .pipeline_spidr import DEFAULT_CHUNK_LENGTH_S, DEFAULT_LAYER, DEFAULT_STRID
 
 CARD_TAGS = ["audio", "speech", "self-supervised-learning", "speech-representation", "discrete-units"]
 MODEL_INDEX_METRICS = ("abx_within", "abx_across", "pnmi")  # the unit-quality figures the paper reports
+# The license ids the Hub knows (https://huggingface.co/docs/hub/repositories-licenses); huggingface_hub ships no list.
+# An id outside it is not recognized by the Hub; a license that is not listed is `other`.
+HUB_LICENSE_IDS = frozenset(
+    [
+        "apache-2.0",
+        "mit",
+        "openrail",
+        "bigscience-openrail-m",
+        "creativeml-openrail-m",
+        "bigscience-bloom-rail-1.0",
+        "bigcode-openrail-m",
+        "afl-3.0",
+        "artistic-2.0",
+        "bsl-1.0",
+        "bsd",
+        "bsd-2-clause",
+        "bsd-3-clause",
+        "bsd-3-clause-clear",
+        "c-uda",
+        "cc",
+        "cc0-1.0",
+        "cc-by-2.0",
+        "cc-by-2.5",
+        "cc-by-3.0",
+        "cc-by-4.0",
+        "cc-by-sa-3.0",
+        "cc-by-sa-4.0",
+        "cc-by-nc-2.0",
+        "cc-by-nc-3.0",
+        "cc-by-nc-4.0",
+        "cc-by-nd-4.0",
+        "cc-by-nc-nd-3.0",
+        "cc-by-nc-nd-4.0",
+        "cc-by-nc-sa-2.0",
+        "cc-by-nc-sa-3.0",
+        "cc-by-nc-sa-4.0",
+        "cdla-sharing-1.0",
+        "cdla-permissive-1.0",
+        "cdla-permissive-2.0",
+        "wtfpl",
+        "ecl-2.0",
+        "epl-1.0",
+        "epl-2.0",
+        "etalab-2.0",
+        "eupl-1.1",
+        "agpl-3.0",
+        "gfdl",
+        "gpl",
+        "gpl-2.0",
+        "gpl-3.0",
+        "lgpl",
+        "lgpl-2.1",
+        "lgpl-3.0",
+        "isc",
+        "lppl-1.3c",
+        "ms-pl",
+        "mpl-2.0",
+        "odc-by",
+        "odbl",
+        "openrail++",
+        "osl-3.0",
+        "postgresql",
+        "ofl-1.1",
+        "ncsa",
+        "unlicense",
+        "zlib",
+        "pddl",
+        "lgpl-lr",
+        "deepfloyd-if-license",
+        "llama2",
+        "gemma",
+        "unknown",
+        "other",
+    ]
+)
+
+
+def check_license_id(license_id: str) -> str:
+    """`license_id` if the Hub knows it, else a one-line error naming the closest id."""
+    if license_id not in HUB_LICENSE_IDS:
+        closest = difflib.get_close_matches(license_id.lower(), HUB_LICENSE_IDS, n=1)
+        hint = f"did you mean {closest[0]!r}? " if closest else ""
+        raise ValueError(
+            f"{license_id!r} is not a Hub license id: {hint}see https://huggingface.co/docs/hub/repositories-licenses "
+            "(use 'other' for a license that is not listed)."
+        )
+    return license_id
 
 
 def _card_file(name: str) -> str:
@@ -35,6 +123,10 @@ class CardOptions:
     datasets: tuple[str, ...] = ()
     base_model: str | None = None
     evaluation: Path | None = None  # results.json of `spidr-hf evaluate`
+
+    def __post_init__(self) -> None:
+        if self.license is not None:  # checked here so that `push` fails before any work
+            check_license_id(self.license)
 
 
 def official_checkpoints() -> dict[str, dict[str, Any]]:

@@ -24,6 +24,8 @@ import transformers
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import ChunkPipeline
 
+from .feature_extraction_spidr import checked_float32_samples, checked_sampling_rate, tensor_to_numpy
+
 DEFAULT_LAYER = 6  # the paper's best layer for SpidR
 # SpidR was pretrained on crops of at most 20 s, so a 20 s chunk never shows the model a longer context than it learned
 # on. Every kept frame has at least 2 s of context on both sides (the positional convolutions reach 0.9 s).
@@ -59,6 +61,7 @@ def decode_file(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
 
 def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     """Resample mono audio with FFmpeg, the resampler that also decodes files, so arrays and files agree."""
+    checked_float32_samples(np.asarray(audio), "The audio")  # FFmpeg would turn NaN into finite samples
     audio_decoder, audio_encoder = _torchcodec()
     peak = float(np.abs(audio).max())
     scale = peak if peak > 0 else 1.0
@@ -106,10 +109,13 @@ def load_audio(inputs: Any, sampling_rate: int | None, target_rate: int) -> np.n
             f"AudioDecoder, got {type(inputs).__name__}."
         )
     if isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu().float().numpy()
-    audio = np.asarray(audio, dtype=np.float32)
+        audio = tensor_to_numpy(audio)
+    audio = np.asarray(audio)
     if audio.ndim != 1:
         raise ValueError(f"Expected mono audio (a 1-d array), got shape {audio.shape}: downmix it first.")
+    # Checked before resampling, which would hide NaN and fail on empty input with an obscure message
+    audio = checked_float32_samples(audio, "The audio")
+    sampling_rate = checked_sampling_rate(sampling_rate)
     return audio if sampling_rate == target_rate else resample(audio, sampling_rate, target_rate)
 
 

@@ -1,12 +1,15 @@
 """Pretraining SpidR / DinoSR with the Transformers Trainer: loss, teacher EMA and codebooks, LR schedule, logs."""
 
 import itertools
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from transformers import SchedulerType, Trainer, TrainerCallback, TrainingArguments
@@ -189,6 +192,49 @@ class SpidrUpdateCallback(TrainerCallback):
         )
 
 
+# Config entries that are not the model's settings: they may differ between a checkpoint and the resumed model
+_CONFIG_METADATA = {"transformers_version", "architectures", "auto_map", "custom_pipelines", "dtype", "_name_or_path"}
+
+
+def check_checkpoint_fits(checkpoint: Path, model: torch.nn.Module) -> None:
+    """
+    One line, before anything is loaded, if `checkpoint` holds weights of another architecture than `model`: the
+    Trainer would load what fits and then fail on the optimizer state ("parameter group that doesn't match").
+    """
+    weights = checkpoint / "model.safetensors"
+    if not weights.is_file():
+        return  # another checkpoint format: the Trainer's own loading reports its problems
+    with safe_open(str(weights), framework="pt") as saved:
+        saved_shapes = {key: tuple(saved.get_slice(key).get_shape()) for key in saved.keys()}  # noqa: SIM118
+    model_shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    if saved_shapes == model_shapes:
+        return
+    differences = []
+    config_path = checkpoint / "config.json"
+    if config_path.is_file() and hasattr(model, "config"):
+        saved_config = json.loads(config_path.read_text(encoding="utf-8"))
+        ours = model.config.to_dict()
+        differences = [
+            f"{key}={saved_config.get(key)!r} there, {ours.get(key)!r} here"
+            for key in sorted(set(saved_config) | set(ours))
+            if key not in _CONFIG_METADATA and _as_json(saved_config.get(key)) != _as_json(ours.get(key))
+        ]
+    if not differences:
+        changed = sorted(set(saved_shapes) ^ set(model_shapes)) or sorted(
+            key for key in saved_shapes if saved_shapes[key] != model_shapes[key]
+        )
+        differences = [f"weights that differ: {changed[:3]}"]
+    raise ValueError(
+        f"The checkpoint {checkpoint} was made with another model configuration ({'; '.join(differences[:5])}): "
+        "resume with the model_config it was made with, or start a new run in another output_dir"
+    )
+
+
+def _as_json(value):
+    """A config value as JSON has it (tuples as lists), for comparing a loaded config with a saved one."""
+    return json.loads(json.dumps(value))
+
+
 class SpidrTrainer(Trainer):
     """
     Trainer for `SpidrForPreTraining`: the loss is the mean over the masked frames of the whole global batch (all
@@ -328,6 +374,12 @@ class SpidrTrainer(Trainer):
             for layer in config.codebook_layers
         ]
         return f"{'; '.join(parts)} ({logs['codebook_frames_per_update']:.0f} masked frames per update)"
+
+    # ---- resuming ----
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Load as the Trainer does, after checking that the checkpoint was made with this model's architecture."""
+        check_checkpoint_fits(Path(resume_from_checkpoint), model or self.model)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     # ---- saving ----
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

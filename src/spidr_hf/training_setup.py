@@ -3,15 +3,19 @@ Setting up a pretraining run from its config file: the arguments (`extends:` and
 the training arguments the run implies, the output folder check and the checkpoint to resume.
 """
 
+import dataclasses
 import difflib
+import enum
 import json
 import logging
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser
+from transformers import AutoConfig, HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_spidr import SpidrConfig
@@ -52,8 +56,62 @@ def parse_config(
         for parent in parents:
             target = target.setdefault(parent, {})
         target[leaf] = _parse_override(raw)
+    check_value_types(values, (ModelArguments, DataArguments, SpidrTrainingArguments))
     parser = HfArgumentParser((ModelArguments, DataArguments, SpidrTrainingArguments))
     return parser.parse_dict(values, allow_extra_keys=False)
+
+
+def check_value_types(values: dict[str, Any], classes: tuple[type, ...], prefix: str = "") -> None:
+    """
+    One line for a value whose type its field does not take (`--max_steps=abc`): the dataclasses take any value and
+    would fail later with a traceback, or train with it. Fields typed in ways this does not know are not checked.
+    """
+    annotations = {f.name: f.type for cls in classes for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        annotation = annotations.get(key)
+        if annotation is not None and not isinstance(annotation, str) and not _fits(value, annotation):
+            raise ValueError(f"{prefix}{key} must be {_describe(annotation)}, got {value!r}")
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, argument) for argument in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return isinstance(value, annotation) or value in {member.value for member in annotation}
+    if origin in (list, tuple):
+        return isinstance(value, list | tuple)
+    if annotation is dict or origin is dict:
+        return isinstance(value, dict)
+    return True  # a type this check does not know: left to the field
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(argument) for argument in typing.get_args(annotation)))
+    if origin is typing.Literal:
+        return " or ".join(map(repr, typing.get_args(annotation)))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return f"one of {[member.value for member in annotation]}"
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if annotation in names:
+        return names[annotation]
+    if origin in (list, tuple):
+        return "a list"
+    return "a mapping" if annotation is dict or origin is dict else str(annotation)
 
 
 def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -92,13 +150,25 @@ def build_model(model_args: ModelArguments) -> SpidrForPreTraining:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else " (see SpidrConfig)"
             raise ValueError(f"Unknown model_config key {key!r}{hint}")
+    check_value_types(model_args.model_config, (SpidrConfig,), prefix="model_config.")
     if model_args.init_from:
-        return SpidrForPreTraining.from_pretrained(model_args.init_from)
+        return _load_init_model(model_args.init_from)
     if model_args.objective == "dinosr":
         config = SpidrConfig.dinosr_base(**model_args.model_config)
     else:
         config = SpidrConfig(**{"objective": model_args.objective, **model_args.model_config})
     return SpidrForPreTraining(config)
+
+
+def _load_init_model(init_from: str) -> SpidrForPreTraining:
+    """The `init_from` model; one line if it cannot be loaded or is not SpidR/DinoSR."""
+    try:
+        config = AutoConfig.from_pretrained(init_from)
+        if not isinstance(config, SpidrConfig):
+            raise ValueError(f"init_from {init_from} is a {type(config).__name__}, not a SpidR/DinoSR model")
+        return SpidrForPreTraining.from_pretrained(init_from)
+    except OSError as error:  # no such folder or Hub repo, or missing files; transformers' messages span lines
+        raise ValueError(f"Cannot load init_from {init_from}: {' '.join(str(error).split())}") from error
 
 
 def complete_training_arguments(

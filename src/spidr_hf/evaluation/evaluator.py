@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+from transformers.utils import FEATURE_EXTRACTOR_NAME
 
+from ..configuration_spidr import SpidrConfig
+from ..feature_extraction_spidr import SpidrFeatureExtractor
 from .abx import abx_error
 from .features import (
     LogMelRepresentations,
@@ -109,17 +112,26 @@ def load_model(name: str | os.PathLike, units: Sequence[str] | None):
     when codebook units are evaluated, else the student SpidrModel. `units=None` picks codebook units when the
     checkpoint has trained heads, k-means otherwise.
     """
-    from transformers import AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
+    from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
     unknown = set(units or ()) - set(UNIT_KINDS)
     if unknown:
         raise ValueError(f"Unknown unit kind(s) {sorted(unknown)}: choose among {list(UNIT_KINDS)}")
     try:
-        feature_extractor = AutoFeatureExtractor.from_pretrained(name)
+        local_files_only = _use_local_files_only(name)
+    except ValueError as error:
+        raise ValueError(f"Cannot load the model {name}: {error}") from error
+    try:
+        config = AutoConfig.from_pretrained(name, local_files_only=local_files_only)
+        if not isinstance(config, SpidrConfig):
+            raise ValueError(f"Cannot load the model {name}: it is a {type(config).__name__}, not SpidR/DinoSR")
+        feature_extractor = _load_feature_extractor(name, local_files_only)
         if units is not None and "codebook" not in units:
-            model = AutoModel.from_pretrained(name, dtype=torch.float32)
+            model = AutoModel.from_pretrained(name, dtype=torch.float32, local_files_only=local_files_only)
             return model, model, feature_extractor, list(units)
-        model, info = AutoModelForPreTraining.from_pretrained(name, dtype=torch.float32, output_loading_info=True)
+        model, info = AutoModelForPreTraining.from_pretrained(
+            name, dtype=torch.float32, output_loading_info=True, local_files_only=local_files_only
+        )
     except OSError as error:  # missing folder or files: one line for the command line
         raise ValueError(f"Cannot load the model {name}: {error}") from error
     has_heads = not any(key.startswith("heads.") for key in info["missing_keys"])
@@ -130,6 +142,80 @@ def load_model(name: str | os.PathLike, units: Sequence[str] | None):
     if "codebook" in units:
         return model, model.spidr, feature_extractor, list(units)
     return model.spidr, model.spidr, feature_extractor, list(units)
+
+
+def check_device(device: str | None) -> str:
+    """`device`, or cuda when available else cpu; one line if torch does not know it or this machine lacks it."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"Unknown device {device!r}: use e.g. cpu, cuda or cuda:1") from error
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {device!r}: CUDA is not available on this machine; use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"Device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"Device {device!r}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def _use_local_files_only(name: str | os.PathLike) -> bool:
+    """
+    Whether `name` must be loaded from the local cache; fails in one line, and fast, when it is neither a folder nor a
+    model the Hub has or the cache holds (transformers would retry an unreachable Hub for about 50 s first).
+    """
+    from huggingface_hub import is_offline_mode, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    if Path(name).is_dir():
+        return False
+    if Path(name).exists():
+        raise ValueError("it is a file; pass a model folder or a Hub model id")
+    try:
+        validate_repo_id(str(name))
+    except HFValidationError as error:
+        raise ValueError("it is neither a model folder nor a Hub model id") from error
+    is_cached = isinstance(try_to_load_from_cache(str(name), "config.json"), str)
+    if is_offline_mode():
+        if not is_cached:
+            raise ValueError("it is not a model folder, and offline (HF_HUB_OFFLINE) there is no cached copy of it")
+        return True
+    try:
+        model_info(str(name), timeout=10)
+    except GatedRepoError:  # it exists: loading tells how to get access
+        return False
+    except RepositoryNotFoundError as error:
+        raise ValueError("it is neither a model folder nor a model on the Hub that you can access") from error
+    except Exception as error:  # the Hub cannot be reached: DNS, proxy, timeout, server error
+        if is_cached:
+            logger.warning("The Hub cannot be reached (%s); using the cached copy of %s", error, name)
+            return True
+        raise ValueError(
+            f"it is not a model folder and the Hub cannot be reached to download it ({type(error).__name__}: "
+            f"{error}); check the name and the connection"
+        ) from error
+    return False
+
+
+def _load_feature_extractor(name: str | os.PathLike, local_files_only: bool) -> SpidrFeatureExtractor:
+    """The folder's feature extractor, or the default one if it has none (it has no learned state, as `push` knows)."""
+    from huggingface_hub import try_to_load_from_cache
+    from transformers import AutoFeatureExtractor
+
+    try:
+        return AutoFeatureExtractor.from_pretrained(name, local_files_only=local_files_only)
+    except OSError:
+        if Path(name).is_dir():
+            has_file = Path(name, FEATURE_EXTRACTOR_NAME).is_file()
+        else:
+            has_file = isinstance(try_to_load_from_cache(str(name), FEATURE_EXTRACTOR_NAME), str)
+        if has_file:  # present but unreadable: say so
+            raise
+        logger.warning("%s has no %s; using the default SpidrFeatureExtractor", name, FEATURE_EXTRACTOR_NAME)
+        return SpidrFeatureExtractor()
 
 
 def evaluate_model(
@@ -167,6 +253,7 @@ def evaluate_model(
         device: torch device (default: cuda when available).
     """
     settings = Settings(num_clusters, kmeans_frames, batch_size, max_size_group, max_x_across, seed)
+    device = check_device(device)
     if max_utterances is not None and max_utterances < 1:
         raise ValueError(f"max_utterances must be positive, got {max_utterances}")
     model_obj, student, feature_extractor, unit_kinds = load_model(model, units)
@@ -181,7 +268,6 @@ def evaluate_model(
     dataset_dir = Path(dataset)
     dev = load_split(dataset_dir, SPLIT, max_utterances, settings.seed)
     tokens = dev_tokens(dev, read_item_file(dataset_dir / ITEM_FILE), subset=max_utterances is not None)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     kmeans_audio = []
     if "kmeans" in unit_kinds:
         kmeans_audio = load_random_audio(dataset_dir, "train", settings.kmeans_frames / FRAME_RATE + 1, settings.seed)

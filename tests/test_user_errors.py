@@ -1,0 +1,388 @@
+"""Bad input from a user gives a clear one-line error, never a silently wrong result or a traceback (issue 12)."""
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import TINY_CONFIG, load_script
+from reference import build_reference, write_reference_checkpoint
+from torchcodec.encoders import AudioEncoder
+from transformers import BertConfig, BertModel, pipeline
+
+from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel
+from spidr_hf.cli import main
+from spidr_hf.data import DataArguments, PretrainingData, load_audio_dataset
+from spidr_hf.evaluation.evaluator import load_model
+from spidr_hf.trainer import SpidrTrainingArguments, check_checkpoint_fits
+from spidr_hf.training_setup import ModelArguments, build_model, check_value_types, parse_config, read_config_file
+
+RATE = 16000
+
+
+def one_line(message: str) -> bool:
+    return bool(message.strip()) and "\n" not in message.strip()
+
+
+@pytest.fixture(scope="module")
+def features():
+    torch.manual_seed(0)
+    model = SpidrModel(SpidrConfig(**TINY_CONFIG)).eval()
+    return pipeline("spidr-features", model=model, feature_extractor=SpidrFeatureExtractor(), device="cpu")
+
+
+def tone(seconds: float, rate: int) -> np.ndarray:
+    time = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * 220 * time)).astype(np.float32)
+
+
+@pytest.mark.parametrize("bad_samples", ["one_nan", "all_nan", "one_inf"])
+def test_non_finite_audio_is_refused_before_resampling(features, bad_samples):
+    audio = tone(1.0, 8000)
+    if bad_samples == "one_nan":
+        audio[1234] = np.nan
+    elif bad_samples == "all_nan":
+        audio[:] = np.nan
+    else:
+        audio[10] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite") as error:
+        features(audio, sampling_rate=8000)
+    assert one_line(str(error.value))
+
+
+def test_empty_audio_at_another_rate(features):
+    with pytest.raises(ValueError, match="empty") as error:
+        features(np.zeros(0, dtype=np.float32), sampling_rate=8000)
+    assert one_line(str(error.value))
+
+
+@pytest.mark.parametrize(
+    ("audio", "message"),
+    [
+        (np.full(RATE, 1e39, dtype=np.float64), "float32"),
+        (np.concatenate([np.zeros(RATE - 1), [-2e39]]), "float32"),
+        (tone(1.0, RATE).astype(np.complex64), "complex"),
+        ([tone(1.0, RATE), tone(1.0, RATE) * 1j], "complex"),
+    ],
+)
+def test_feature_extractor_refuses_values_it_would_change(audio, message):
+    with pytest.raises(ValueError, match=message) as error:
+        SpidrFeatureExtractor()(audio, sampling_rate=RATE)
+    assert one_line(str(error.value))
+
+
+def test_large_float64_values_that_fit_float32_still_work():
+    audio = tone(1.0, RATE).astype(np.float64) * 1e30
+    values = SpidrFeatureExtractor()(audio, sampling_rate=RATE)["input_values"][0]
+    assert np.isfinite(values).all()
+
+
+@pytest.mark.parametrize("sampling_rate", ["16000", 16000.5, True])
+def test_sampling_rate_must_be_an_integer(sampling_rate):
+    with pytest.raises(ValueError, match="integer") as error:
+        SpidrFeatureExtractor()(tone(1.0, RATE), sampling_rate=sampling_rate)
+    assert one_line(str(error.value))
+    assert repr(sampling_rate) in str(error.value)
+
+
+@pytest.mark.parametrize("sampling_rate", [16000.0, np.int64(16000)])
+def test_integral_sampling_rates_of_other_types_are_accepted(sampling_rate):
+    values = SpidrFeatureExtractor()(tone(1.0, RATE), sampling_rate=sampling_rate)["input_values"][0]
+    assert values.shape == (RATE,)
+
+
+@pytest.mark.parametrize(
+    ("audio", "sampling_rate", "message"),
+    [
+        (tone(1.0, RATE).astype(np.complex128), RATE, "complex"),
+        (torch.from_numpy(tone(1.0, 8000)).to(torch.complex64), 8000, "complex"),
+        (tone(1.0, 8000).astype(np.float64) * 1e39, 8000, "float32"),
+        (tone(1.0, 8000), "8000", "integer"),
+    ],
+)
+def test_pipeline_refuses_audio_it_would_change(features, audio, sampling_rate, message):
+    with pytest.raises(ValueError, match=message) as error:
+        features(audio, sampling_rate=sampling_rate)
+    assert one_line(str(error.value))
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("source") / "model"
+    torch.manual_seed(0)
+    SpidrForPreTraining(SpidrConfig(**TINY_CONFIG)).save_pretrained(folder)
+    SpidrFeatureExtractor().save_pretrained(folder)
+    return folder
+
+
+def run_cli(arguments: list[str], capsys) -> str:
+    """The one-line error `spidr-hf` prints for `arguments` (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert one_line(error), error
+    return error
+
+
+@pytest.mark.parametrize(("license_id", "hint"), [("not-a-license", "'other'"), ("cc-by-nc-4", "'cc-by-nc-4.0'")])
+def test_push_refuses_an_unknown_license_before_any_work(saved_model, tmp_path, capsys, license_id, hint):
+    arguments = ["push", str(saved_model), "--repo-id", "me/model", "--license", license_id]
+    error = run_cli([*arguments, "--dry-run", str(tmp_path / "out")], capsys)
+    assert "not a Hub license id" in error and hint in error
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("license_id", ["apache-2.0", "other"])
+def test_push_accepts_hub_license_ids(saved_model, tmp_path, license_id):
+    arguments = ["push", str(saved_model), "--repo-id", "me/model", "--license", license_id]
+    assert main([*arguments, "--dry-run", str(tmp_path / "out")]) == 0
+    assert f"license: {license_id}" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.fixture
+def reference_checkpoint(tmp_path) -> Path:
+    torch.manual_seed(0)
+    model, config = build_reference("spidr")
+    return write_reference_checkpoint(model, config, "spidr", tmp_path / "original")
+
+
+def edit_reference_config(checkpoint: Path, edit) -> None:
+    path = checkpoint.parent / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["model"].update(encoder_embed_dim="64"), "'encoder_embed_dim' must be an integer, got '64'"),
+        (lambda c: c["model"].update(encoder_num_layers=2.5), "'encoder_num_layers' must be an integer"),
+        (lambda c: c["model"].update(encoder_layer_norm_first="yes"), "'encoder_layer_norm_first' must be true or"),
+        (lambda c: c["model"].update(encoder_dropout="0.1"), "'encoder_dropout' must be a number"),
+        (lambda c: c["model"].update(extractor_conv_layer_config=[[32, 10]]), "extractor_conv_layer_config must be"),
+        (lambda c: c.update(masking={"mask_prob": "high"}), "'mask_prob' must be a number"),
+    ],
+)
+def test_convert_refuses_config_fields_of_the_wrong_type(reference_checkpoint, tmp_path, capsys, edit, message):
+    edit_reference_config(reference_checkpoint, edit)
+    error = run_cli(["convert", str(reference_checkpoint), str(tmp_path / "out")], capsys)
+    assert message in error and "config.json" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_names_a_malformed_config_file(reference_checkpoint, tmp_path, capsys):
+    config_path = reference_checkpoint.parent / "config.json"
+    config_path.write_text('{"model": {')
+    error = run_cli(["convert", str(reference_checkpoint), str(tmp_path / "out")], capsys)
+    assert f"{config_path} is not valid JSON" in error
+    config_path.write_text("[1, 2]")
+    assert f"{config_path} must be a JSON object" in run_cli(
+        ["convert", str(reference_checkpoint), str(tmp_path / "out")], capsys
+    )
+
+
+def test_convert_without_config_says_which_configuration_it_assumed(reference_checkpoint, tmp_path, capsys):
+    (reference_checkpoint.parent / "config.json").unlink()
+    error = run_cli(["convert", str(reference_checkpoint), str(tmp_path / "out")], capsys)
+    assert "There is no config.json beside" in error and "spidr base configuration was assumed" in error
+
+
+def test_convert_destination_that_cannot_be_created(reference_checkpoint, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("mine")
+    error = run_cli(["convert", str(reference_checkpoint), str(tmp_path / "a-file" / "out")], capsys)
+    assert f"{tmp_path / 'a-file'} is a file" in error
+    assert (tmp_path / "a-file").read_text() == "mine"
+    # /proc takes no new folders, even from root (which file permissions would not stop)
+    error = run_cli(["convert", str(reference_checkpoint), "/proc/spidr-hf-test-out"], capsys)
+    assert "/proc/spidr-hf-test-out" in error
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bert") / "model"
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("bert", "it is a BertConfig, not SpidR/DinoSR"),
+        ("someone/no-such-model", "it is not a model folder, and offline (HF_HUB_OFFLINE) there is no cached copy"),
+        ("not a model id!", "it is neither a model folder nor a Hub model id"),
+    ],
+)
+def test_evaluate_names_what_is_wrong_with_the_model(bert_folder, tmp_path, capsys, model, message):
+    model = str(bert_folder) if model == "bert" else model
+    arguments = ["evaluate", model, "--dataset", str(tmp_path / "corpus"), "--output", str(tmp_path / "report")]
+    error = run_cli(arguments, capsys)
+    assert f"Cannot load the model {model}: {message}" in error
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("foo", "Unknown device 'foo'"), ("cuda", "CUDA is not available"), ("cuda:99", "CUDA")],
+)
+def test_evaluate_checks_the_device_first(saved_model, tmp_path, capsys, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    arguments = ["evaluate", str(saved_model), "--dataset", str(tmp_path / "corpus"), "--device", device]
+    error = run_cli([*arguments, "--output", str(tmp_path / "report")], capsys)
+    assert message in error
+
+
+def test_evaluate_uses_the_default_feature_extractor_for_a_folder_without_one(saved_model, tmp_path, caplog):
+    folder = shutil.copytree(saved_model, tmp_path / "model")
+    (folder / "preprocessor_config.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        _, _, feature_extractor, _ = load_model(folder, None)
+    assert isinstance(feature_extractor, SpidrFeatureExtractor)
+    assert feature_extractor.to_dict() == SpidrFeatureExtractor().to_dict()
+    assert "has no preprocessor_config.json" in caplog.text
+
+
+@pytest.fixture
+def run_config(tmp_path) -> Path:
+    config = {
+        "objective": "spidr",
+        "model_config": {**TINY_CONFIG, "conv_dim": list(TINY_CONFIG["conv_dim"])},
+        "dataset": str(tmp_path / "corpus"),
+        "output_dir": str(tmp_path / "run"),
+        "max_steps": 3,
+        "use_cpu": True,
+        "report_to": "none",
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--max_steps=abc", "max_steps must be an integer, got 'abc'"),
+        ("--max_steps=2.5", "max_steps must be an integer, got 2.5"),
+        ("--learning_rate=fast", "learning_rate must be a number, got 'fast'"),
+        ("--bf16=1", "bf16 must be true or false, got 1"),
+        ("--min_samples=null", "min_samples must be an integer, got None"),
+    ],
+)
+def test_training_arguments_of_the_wrong_type(run_config, override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_config([str(run_config), override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--model_config.hidden_size=abc", "model_config.hidden_size must be an integer, got 'abc'"),
+        ("--model_config.num_hidden_layers=2.5", "model_config.num_hidden_layers must be an integer, got 2.5"),
+        ("--model_config.conv_dim=3", "model_config.conv_dim must be a list, got 3"),
+        ("--model_config.qkv_bias=yes", "model_config.qkv_bias must be true or false, got 'yes'"),
+    ],
+)
+def test_model_config_values_of_the_wrong_type(run_config, override, message):
+    model_args, _, _ = parse_config([str(run_config), override])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_model(model_args)
+
+
+def test_the_shipped_training_configs_pass_the_type_checks():
+    for path in sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml")):
+        values = read_config_file(path)
+        check_value_types(values, (ModelArguments, DataArguments, SpidrTrainingArguments))
+        check_value_types(values.get("model_config", {}), (SpidrConfig,))
+
+
+def test_resuming_with_another_architecture_says_so(corpus, tmp_path):
+    train = load_script(Path(__file__).parents[1] / "training" / "train.py", "spidr_train_user_errors")
+    config = {
+        "objective": "spidr",
+        "model_config": {**TINY_CONFIG, "conv_dim": list(TINY_CONFIG["conv_dim"])},
+        "dataset": str(corpus),
+        "max_batch_samples": 64_000,
+        "min_samples": 4_000,
+        "max_samples": 16_000,
+        "output_dir": str(tmp_path / "run"),
+        "max_steps": 2,
+        "save_steps": 2,
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    train.main([str(path)])
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+    with pytest.raises(ValueError, match="checkpoint-2 was made with another model configuration") as error:
+        train.main([str(path), "--max_steps=4", "--model_config.num_hidden_layers=3"])
+    assert "num_hidden_layers=4 there, 3 here" in str(error.value) and one_line(str(error.value))
+
+
+def test_a_checkpoint_of_the_same_architecture_fits(tmp_path):
+    model = SpidrForPreTraining(SpidrConfig(**TINY_CONFIG))
+    model.save_pretrained(tmp_path / "checkpoint")
+    check_checkpoint_fits(tmp_path / "checkpoint", SpidrForPreTraining(SpidrConfig(**TINY_CONFIG, mask_time_prob=0.5)))
+    with pytest.raises(ValueError, match="codebook_size=16 there, 32 here"):
+        other = SpidrForPreTraining(SpidrConfig(**{**TINY_CONFIG, "codebook_size": 32}))
+        check_checkpoint_fits(tmp_path / "checkpoint", other)
+
+
+def write_wav(path: Path, samples: np.ndarray) -> None:
+    AudioEncoder(torch.from_numpy(samples).float()[None], sample_rate=RATE).to_file(str(path))
+
+
+def test_training_warnings_name_the_skipped_files(tmp_path, caplog):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for index in range(4):
+        write_wav(folder / f"good{index}.wav", tone(1.0 + index / 4, RATE))
+    (folder / "garbage.wav").write_bytes(np.random.default_rng(0).bytes(5000))  # no readable header
+    write_wav(folder / "short.wav", tone(0.05, RATE))
+    write_wav(folder / "broken.flac", tone(1.0, RATE))
+    data = bytearray((folder / "broken.flac").read_bytes())
+    for i in range(200, len(data)):  # a valid header, then corrupt frames: fails only when decoded
+        data[i] = (data[i] * 7 + 13) % 256
+    (folder / "broken.flac").write_bytes(bytes(data))
+    arguments = DataArguments(dataset=str(folder), max_batch_samples=64_000, min_samples=4_000, max_samples=16_000)
+    training_arguments = SpidrTrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none")
+    data = PretrainingData.load(arguments, training_arguments)
+    with caplog.at_level(logging.WARNING, logger="spidr_hf.data"):
+        loader = data.train_dataloader(SpidrConfig(**TINY_CONFIG))
+        skipped = sum(batch["num_skipped"] for batch in loader)
+    assert "Left out of training: 1 unreadable and 1 too short" in caplog.text
+    assert (
+        f"unreadable: {folder / 'garbage.wav'}" in caplog.text and f"too short: {folder / 'short.wav'}" in caplog.text
+    )
+    assert skipped[0] == 1  # broken.flac, found when decoding
+    assert f"Skipping unreadable audio {folder / 'broken.flac'}: " in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [("missing-folder", "Cannot open the dataset"), ("someone/no-such-dataset", "Cannot open the dataset")],
+)
+def test_a_dataset_that_cannot_be_opened(tmp_path, dataset, message):
+    source = str(tmp_path / dataset) if dataset == "missing-folder" else dataset
+    with pytest.raises(ValueError, match=message) as error:
+        load_audio_dataset(source)
+    assert source in str(error.value) and one_line(str(error.value))
+
+
+@pytest.mark.parametrize("init_from", ["missing-folder", "someone/no-such-model", "bert"])
+def test_init_from_that_cannot_be_loaded(run_config, bert_folder, tmp_path, init_from):
+    init_from = {"missing-folder": str(tmp_path / "missing"), "bert": str(bert_folder)}.get(init_from, init_from)
+    model_args, _, _ = parse_config([str(run_config), f"--init_from={init_from}"])
+    with pytest.raises(ValueError, match=re.escape(init_from)) as error:
+        build_model(model_args)
+    assert one_line(str(error.value))
+    if init_from == str(bert_folder):
+        assert "BertConfig, not a SpidR/DinoSR model" in str(error.value)
