@@ -111,13 +111,27 @@ def test_pipeline_refuses_audio_it_would_change(features, audio, sampling_rate, 
     assert one_line(str(error.value))
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("source") / "model"
-    torch.manual_seed(0)
-    SpidrForPreTraining(SpidrConfig(**TINY_CONFIG)).save_pretrained(folder)
-    SpidrFeatureExtractor().save_pretrained(folder)
-    return folder
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"chunk_length_s": "abc"},
+        {"chunk_length_s": float("nan")},
+        {"stride_length_s": -1.0},
+        {"layer": "2"},
+        {"layer": True},
+    ],
+)
+def test_pipeline_call_arguments_of_the_wrong_kind(features, arguments):
+    with pytest.raises(ValueError, match=next(iter(arguments))) as error:
+        features(tone(1.0, RATE), sampling_rate=RATE, **arguments)
+    assert one_line(str(error.value))
+
+
+def test_a_too_short_input_of_a_batch_is_named_by_its_length(features):
+    with pytest.raises(ValueError, match="An input has 100 samples") as error:
+        features([tone(1.0, RATE), tone(1.0, RATE)[:100]], sampling_rate=RATE, layer=2)
+    assert one_line(str(error.value))
+    assert "Utterance 0" not in str(error.value)
 
 
 def run_cli(arguments: list[str], capsys) -> str:
@@ -131,16 +145,16 @@ def run_cli(arguments: list[str], capsys) -> str:
 
 
 @pytest.mark.parametrize(("license_id", "hint"), [("not-a-license", "'other'"), ("cc-by-nc-4", "'cc-by-nc-4.0'")])
-def test_push_refuses_an_unknown_license_before_any_work(saved_model, tmp_path, capsys, license_id, hint):
-    arguments = ["push", str(saved_model), "--repo-id", "me/model", "--license", license_id]
+def test_push_refuses_an_unknown_license_before_any_work(source_dir, tmp_path, capsys, license_id, hint):
+    arguments = ["push", str(source_dir), "--repo-id", "me/model", "--license", license_id]
     error = run_cli([*arguments, "--dry-run", str(tmp_path / "out")], capsys)
     assert "not a Hub license id" in error and hint in error
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("license_id", ["apache-2.0", "other"])
-def test_push_accepts_hub_license_ids(saved_model, tmp_path, license_id):
-    arguments = ["push", str(saved_model), "--repo-id", "me/model", "--license", license_id]
+def test_push_accepts_hub_license_ids(source_dir, tmp_path, license_id):
+    arguments = ["push", str(source_dir), "--repo-id", "me/model", "--license", license_id]
     assert main([*arguments, "--dry-run", str(tmp_path / "out")]) == 0
     assert f"license: {license_id}" in (tmp_path / "out" / "README.md").read_text()
 
@@ -231,16 +245,16 @@ def test_evaluate_names_what_is_wrong_with_the_model(bert_folder, tmp_path, caps
     ("device", "message"),
     [("foo", "Unknown device 'foo'"), ("cuda", "CUDA is not available"), ("cuda:99", "CUDA")],
 )
-def test_evaluate_checks_the_device_first(saved_model, tmp_path, capsys, device, message):
+def test_evaluate_checks_the_device_first(source_dir, tmp_path, capsys, device, message):
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    arguments = ["evaluate", str(saved_model), "--dataset", str(tmp_path / "corpus"), "--device", device]
+    arguments = ["evaluate", str(source_dir), "--dataset", str(tmp_path / "corpus"), "--device", device]
     error = run_cli([*arguments, "--output", str(tmp_path / "report")], capsys)
     assert message in error
 
 
-def test_evaluate_uses_the_default_feature_extractor_for_a_folder_without_one(saved_model, tmp_path, caplog):
-    folder = shutil.copytree(saved_model, tmp_path / "model")
+def test_evaluate_uses_the_default_feature_extractor_for_a_folder_without_one(source_dir, tmp_path, caplog):
+    folder = shutil.copytree(source_dir, tmp_path / "model")
     (folder / "preprocessor_config.json").unlink()
     with caplog.at_level(logging.WARNING):
         _, _, feature_extractor, _ = load_model(folder, None)

@@ -13,6 +13,7 @@ speech, 20 s chunks and 2 s stride: per-frame relative L2 difference of the laye
 4.9% (max), 93% of the layer-6 units equal. Recordings up to `chunk_length_s` go through in one pass, unchanged.
 """
 
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -146,6 +147,11 @@ def plan_chunks(
         start += step
 
 
+def _is_number(value: Any) -> bool:
+    """A real number, not a bool (a bool is an int to Python)."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
 class _SpidrChunkPipeline(ChunkPipeline):
     """Audio loading, whole-recording standardization and chunking shared by the SpidR pipelines."""
 
@@ -164,9 +170,14 @@ class _SpidrChunkPipeline(ChunkPipeline):
     ) -> Iterator[dict[str, Any]]:
         rate = self.feature_extractor.sampling_rate
         audio = load_audio(inputs, sampling_rate, rate)
+        config = self.model.config
+        if audio.size < config.receptive_field:  # said here: the feature extractor sees one input at a time, as "0"
+            raise ValueError(
+                f"An input has {audio.size} samples at {rate} Hz, fewer than the model's receptive field of "
+                f"{config.receptive_field} samples ({1000 * config.receptive_field / rate:.0f} ms)."
+            )
         # Standardize the whole recording once: every chunk then sees the samples a single pass would see
         values = self.feature_extractor(audio, sampling_rate=rate, return_tensors="pt")["input_values"][0]
-        config = self.model.config
         hop = config.inputs_to_logits_ratio
         chunks = plan_chunks(
             len(values),
@@ -208,6 +219,13 @@ class _SpidrChunkPipeline(ChunkPipeline):
         unknown = set(kwargs) - set(preprocess_names + forward_names + postprocess_names)
         if unknown:
             raise TypeError(f"Unexpected pipeline arguments: {sorted(unknown)}.")
+        for name in ("chunk_length_s", "stride_length_s"):
+            value = kwargs.get(name)
+            if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise ValueError(f"`{name}` must be a positive number of seconds, got {value!r}.")
+        layer = kwargs.get("layer")
+        if layer is not None and not (isinstance(layer, int | np.integer) and not isinstance(layer, bool)):
+            raise ValueError(f"`layer` must be an integer, got {layer!r}.")
 
         def given(names: tuple[str, ...]) -> dict[str, Any]:
             return {name: kwargs[name] for name in names if kwargs.get(name) is not None}
