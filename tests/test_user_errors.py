@@ -400,3 +400,20 @@ def test_init_from_that_cannot_be_loaded(run_config, bert_folder, tmp_path, init
     assert one_line(str(error.value))
     if init_from == str(bert_folder):
         assert "BertConfig, not a SpidR/DinoSR model" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"streaming_buffer": 0}, "streaming_buffer"),
+        ({"num_buckets": 0}, "num_buckets"),
+        ({"min_samples": 0}, "min_samples"),
+        ({"length_num_proc": 0}, "length_num_proc"),
+        ({"max_samples": 1_000, "min_samples": 2_000}, "max_samples"),
+        ({"max_batch_samples": 1_000}, "max_batch_samples"),
+    ],
+)
+def test_data_arguments_out_of_range(change, message):
+    with pytest.raises(ValueError, match=message) as error:
+        DataArguments(dataset="unused", **change)
+    assert one_line(str(error.value))

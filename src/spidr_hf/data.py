@@ -52,6 +52,21 @@ class DataArguments:
     pad: bool = field(default=False, metadata={"help": "Pad batches with attention masks instead of cropping."})
     length_num_proc: int | None = field(default=None, metadata={"help": "Processes reading the audio durations."})
 
+    def __post_init__(self) -> None:
+        positive = ["streaming_buffer", "max_batch_samples", "min_samples", "max_samples", "num_buckets"]
+        if self.length_num_proc is not None:
+            positive.append("length_num_proc")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+        if self.max_samples < self.min_samples:
+            raise ValueError(f"`max_samples` ({self.max_samples}) is below `min_samples` ({self.min_samples}).")
+        if self.max_batch_samples < self.min_samples:
+            raise ValueError(
+                f"`max_batch_samples` ({self.max_batch_samples}) cannot hold one utterance of `min_samples` "
+                f"({self.min_samples})."
+            )
+
 
 def load_audio_dataset(
     source: str,
