@@ -417,3 +417,11 @@ def test_data_arguments_out_of_range(change, message):
     with pytest.raises(ValueError, match=message) as error:
         DataArguments(dataset="unused", **change)
     assert one_line(str(error.value))
+
+
+@pytest.mark.parametrize(("option", "value"), [("--dataset", "not a dataset id!"), ("--base-model", "a//b")])
+def test_push_refuses_invalid_card_hub_ids_before_any_work(source_dir, tmp_path, capsys, option, value):
+    arguments = ["push", str(source_dir), "--repo-id", "me/model", "--license", "mit", option, value]
+    error = run_cli([*arguments, "--dry-run", str(tmp_path / "out")], capsys)
+    assert option in error and value in error
+    assert not (tmp_path / "out").exists()

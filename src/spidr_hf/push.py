@@ -88,8 +88,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-model", help="Hub id of the model this one was trained from")
 
 
+def check_hub_ids(option: str, ids: list[str]) -> None:
+    """Hub ids for the card's metadata (`--dataset`, `--base-model`), checked before the work: the Hub refuses a card
+    with an invalid one only at upload."""
+    for hub_id in ids:
+        try:
+            validate_repo_id(hub_id)
+        except HFValidationError as error:
+            raise ValueError(f"Invalid {option} {hub_id!r}: {error}") from error
+
+
 def run(args: argparse.Namespace) -> int:
     repo_id = check_repo_id(args.repo_id)
+    check_hub_ids("--dataset", args.dataset)
+    check_hub_ids("--base-model", [args.base_model] if args.base_model else [])
     options = CardOptions(
         repo_id=repo_id,
         official=args.official,
