@@ -199,8 +199,10 @@ def read_reference_config(path: Path) -> dict[str, Any] | None:
 
 def _conv_layers(layers: Any) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """`extractor_conv_layer_config` ([dim, kernel, stride] per layer) as the conv_dim/kernel/stride tuples."""
-    is_triples = isinstance(layers, list) and all(
-        isinstance(layer, list) and len(layer) == 3 and all(_is_int(n) and n > 0 for n in layer) for layer in layers
+    # Lists in a config.json; tuples in a reference config object (SpidRConfig's default)
+    is_triples = isinstance(layers, list | tuple) and all(
+        isinstance(layer, list | tuple) and len(layer) == 3 and all(_is_int(n) and n > 0 for n in layer)
+        for layer in layers
     )
     if not is_triples or not layers:
         raise ConversionError(
