@@ -233,3 +233,36 @@ def test_bfloat16_is_close_to_float32(source_dir, audio_dir, tmp_path):
     exact_units, bf16_units = (read_units(outputs[dtype] / "units.txt") for dtype in ("float32", "bfloat16"))
     agreement = np.mean(np.concatenate([np.equal(exact_units[id], bf16_units[id]) for id in ids()]))
     assert agreement >= 0.9
+
+
+@pytest.mark.slow
+def test_extracted_features_give_the_abx_of_the_model(source_dir, corpus, tmp_path):
+    """Read back, `extract`'s features and units give the ABX of the same model's outputs computed in memory."""
+    from spidr_hf.evaluation.abx import abx_error
+    from spidr_hf.evaluation.features import ModelRepresentations, load_split
+    from spidr_hf.evaluation.items import FRAME_RATE, ITEM_FILE, frame_span, read_item_file
+
+    audio_dir = tmp_path / "audio"
+    utterances = load_split(corpus, "dev")
+    for utterance in utterances:
+        write_audio(audio_dir / f"{utterance.id}.wav", utterance.audio, SAMPLING_RATE)
+    extract(source_dir, audio_dir, tmp_path / "out", layer=3, units="codebook")
+    units = read_units(tmp_path / "out" / "units.txt")
+    model = AutoModelForPreTraining.from_pretrained(source_dir)
+    direct = ModelRepresentations(model, SpidrFeatureExtractor(), [3], [3], "cpu")
+    decoded = [load_audio(audio_dir / f"{utterance.id}.wav", None, SAMPLING_RATE) for utterance in utterances]
+    representations = direct(decoded)
+    index = {utterance.id: position for position, utterance in enumerate(utterances)}
+    items = read_item_file(corpus / ITEM_FILE)
+    spans = [frame_span(item.onset, item.offset, FRAME_RATE) for item in items]
+    labels = ([i.phone for i in items], [(i.prev_phone, i.next_phone) for i in items], [i.speaker for i in items])
+    from_files = [torch.load(tmp_path / "out" / f"{i.file}.pt")[s:e] for i, (s, e) in zip(items, spans, strict=True)]
+    in_memory = [representations.features[3][index[i.file]][s:e] for i, (s, e) in zip(items, spans, strict=True)]
+    scores = abx_error(from_files, *labels)
+    assert 0 < scores["within"] < 50  # one dev speaker: across is NaN on both sides
+    np.testing.assert_equal(scores, abx_error(in_memory, *labels))
+    unit_files = [torch.tensor(units[i.file][s:e]) for i, (s, e) in zip(items, spans, strict=True)]
+    unit_memory = [representations.units[3][index[i.file]][s:e] for i, (s, e) in zip(items, spans, strict=True)]
+    np.testing.assert_equal(
+        abx_error(unit_files, *labels, distance="identical"), abx_error(unit_memory, *labels, distance="identical")
+    )
