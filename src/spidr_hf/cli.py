@@ -9,6 +9,7 @@ SUBCOMMANDS = {
     "convert": ("spidr_hf.convert", "convert an official SpidR/DinoSR checkpoint to a Hub-ready folder"),
     "push": ("spidr_hf.push", "assemble, check and upload a model to the Hugging Face Hub, with its model card"),
     "corpus": ("spidr_hf.corpus", "synthesize the built-in phone-aligned speech corpus with flite"),
+    "extract": ("spidr_hf.extract", "write a model's features (.pt per file) and/or units for an audio folder"),
     "evaluate": ("spidr_hf.evaluation.cli", "ABX and unit-quality evaluation of a model on a phone-aligned corpus"),
 }
 

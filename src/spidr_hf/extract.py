@@ -1,0 +1,360 @@
+"""
+`spidr-hf extract`: features (one `.pt` per audio file) and/or discrete units (one line per file) of a whole folder or
+manifest of audio files, as fastabx, ZeroSpeech tools and unit language models read them.
+
+Files go through the model in padded batches of similar durations (padded batches give the outputs of single files),
+each file whole, in one pass. The encoder stops after the layer asked for. A run can be interrupted and started again:
+finished files are skipped, a `.pt` appears only once complete (written aside, then renamed) and a units line is one
+write, so a cut-off last line is dropped on resume.
+"""
+
+import argparse
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .configuration_spidr import SAMPLING_RATE, SpidrConfig
+from .pipeline_spidr import DEFAULT_LAYER, load_audio
+
+# Extensions taken from a folder (FFmpeg reads them all); a manifest may name any file FFmpeg reads
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
+UNIT_KINDS = ("codebook", "kmeans")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DEFAULT_UNITS_FILE = "units.txt"
+DEFAULT_BATCH_SECONDS = 200.0
+PARTIAL_SUFFIX = ".partial"  # a `.pt` being written; renamed once complete
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    path: Path
+    id: str  # path relative to the input folder (or manifest's folder), without its suffix, with "/" separators
+    seconds: float
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model folder or Hub id (a converted or trained SpidR/DinoSR model)")
+    parser.add_argument(
+        "input",
+        help=f"audio folder (searched recursively for {' '.join(AUDIO_SUFFIXES)}) or manifest text file "
+        "(one audio path per line, relative to the manifest's folder)",
+    )
+    parser.add_argument(
+        "output", help="output folder: OUTPUT/<relative path>.pt per audio file, and the units file if asked for"
+    )
+    parser.add_argument(
+        "--layer", type=int, default=DEFAULT_LAYER, help="1-based encoder layer of features and units (default 6)"
+    )
+    parser.add_argument(
+        "--hidden-states",
+        action="store_true",
+        help="features from the residual stream after the layer (0: encoder input) instead of its layer result",
+    )
+    parser.add_argument("--features", action="store_true", help="write features (the default unless --units is given)")
+    parser.add_argument(
+        "--units", choices=UNIT_KINDS, help="write units: argmax of the layer's codebook head, or k-means"
+    )
+    parser.add_argument(
+        "--units-file",
+        help=f"units file (default OUTPUT/{DEFAULT_UNITS_FILE}): 'id<TAB>u1 u2 ...' lines, or JSON lines "
+        '{"id": ..., "units": [...]} when it ends with .jsonl',
+    )
+    parser.add_argument("--deduplicate", action="store_true", help="merge runs of the same unit into one")
+    parser.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=DEFAULT_BATCH_SECONDS,
+        help=f"padded audio per forward pass, in seconds (default {DEFAULT_BATCH_SECONDS:g}); longer files go alone",
+    )
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="dtype the model runs in (bfloat16: faster on CUDA and AMX CPUs; features are saved as float32)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    write_features = args.features or args.units is None
+    extract(
+        args.model,
+        args.input,
+        args.output,
+        layer=args.layer,
+        hidden_states=args.hidden_states,
+        features=write_features,
+        units=args.units,
+        units_file=args.units_file,
+        deduplicate=args.deduplicate,
+        batch_seconds=args.batch_seconds,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    return 0
+
+
+def extract(
+    model: str | os.PathLike,
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    layer: int = DEFAULT_LAYER,
+    hidden_states: bool = False,
+    features: bool = True,
+    units: str | None = None,
+    units_file: str | os.PathLike | None = None,
+    deduplicate: bool = False,
+    batch_seconds: float = DEFAULT_BATCH_SECONDS,
+    device: str | None = None,
+    dtype: str = "float32",
+) -> None:
+    """
+    Write the features of `layer` of every audio file of `input` (a folder or a manifest) to `output`/<id>.pt (float32
+    `(frames, dim)` at 50 Hz) and/or its `units` to `units_file`; files already written are skipped.
+    """
+    from .evaluation.evaluator import check_device
+
+    if not features and units is None:
+        raise ValueError("Nothing to extract: ask for features and/or --units")
+    if units == "kmeans":
+        raise ValueError("k-means units need centroids fitted with `spidr-hf kmeans`, which this version lacks")
+    if units is not None and units not in UNIT_KINDS:
+        raise ValueError(f"Unknown unit kind {units!r}: choose among {list(UNIT_KINDS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}: choose among {list(DTYPES)}")
+    if not batch_seconds > 0:
+        raise ValueError(f"--batch-seconds must be positive, got {batch_seconds}")
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"The output {output} is a file: pass a folder")
+    device = check_device(device)
+    network, feature_extractor = load_model(model, with_heads=units == "codebook", dtype=DTYPES[dtype])
+    num_layers = check_layer(network.config, layer, hidden_states, units == "codebook")
+    files = find_audio(Path(input))
+
+    units_path = None
+    done_units: set[str] = set()
+    if units is not None:
+        units_path = Path(units_file) if units_file is not None else output / DEFAULT_UNITS_FILE
+        done_units = read_unit_ids(units_path)
+    todo = [
+        file
+        for file in files
+        if (features and not feature_path(output, file).is_file()) or (units_path and file.id not in done_units)
+    ]
+    network = network.to(device).eval()
+    output.mkdir(parents=True, exist_ok=True)
+    if units_path is not None:
+        units_path.parent.mkdir(parents=True, exist_ok=True)
+    progress = tqdm(total=len(todo), desc="Extracting", unit="file")
+    with progress, open(units_path, "a", encoding="utf-8") if units_path else nullcontext() as units_out:
+        for batch in length_batches(todo, batch_seconds):
+            audios = [decode(file, network.config.receptive_field) for file in batch]
+            batch_features, batch_units = forward(
+                network, feature_extractor, audios, layer, hidden_states, num_layers, units == "codebook", device
+            )
+            for index, file in enumerate(batch):
+                if features and not feature_path(output, file).is_file():
+                    save_atomically(batch_features[index], feature_path(output, file))
+                if units_out is not None and file.id not in done_units:
+                    values = batch_units[index]
+                    if deduplicate:
+                        values = values[np.flatnonzero(np.diff(values, prepend=-1))]
+                    units_out.write(format_units(file.id, values, units_path))
+                    units_out.flush()
+            progress.update(len(batch))
+
+
+def load_model(name: str | os.PathLike, with_heads: bool, dtype: torch.dtype):
+    """(model, feature extractor): SpidrForPreTraining with trained codebook heads if `with_heads`, else SpidrModel."""
+    from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+
+    from .evaluation.evaluator import _load_feature_extractor, _use_local_files_only
+
+    try:
+        local_files_only = _use_local_files_only(name)
+        config = AutoConfig.from_pretrained(name, local_files_only=local_files_only)
+        if not isinstance(config, SpidrConfig):
+            raise ValueError(f"it is a {type(config).__name__}, not SpidR/DinoSR")
+        feature_extractor = _load_feature_extractor(name, local_files_only)
+        if not with_heads:
+            return AutoModel.from_pretrained(name, dtype=dtype, local_files_only=local_files_only), feature_extractor
+        model, info = AutoModelForPreTraining.from_pretrained(
+            name, dtype=dtype, output_loading_info=True, local_files_only=local_files_only
+        )
+    except (OSError, ValueError) as error:  # missing folder or files, not a SpidR model: one line
+        raise ValueError(f"Cannot load the model {name}: {error}") from error
+    if any(key.startswith("heads.") for key in info["missing_keys"]):
+        raise ValueError(f"{name} has no trained codebook heads: codebook units need them")
+    return model, feature_extractor
+
+
+def check_layer(config: SpidrConfig, layer: int, hidden_states: bool, codebook: bool) -> int | None:
+    """Check `layer` for what is asked; the encoder layers to run (None: all, as DinoSR heads read the last one)."""
+    first = 0 if hidden_states else 1
+    if not first <= layer <= config.num_hidden_layers:
+        raise ValueError(f"--layer must be in [{first}, {config.num_hidden_layers}], got {layer}")
+    if codebook:
+        if layer not in config.codebook_layers:
+            raise ValueError(f"Layer {layer} has no codebook head; layers with one: {list(config.codebook_layers)}")
+        if config.objective == "dinosr":
+            return None
+    return max(layer, 1)  # the encoder input (hidden state 0) comes with the first layer
+
+
+def find_audio(input: Path) -> list[AudioFile]:
+    """The audio files of a folder (recursively) or manifest, with ids and durations; all checked before any work."""
+    if input.is_dir():
+        root = input
+        paths = sorted(p for p in input.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        if not paths:
+            raise ValueError(f"{input} holds no audio file ({' '.join(AUDIO_SUFFIXES)})")
+        relative = [p.relative_to(root) for p in paths]
+    elif input.is_file():
+        root = input.parent
+        lines = [line.strip() for line in input.read_text(encoding="utf-8").splitlines()]
+        relative = [Path(line) for line in lines if line and not line.startswith("#")]
+        if not relative:
+            raise ValueError(f"The manifest {input} names no audio file")
+        outside = [str(p) for p in relative if p.is_absolute() or ".." in p.parts]
+        if outside:
+            raise ValueError(f"Manifest paths must be relative and inside its folder {root}, got {outside[0]}")
+        missing = [str(p) for p in relative if not (root / p).is_file()]
+        if missing:
+            raise ValueError(f"{len(missing)} file(s) of {input} do not exist, e.g. {', '.join(missing[:5])}")
+    else:
+        raise ValueError(f"{input} is neither an audio folder nor a manifest file")
+    ids = [p.with_suffix("").as_posix() for p in relative]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if duplicates:
+        raise ValueError(f"Several audio files share the id {duplicates[0]} (same path but for the extension)")
+    return [
+        AudioFile(root / path, id, seconds(root / path))
+        for path, id in tqdm(zip(relative, ids, strict=True), total=len(ids), desc="Reading durations", unit="file")
+    ]
+
+
+def seconds(path: Path) -> float:
+    """Duration from the file's header (decoded when the header does not say); an unreadable file is an error."""
+    from torchcodec.decoders import AudioDecoder
+
+    try:
+        metadata = AudioDecoder(os.fspath(path)).metadata
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"Could not decode {path}: {_first_line(error)}") from error
+    duration = metadata.duration_seconds_from_header or metadata.duration_seconds
+    return float(duration) if duration else len(decode_path(path)) / SAMPLING_RATE
+
+
+def decode_path(path: Path) -> np.ndarray:
+    try:
+        return load_audio(path, None, SAMPLING_RATE)
+    except (RuntimeError, ValueError, FileNotFoundError) as error:
+        raise ValueError(f"Could not decode {path}: {_first_line(error)}") from error
+
+
+def decode(file: AudioFile, min_samples: int) -> np.ndarray:
+    audio = decode_path(file.path)
+    if len(audio) < min_samples:
+        raise ValueError(
+            f"{file.path} has {len(audio)} samples at {SAMPLING_RATE} Hz, fewer than the model's receptive field of "
+            f"{min_samples} samples"
+        )
+    return audio
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def length_batches(files: Sequence[AudioFile], batch_seconds: float) -> Iterator[list[AudioFile]]:
+    """Files longest first, grouped while the padded batch (size x longest) stays within `batch_seconds`."""
+    batch: list[AudioFile] = []
+    for file in sorted(files, key=lambda f: (-f.seconds, f.id)):
+        if batch and (len(batch) + 1) * batch[0].seconds > batch_seconds:
+            yield batch
+            batch = []
+        batch.append(file)
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def forward(
+    model,
+    feature_extractor,
+    audios: Sequence[np.ndarray],
+    layer: int,
+    hidden_states: bool,
+    num_layers: int | None,
+    codebook: bool,
+    device: str,
+) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    """Per-file features `(frames, dim)` (float32, on CPU) and codebook units of one padded batch, in one pass."""
+    inputs = feature_extractor(list(audios), sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    input_values = inputs["input_values"].to(device, model.dtype)
+    attention_mask = inputs["attention_mask"].to(device)
+    lengths = model._get_feat_extract_output_lengths(attention_mask.sum(-1)).tolist()
+    network = model if codebook else model.base_model
+    kwargs = {"return_loss": False} if codebook else {}
+    output = network(
+        input_values,
+        attention_mask,
+        num_layers=num_layers,
+        output_layer_results=not hidden_states,
+        output_hidden_states=hidden_states,
+        **kwargs,
+    )
+    values = output.hidden_states[layer] if hidden_states else output.layer_results[layer - 1]
+    # `.clone()`: a slice saved as is would drag the whole batch's storage into its file
+    features = [values[b, :length].float().cpu().clone() for b, length in enumerate(lengths)]
+    units = []
+    if codebook:
+        logits = output.logits[model.config.codebook_layers.index(layer)]
+        units = [logits[b, :length].argmax(-1).cpu().numpy() for b, length in enumerate(lengths)]
+    return features, units
+
+
+def feature_path(output: Path, file: AudioFile) -> Path:
+    return output / f"{file.id}.pt"
+
+
+def save_atomically(tensor: torch.Tensor, path: Path) -> None:
+    """Write to a side file, then rename: `path` exists only complete, even if the run is killed meanwhile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    try:
+        torch.save(tensor, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def read_unit_ids(path: Path) -> set[str]:
+    """Ids already in a units file; a last line cut off by an interrupted run is removed (it is written again)."""
+    if not path.is_file():
+        return set()
+    content = path.read_bytes()
+    complete = content[: content.rfind(b"\n") + 1]
+    if len(complete) != len(content):
+        with open(path, "r+b") as file:
+            file.truncate(len(complete))
+    lines = complete.decode("utf-8").splitlines()
+    if path.suffix == ".jsonl":
+        return {json.loads(line)["id"] for line in lines if line}
+    return {line.split("\t", 1)[0] for line in lines if line}
+
+
+def format_units(id: str, units: np.ndarray, path: Path) -> str:
+    values = [int(unit) for unit in units]
+    if path.suffix == ".jsonl":
+        return json.dumps({"id": id, "units": values}) + "\n"
+    return f"{id}\t{' '.join(map(str, values))}\n"

@@ -1,0 +1,268 @@
+"""`spidr-hf extract`: features and units of audio files on disk, as the pipelines and the model give them."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForPreTraining, pipeline
+
+from spidr_hf import SpidrFeatureExtractor
+from spidr_hf import extract as extract_module
+from spidr_hf.cli import main
+from spidr_hf.configuration_spidr import SAMPLING_RATE
+from spidr_hf.extract import extract
+from spidr_hf.pipeline_spidr import load_audio
+
+# (relative path, seconds, sampling rate of the file): subfolders, several formats, resampling
+FILES = [("a.wav", 1.3, 16000), ("sub/b.flac", 2.9, 22050), ("sub/deeper/c.wav", 0.7, 16000)]
+
+
+def speech_like(seconds: float, seed: int, rate: int) -> np.ndarray:
+    """A gliding tone with noise under a syllable envelope (no silence, which random models amplify)."""
+    rng = np.random.default_rng(seed)
+    time = np.arange(int(seconds * rate)) / rate
+    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 3 * time + rng.uniform(0, 6))
+    tone = np.sin(2 * np.pi * np.cumsum(150 + 100 * np.sin(np.pi * time)) / rate)
+    return (0.4 * envelope * (tone + 0.3 * rng.standard_normal(time.size))).astype(np.float32)
+
+
+def write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
+    from torchcodec.encoders import AudioEncoder
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    AudioEncoder(torch.from_numpy(audio)[None], sample_rate=rate).to_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("audio")
+    for seed, (name, seconds, rate) in enumerate(FILES):
+        write_audio(folder / name, speech_like(seconds, seed, rate), rate)
+    (folder / "notes.txt").write_text("not audio")
+    return folder
+
+
+def ids() -> list[str]:
+    return [str(Path(name).with_suffix("")) for name, _, _ in FILES]
+
+
+def read_units(path: Path) -> dict[str, list[int]]:
+    return parse_units(path.read_text())
+
+
+def parse_units(text: str) -> dict[str, list[int]]:
+    """`id<TAB>u1 u2 ...` lines; every line must be complete."""
+    assert text.endswith("\n")
+    lines = text.splitlines()
+    return {line.split("\t")[0]: [int(unit) for unit in line.split("\t")[1].split()] for line in lines}
+
+
+def test_features_equal_the_pipeline(source_dir, audio_dir, tmp_path):
+    # One batch holds all three files: padded batches must give each file's single-pass features
+    extract(source_dir, audio_dir, tmp_path, layer=3, batch_seconds=100)
+    features = pipeline("spidr-features", model=str(source_dir), device="cpu")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        f"{id}.pt" for id in ids()
+    )
+    for name, _, _ in FILES:
+        saved = torch.load(tmp_path / Path(name).with_suffix(".pt"))
+        expected = features(str(audio_dir / name), layer=3)["features"]
+        assert saved.dtype == torch.float32 and saved.shape == expected.shape
+        np.testing.assert_allclose(saved.numpy(), expected, rtol=1e-4, atol=1e-5)
+        assert saved.untyped_storage().nbytes() == saved.numel() * 4  # its own frames, not the whole batch's
+
+
+def test_hidden_states_equal_the_pipeline(source_dir, audio_dir, tmp_path):
+    extract(source_dir, audio_dir, tmp_path, layer=0, hidden_states=True, batch_seconds=100)
+    features = pipeline("spidr-features", model=str(source_dir), device="cpu")
+    name = FILES[1][0]
+    expected = features(str(audio_dir / name), layer=0, representation="hidden_states")["features"]
+    np.testing.assert_allclose(torch.load(tmp_path / "sub/b.pt").numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("units_file", ["deduplicated.txt", "deduplicated.jsonl"])
+def test_codebook_units_equal_get_units(source_dir, audio_dir, tmp_path, units_file):
+    model = AutoModelForPreTraining.from_pretrained(source_dir).eval()
+    layer = model.config.codebook_layers[-1]
+    extract(source_dir, audio_dir, tmp_path, layer=layer, features=False, units="codebook", batch_seconds=100)
+    extract(
+        source_dir,
+        audio_dir,
+        tmp_path / "dedup",
+        layer=layer,
+        features=False,
+        units="codebook",
+        units_file=tmp_path / units_file,
+        deduplicate=True,
+    )
+    assert not list(tmp_path.rglob("*.pt"))
+    units = read_units(tmp_path / "units.txt")
+    if units_file.endswith(".jsonl"):
+        import json
+
+        deduplicated = {row["id"]: row["units"] for row in map(json.loads, (tmp_path / units_file).open())}
+    else:
+        deduplicated = read_units(tmp_path / units_file)
+    assert sorted(units) == sorted(deduplicated) == sorted(ids())
+    for name, _, _ in FILES:
+        audio = load_audio(audio_dir / name, None, SAMPLING_RATE)
+        inputs = SpidrFeatureExtractor()(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+        expected = model.get_units(**inputs, layer=layer)
+        id = str(Path(name).with_suffix(""))
+        assert units[id] == expected[0].tolist()
+        runs = [unit for index, unit in enumerate(units[id]) if index == 0 or units[id][index - 1] != unit]
+        assert deduplicated[id] == runs
+
+
+def test_a_manifest_names_files_relative_to_its_folder(source_dir, audio_dir, tmp_path):
+    manifest = audio_dir / "manifest.txt"
+    manifest.write_text("# one path per line\nsub/b.flac\n\na.wav\n")
+    try:
+        extract(source_dir, manifest, tmp_path, layer=2)
+    finally:
+        manifest.unlink()
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.pt")) == ["a.pt", "sub/b.pt"]
+
+
+def test_resume_skips_written_files_and_completes_the_rest(source_dir, audio_dir, tmp_path):
+    kwargs = {"layer": 3, "units": "codebook", "features": True, "batch_seconds": 2.0}
+    extract(source_dir, audio_dir, tmp_path, **kwargs)
+    complete = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    units_file = tmp_path / "units.txt"
+    lines = units_file.read_text().splitlines(keepends=True)
+    kept = next(line for line in lines if line.startswith("a\t"))
+    # An interrupted run: c.pt never written, units of a only, and a cut-off line for b
+    (tmp_path / "sub/deeper/c.pt").unlink()
+    cut = next(line for line in lines if line.startswith("sub/b\t"))[:7]
+    units_file.write_text(kept + cut)
+    written = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.pt")}
+    extract(source_dir, audio_dir, tmp_path, **kwargs)
+    assert {path: path.stat().st_mtime_ns for path in written} == written  # not written again
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*.pt")} == {
+        path: content for path, content in complete.items() if path != units_file
+    }
+    assert units_file.read_text().startswith(kept)
+    assert read_units(units_file) == parse_units(complete[units_file].decode())
+
+
+def test_an_interrupted_write_leaves_no_partial_file(source_dir, audio_dir, tmp_path, monkeypatch):
+    real_save = torch.save
+    calls = []
+
+    def save_then_die(tensor, path):  # the second file's write is cut off half-way
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"half a tensor")
+            raise KeyboardInterrupt
+        real_save(tensor, path)
+
+    monkeypatch.setattr(extract_module.torch, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        extract(source_dir, audio_dir, tmp_path, layer=2, batch_seconds=1.0)  # one file per batch
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert len(files) == 1 and files[0].suffix == ".pt"  # the first file, and nothing of the second
+    first = torch.load(files[0])
+    monkeypatch.setattr(extract_module.torch, "save", real_save)
+    extract(source_dir, audio_dir, tmp_path, layer=2, batch_seconds=1.0)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        f"{id}.pt" for id in ids()
+    )
+    assert torch.equal(torch.load(files[0]), first)
+
+
+def run_cli(capsys, *argv: str) -> str:
+    """The one-line error of `spidr-hf extract ARGV` (layer 3 of the tiny model unless ARGV says otherwise)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "--layer", "3", *map(str, argv)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err  # after progress bars, which use carriage returns
+    assert error.count("spidr-hf extract: error: ") == 1
+    return error.split("spidr-hf extract: error: ")[1].splitlines()[0]
+
+
+def test_an_undecodable_file_is_named_before_any_work(source_dir, audio_dir, tmp_path, capsys):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "good.wav").write_bytes((audio_dir / "a.wav").read_bytes())
+    (audio / "broken.flac").write_bytes(b"fLaC but not really")
+    output = tmp_path / "out"
+    message = run_cli(capsys, source_dir, audio, output)
+    assert "broken.flac" in message and "Could not decode" in message
+    assert not output.exists()
+
+
+def test_user_errors(source_dir, audio_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert "is a file" in run_cli(capsys, source_dir, audio_dir, tmp_path / "file")
+    (tmp_path / "empty").mkdir()
+    assert "holds no audio file" in run_cli(capsys, source_dir, tmp_path / "empty", tmp_path / "out")
+    assert "k-means units need" in run_cli(capsys, source_dir, audio_dir, tmp_path / "out", "--units", "kmeans")
+    assert "no codebook head" in run_cli(
+        capsys, source_dir, audio_dir, tmp_path / "out", "--units", "codebook", "--layer", "1"
+    )
+    assert "--layer must be in [1, 4]" in run_cli(capsys, source_dir, audio_dir, tmp_path / "out", "--layer", "0")
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("a.wav\nmissing.wav\n")
+    assert "missing.wav" in run_cli(capsys, source_dir, manifest, tmp_path / "out")
+    assert "Cannot load the model" in run_cli(capsys, tmp_path / "empty", audio_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_writes_features_and_units(source_dir, audio_dir, tmp_path):
+    argv = [str(source_dir), str(audio_dir), str(tmp_path), "--features", "--units", "codebook", "--layer", "3"]
+    assert main(["extract", *argv]) == 0
+    assert sorted(read_units(tmp_path / "units.txt")) == sorted(ids())
+    assert len(list(tmp_path.rglob("*.pt"))) == len(FILES)
+    assert not any(path.name.endswith(".partial") for path in tmp_path.rglob("*"))
+    assert os.path.getsize(tmp_path / "a.pt") > 0
+
+
+def test_bfloat16_is_close_to_float32(source_dir, audio_dir, tmp_path):
+    """Measured on this tiny random model: per-frame cosine >= 0.9996, every codebook unit equal."""
+    outputs = {}
+    for dtype in ("float32", "bfloat16"):
+        outputs[dtype] = tmp_path / dtype
+        extract(source_dir, audio_dir, outputs[dtype], layer=3, units="codebook", dtype=dtype, batch_seconds=100)
+    for id in ids():
+        exact, bf16 = (torch.load(outputs[dtype] / f"{id}.pt") for dtype in ("float32", "bfloat16"))
+        assert bf16.dtype == torch.float32 and bf16.shape == exact.shape
+        assert not torch.equal(bf16, exact)  # it did run in bfloat16
+        assert torch.nn.functional.cosine_similarity(bf16, exact, dim=-1).min() > 0.999
+    exact_units, bf16_units = (read_units(outputs[dtype] / "units.txt") for dtype in ("float32", "bfloat16"))
+    agreement = np.mean(np.concatenate([np.equal(exact_units[id], bf16_units[id]) for id in ids()]))
+    assert agreement >= 0.9
+
+
+@pytest.mark.slow
+def test_extracted_features_give_the_abx_of_the_model(source_dir, corpus, tmp_path):
+    """Read back, `extract`'s features and units give the ABX of the same model's outputs computed in memory."""
+    from spidr_hf.evaluation.abx import abx_error
+    from spidr_hf.evaluation.features import ModelRepresentations, load_split
+    from spidr_hf.evaluation.items import FRAME_RATE, ITEM_FILE, frame_span, read_item_file
+
+    audio_dir = tmp_path / "audio"
+    utterances = load_split(corpus, "dev")
+    for utterance in utterances:
+        write_audio(audio_dir / f"{utterance.id}.wav", utterance.audio, SAMPLING_RATE)
+    extract(source_dir, audio_dir, tmp_path / "out", layer=3, units="codebook")
+    units = read_units(tmp_path / "out" / "units.txt")
+    model = AutoModelForPreTraining.from_pretrained(source_dir)
+    direct = ModelRepresentations(model, SpidrFeatureExtractor(), [3], [3], "cpu")
+    decoded = [load_audio(audio_dir / f"{utterance.id}.wav", None, SAMPLING_RATE) for utterance in utterances]
+    representations = direct(decoded)
+    index = {utterance.id: position for position, utterance in enumerate(utterances)}
+    items = read_item_file(corpus / ITEM_FILE)
+    spans = [frame_span(item.onset, item.offset, FRAME_RATE) for item in items]
+    labels = ([i.phone for i in items], [(i.prev_phone, i.next_phone) for i in items], [i.speaker for i in items])
+    from_files = [torch.load(tmp_path / "out" / f"{i.file}.pt")[s:e] for i, (s, e) in zip(items, spans, strict=True)]
+    in_memory = [representations.features[3][index[i.file]][s:e] for i, (s, e) in zip(items, spans, strict=True)]
+    scores = abx_error(from_files, *labels)
+    assert 0 < scores["within"] < 50  # one dev speaker: across is NaN on both sides
+    np.testing.assert_equal(scores, abx_error(in_memory, *labels))
+    unit_files = [torch.tensor(units[i.file][s:e]) for i, (s, e) in zip(items, spans, strict=True)]
+    unit_memory = [representations.units[3][index[i.file]][s:e] for i, (s, e) in zip(items, spans, strict=True)]
+    np.testing.assert_equal(
+        abx_error(unit_files, *labels, distance="identical"), abx_error(unit_memory, *labels, distance="identical")
+    )
