@@ -190,3 +190,52 @@ def test_dataset_and_item_set_are_exclusive(corpus, zerospeech, source_dir, caps
     with pytest.raises(SystemExit):
         main(["evaluate", str(source_dir), "--item", str(zerospeech["item"])])
     assert "--item FILE --audio DIR" in capsys.readouterr().err
+
+
+SHORT_TEXTGRID = """File type = "ooTextFile"
+Object class = "TextGrid"
+
+0
+1.5
+<exists>
+2
+"TextTier"
+"events"
+0
+1.5
+1
+0.7
+"a ""click"" sound"
+"IntervalTier"
+"speaker1 - phones"
+0
+1.5
+3
+0
+0.5
+""
+0.5
+1.2
+"AH0"
+1.2
+1.5
+"T"
+"""
+
+
+def test_short_utf16_textgrid_and_csv(tmp_path):
+    """Praat's short form (also written as UTF-16), point tiers skipped, MFA's empty intervals labelled silence."""
+    expected = [
+        {"phone": "sil", "start": 0.0, "end": 0.5},
+        {"phone": "AH0", "start": 0.5, "end": 1.2},
+        {"phone": "T", "start": 1.2, "end": 1.5},
+    ]
+    (tmp_path / "a.TextGrid").write_text(SHORT_TEXTGRID, encoding="utf-8")
+    (tmp_path / "b.TextGrid").write_text(SHORT_TEXTGRID, encoding="utf-16")
+    assert read_alignments(tmp_path) == {"a": expected, "b": expected}
+    table = tmp_path / "alignments.csv"
+    table.write_text("b,1.2,1.5,T\nb,0.0,0.5,sil\nb, 0.5 ,1.2,AH0\n")  # rows in any order, no header
+    assert read_alignments(table) == {"b": expected}
+    table.write_text("b,0.0,x,sil\n")
+    with pytest.raises(ValueError, match=r"alignments.csv:1: start and end must be numbers, got '0.0' and 'x'"):
+        read_alignments(table)
