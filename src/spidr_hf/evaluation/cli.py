@@ -1,11 +1,14 @@
-"""`spidr-hf evaluate MODEL_OR_DIR --dataset DIR`: ABX and unit quality, with log-mel and random-init baselines."""
+"""
+`spidr-hf evaluate MODEL_OR_DIR --dataset DIR` (the built-in corpus) or `--item FILE --audio DIR [--alignments PATH]`
+(a ZeroSpeech-layout set): ABX and unit quality, with log-mel and random-init baselines.
+"""
 
 import argparse
 import os
 import re
 from pathlib import Path
 
-from .evaluator import UNIT_KINDS, evaluate_model
+from .evaluator import UNIT_KINDS, check_source, evaluate_model
 from .report import format_comparison, format_table
 
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
@@ -31,7 +34,26 @@ def _optional_int(text: str) -> int | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL_OR_DIR", help="Hub id or folder of a SpidR model")
-    parser.add_argument("--dataset", type=Path, required=True, help="corpus folder (from `spidr-hf corpus`)")
+    parser.add_argument("--dataset", type=Path, default=None, help="corpus folder (from `spidr-hf corpus`)")
+    parser.add_argument(
+        "--item", type=Path, default=None, help="ABX item file of a ZeroSpeech-layout set (instead of --dataset)"
+    )
+    parser.add_argument(
+        "--audio", type=Path, default=None, help="folder of the audio files the --item file names (FILE.*, any format)"
+    )
+    parser.add_argument(
+        "--alignments",
+        type=Path,
+        default=None,
+        help="phone alignments of the --item set, for PNMI and unit quality: a folder of TextGrid files with a "
+        "'phones' tier (MFA) or a TSV/CSV of `file start end phone`",
+    )
+    parser.add_argument(
+        "--kmeans-audio",
+        type=Path,
+        default=None,
+        help="folder of audio files to fit k-means on for an --item set (default: the set's own audio)",
+    )
     parser.add_argument("--layers", type=parse_layers, default=None, help="layers, e.g. 6 or 1-12 (default: all)")
     parser.add_argument(
         "--units",
@@ -45,9 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="replace the report of an earlier run in the --output folder"
     )
     parser.add_argument("--num-clusters", type=int, default=256, help="k-means clusters (default: 256)")
-    parser.add_argument(
-        "--kmeans-frames", type=int, default=30_000, help="train-split frames to fit k-means on (default: 30000)"
-    )
+    parser.add_argument("--kmeans-frames", type=int, default=30_000, help="frames to fit k-means on (default: 30000)")
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default: 8)")
     parser.add_argument("--max-utterances", type=int, default=None, help="evaluate a random subset of dev utterances")
     parser.add_argument(
@@ -83,10 +103,15 @@ def check_output(output: Path, overwrite: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_source(args.dataset, args.item, args.audio, args.alignments, args.kmeans_audio)
     check_output(args.output, args.overwrite)
     report = evaluate_model(
         args.model,
         args.dataset,
+        item_file=args.item,
+        audio_dir=args.audio,
+        alignments=args.alignments,
+        kmeans_audio_dir=args.kmeans_audio,
         layers=args.layers,
         units=args.units,
         num_clusters=args.num_clusters,

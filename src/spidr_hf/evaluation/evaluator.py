@@ -27,6 +27,7 @@ from .features import (
 )
 from .items import FRAME_RATE, ITEM_FILE, AbxItem, frame_span, num_frames, read_item_file
 from .schema import EvaluationReport, EvaluationResult, Representation, Row, System
+from .standard import describe_set, draw_kmeans_audio, load_item_set
 from .units_quality import LABEL_RATE, UNIT_RATE, cooccurrence, frame_labels, units_quality
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,26 @@ def check_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     if unknown or not layers:
         raise ValueError(f"Unknown layer(s) {unknown or layers}: the model has layers 1 to {num_layers}")
     return sorted(set(layers))
+
+
+def check_source(
+    dataset: str | os.PathLike | None,
+    item_file: str | os.PathLike | None,
+    audio_dir: str | os.PathLike | None,
+    alignments: str | os.PathLike | None,
+    kmeans_audio_dir: str | os.PathLike | None,
+) -> None:
+    """What to evaluate on: a corpus folder, or an item file with its audio folder (and their options), not both."""
+    standard = [item_file, audio_dir, alignments, kmeans_audio_dir]
+    if dataset is not None and any(value is not None for value in standard):
+        raise ValueError(
+            "Evaluate either on a corpus folder (--dataset) or on a ZeroSpeech-layout set (--item, --audio, "
+            "--alignments, --kmeans-audio), not both"
+        )
+    if dataset is None and (item_file is None or audio_dir is None):
+        raise ValueError(
+            "Evaluate on a corpus folder (--dataset DIR) or on an ABX item file and its audio (--item FILE --audio DIR)"
+        )
 
 
 def load_model(name: str | os.PathLike, units: Sequence[str] | None):
@@ -220,8 +241,12 @@ def _load_feature_extractor(name: str | os.PathLike, local_files_only: bool) -> 
 
 def evaluate_model(
     model: str | os.PathLike,
-    dataset: str | os.PathLike,
+    dataset: str | os.PathLike | None = None,
     *,
+    item_file: str | os.PathLike | None = None,
+    audio_dir: str | os.PathLike | None = None,
+    alignments: str | os.PathLike | None = None,
+    kmeans_audio_dir: str | os.PathLike | None = None,
     layers: Sequence[int] | None = None,
     units: Sequence[str] | None = None,
     num_clusters: int = 256,
@@ -235,8 +260,11 @@ def evaluate_model(
     output_dir: str | os.PathLike | None = None,
 ) -> EvaluationReport:
     """
-    ABX (layer results and units) and unit quality on the dev split of `dataset` (a `spidr-hf corpus` folder or any
-    dataset saved the same way, with its `dev.item`), for the model, its random initialisation and log-mel features.
+    ABX (layer results and units) and unit quality, for the model, its random initialisation and log-mel features, on
+    either the dev split of `dataset` (a `spidr-hf corpus` folder or any dataset saved the same way, with its
+    `dev.item`), or a ZeroSpeech-layout set: the ABX `item_file` and the `audio_dir` holding the files it names (see
+    `standard.load_item_set`). A standard set gets unit quality (PNMI, purities, bitrate, ...) only with
+    `alignments`: a folder of Praat TextGrid files with a "phones" tier, or a `file start end phone` TSV/CSV.
 
     Returns the figures as an `EvaluationReport`; with `output_dir`, also writes it as results.json with PNG plots
     there.
@@ -245,13 +273,15 @@ def evaluate_model(
         layers: 1-based layers to evaluate (all by default).
         units: "codebook" (argmax of the codebook heads) and/or "kmeans" (k-means on train-split layer results);
             by default codebook units if the checkpoint has trained heads, else k-means.
-        num_clusters, kmeans_frames: k-means clusters, and train frames to fit them on.
+        num_clusters, kmeans_frames: k-means clusters, and frames to fit them on: from the train split of
+            `dataset`; for a standard set, from the audio files of `kmeans_audio_dir`, or else of the set itself.
         batch_size: utterances per forward pass.
         max_utterances: evaluate a seeded random subset of the dev utterances.
         max_size_group, max_x_across, seed: ABX subsampling (see `abx_error`); the seed also draws the k-means
             training utterances, the k-means initialisation and the random-init baseline.
         device: torch device (default: cuda when available).
     """
+    check_source(dataset, item_file, audio_dir, alignments, kmeans_audio_dir)
     settings = Settings(num_clusters, kmeans_frames, batch_size, max_size_group, max_x_across, seed)
     device = check_device(device)
     if max_utterances is not None and max_utterances < 1:
@@ -265,12 +295,21 @@ def evaluate_model(
             raise ValueError(
                 f"None of layers {layers} has a codebook head (layers with one: {list(student.config.codebook_layers)})"
             )
-    dataset_dir = Path(dataset)
-    dev = load_split(dataset_dir, SPLIT, max_utterances, settings.seed)
-    tokens = dev_tokens(dev, read_item_file(dataset_dir / ITEM_FILE), subset=max_utterances is not None)
+    kmeans_seconds = settings.kmeans_frames / FRAME_RATE + 1
     kmeans_audio = []
-    if "kmeans" in unit_kinds:
-        kmeans_audio = load_random_audio(dataset_dir, "train", settings.kmeans_frames / FRAME_RATE + 1, settings.seed)
+    if dataset is not None:
+        dataset_dir = Path(dataset)
+        dataset_name, split = str(dataset), SPLIT
+        dev = load_split(dataset_dir, SPLIT, max_utterances, settings.seed)
+        items = read_item_file(dataset_dir / ITEM_FILE)
+        if "kmeans" in unit_kinds:
+            kmeans_audio = load_random_audio(dataset_dir, "train", kmeans_seconds, settings.seed)
+    else:
+        dataset_name, split = describe_set(item_file, audio_dir)
+        dev, items = load_item_set(item_file, audio_dir, alignments, max_utterances, settings.seed)
+        if "kmeans" in unit_kinds:
+            kmeans_audio = draw_kmeans_audio(dev, kmeans_audio_dir, kmeans_seconds, settings.seed)
+    tokens = dev_tokens(dev, items, subset=max_utterances is not None)
     torch.manual_seed(settings.seed)
     random_init = type(model_obj)(model_obj.config)
     systems = {
@@ -288,8 +327,8 @@ def evaluate_model(
         cooccurrences.update(system_cooccurrences)
     report = EvaluationReport(
         model=str(model),
-        dataset=str(dataset),
-        split=SPLIT,
+        dataset=dataset_name,
+        split=split,
         num_abx_tokens=len(tokens.utterance),
         results=results,
     )
@@ -323,6 +362,7 @@ def evaluate_system(
         scores = abx_error(token_frames.pop(layer), tokens.phones, tokens.contexts, tokens.speakers, **abx_options)
         results += _records(system, continuous, layer, {f"abx_{mode}": value for mode, value in scores.items()})
     cooccurrences = {}
+    is_aligned = all(utterance.phones is not None for utterance in dev)  # unit quality needs phone labels
     for (kind, layer), sequences in tqdm(unit_sequences.items(), desc=f"{system}: ABX and quality of units"):
         token_units = [
             sequences[utterance][start:end]
@@ -331,20 +371,21 @@ def evaluate_system(
         scores = abx_error(
             token_units, tokens.phones, tokens.contexts, tokens.speakers, distance="identical", **abx_options
         )
-        labels = [
-            frame_labels(utterance.phones, len(units) * LABEL_RATE // UNIT_RATE)
-            for utterance, units in zip(dev, sequences, strict=True)
-        ]
-        unit_lists = [units.numpy() for units in sequences]
         metrics = {f"abx_{mode}": value for mode, value in scores.items()}
-        metrics.update(units_quality(unit_lists, labels, num_units[kind]))
+        if is_aligned:
+            labels = [
+                frame_labels(utterance.phones, len(units) * LABEL_RATE // UNIT_RATE)
+                for utterance, units in zip(dev, sequences, strict=True)
+            ]
+            unit_lists = [units.numpy() for units in sequences]
+            metrics.update(units_quality(unit_lists, labels, num_units[kind]))
+            cooccurrences[system, kind, layer] = cooccurrence(unit_lists, labels, num_units[kind])
         results += _records(system, kind, layer, metrics)
-        cooccurrences[system, kind, layer] = cooccurrence(unit_lists, labels, num_units[kind])
     return results, cooccurrences
 
 
 def _fit_kmeans(system: str, representations, audios: Sequence[np.ndarray], settings: Settings) -> dict:
-    """One k-means model per layer, fitted on train-split frames."""
+    """One k-means model per layer, fitted on frames of `audios`."""
     frames = kmeans_training_frames(
         representations, audios, settings.kmeans_frames, settings.batch_size, f"{system}: k-means features"
     )

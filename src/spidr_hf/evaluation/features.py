@@ -1,7 +1,7 @@
 """Evaluation inputs: aligned utterances from a corpus, model layer results and codebook units, log-mel features."""
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ class Utterance:
     id: str
     speaker: str
     audio: np.ndarray  # 16 kHz mono float32
-    phones: list[dict]  # {"phone", "start", "end"} in seconds
+    phones: list[dict] | None  # {"phone", "start", "end"} in seconds; None for a set evaluated without alignments
 
 
 def _open_split(dataset_dir: str | os.PathLike, split: str):
@@ -67,11 +67,15 @@ def load_split(
 def load_random_audio(dataset_dir: str | os.PathLike, split: str, max_seconds: float, seed: int) -> list[np.ndarray]:
     """Audio of randomly drawn utterances of a split, until they add up to `max_seconds` (or the split ends)."""
     dataset = _open_split(dataset_dir, split)
+    return draw_audio(len(dataset), lambda index: _utterance(dataset[index]).audio, max_seconds, seed)
+
+
+def draw_audio(count: int, load: Callable[[int], np.ndarray], max_seconds: float, seed: int) -> list[np.ndarray]:
+    """Audio of randomly drawn items among `count` (`load(index)`), until they add up to `max_seconds` (or all are)."""
     audios, seconds = [], 0.0
-    for index in np.random.default_rng(seed).permutation(len(dataset)).tolist():
-        utterance = _utterance(dataset[index])
-        audios.append(utterance.audio)
-        seconds += len(utterance.audio) / SAMPLING_RATE
+    for index in np.random.default_rng(seed).permutation(count).tolist():
+        audios.append(load(index))
+        seconds += len(audios[-1]) / SAMPLING_RATE
         if seconds >= max_seconds:
             break
     return audios
@@ -218,7 +222,7 @@ def fit_kmeans(frames: np.ndarray, num_clusters: int, seed: int):
 
     if len(frames) < num_clusters:
         raise ValueError(
-            f"k-means needs at least --num-clusters ({num_clusters}) training frames, the train split gave "
+            f"k-means needs at least --num-clusters ({num_clusters}) training frames, the k-means audio gave "
             f"{len(frames)}: use a bigger corpus or fewer clusters"
         )
     return MiniBatchKMeans(n_clusters=num_clusters, random_state=seed).fit(frames)

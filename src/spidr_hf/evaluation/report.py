@@ -31,13 +31,14 @@ def write_report(
     report: EvaluationReport, cooccurrences: dict[Row, tuple[list[Hashable], np.ndarray]], output_dir: Path
 ) -> None:
     """
-    results.json, abx.png, pnmi.png and a co-occurrence heatmap for the model's best-PNMI layer of each unit kind
-    (`cooccurrences`: the phones and phone x unit counts of each (system, representation, layer)).
+    results.json, abx.png, pnmi.png (when there is PNMI) and a co-occurrence heatmap for the model's best-PNMI layer
+    of each unit kind (`cooccurrences`: the phones and phone x unit counts of each (system, representation, layer)).
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     report.dump(output_dir / "results.json")
     plot_abx(report.results, output_dir / "abx.png")
-    plot_pnmi(report.results, output_dir / "pnmi.png")
+    if "pnmi" in report.metrics():  # a set evaluated without alignments has no PNMI
+        plot_pnmi(report.results, output_dir / "pnmi.png")
     for kind in ("codebook", "kmeans"):
         scores = [r for r in report.results if (r.system, r.representation, r.metric) == ("model", kind, "pnmi")]
         if scores:
