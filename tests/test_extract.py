@@ -198,7 +198,7 @@ def test_user_errors(source_dir, audio_dir, tmp_path, capsys):
     assert "is a file" in run_cli(capsys, source_dir, audio_dir, tmp_path / "file")
     (tmp_path / "empty").mkdir()
     assert "holds no audio file" in run_cli(capsys, source_dir, tmp_path / "empty", tmp_path / "out")
-    assert "k-means units need" in run_cli(capsys, source_dir, audio_dir, tmp_path / "out", "--units", "kmeans")
+    assert "no k-means centroids" in run_cli(capsys, source_dir, audio_dir, tmp_path / "out", "--units", "kmeans")
     assert "no codebook head" in run_cli(
         capsys, source_dir, audio_dir, tmp_path / "out", "--units", "codebook", "--layer", "1"
     )

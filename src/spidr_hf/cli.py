@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "push": ("spidr_hf.push", "assemble, check and upload a model to the Hugging Face Hub, with its model card"),
     "corpus": ("spidr_hf.corpus", "synthesize the built-in phone-aligned speech corpus with flite"),
     "extract": ("spidr_hf.extract", "write a model's features (.pt per file) and/or units for an audio folder"),
+    "kmeans": ("spidr_hf.kmeans", "fit k-means units on a layer and store the centroids with the model"),
     "evaluate": ("spidr_hf.evaluation.cli", "ABX and unit-quality evaluation of a model on a phone-aligned corpus"),
 }
 

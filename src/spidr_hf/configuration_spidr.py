@@ -62,6 +62,10 @@ class SpidrConfig(PreTrainedConfig):
         mask_time_prob (`float`, defaults to 0.8), mask_time_length (`int`, defaults to 10),
         mask_time_min_masks (`int`, defaults to 2): span masking; an utterance of T frames gets
             `max(mask_time_min_masks, int(mask_time_prob * T / mask_time_length + U[0, 1)))` spans.
+
+    k-means units (HuBERT-style, fitted after pretraining with `spidr-hf kmeans`; none by default):
+        kmeans_layer (`int`, *optional*): the encoder layer (1-based) whose layer results the centroids quantize.
+        kmeans_num_clusters (`int`, defaults to 0): number of centroids, stored with the weights.
     """
 
     model_type = "spidr"
@@ -102,6 +106,8 @@ class SpidrConfig(PreTrainedConfig):
     mask_time_prob: float = 0.8
     mask_time_length: int = 10
     mask_time_min_masks: int = 2
+    kmeans_layer: int | None = None
+    kmeans_num_clusters: int = 0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -216,6 +222,16 @@ class SpidrConfig(PreTrainedConfig):
         for name in ("freeze_step", "mask_time_min_masks"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)}.")
+        if (self.kmeans_layer is None) != (self.kmeans_num_clusters == 0):
+            raise ValueError(
+                "`kmeans_layer` and `kmeans_num_clusters` go together (k-means units), got "
+                f"{self.kmeans_layer} and {self.kmeans_num_clusters}."
+            )
+        if self.kmeans_layer is not None:
+            if isinstance(self.kmeans_layer, bool) or not 1 <= self.kmeans_layer <= self.num_hidden_layers:
+                raise ValueError(f"`kmeans_layer` must be in [1, {self.num_hidden_layers}], got {self.kmeans_layer}.")
+            if isinstance(self.kmeans_num_clusters, bool) or not self.kmeans_num_clusters >= 2:
+                raise ValueError(f"`kmeans_num_clusters` must be at least 2, got {self.kmeans_num_clusters}.")
         restart = self.codebook_restart_after
         if isinstance(restart, bool) or not isinstance(restart, int) or restart < 0:
             raise ValueError(f"`codebook_restart_after` must be a non-negative integer (0: never), got {restart!r}.")

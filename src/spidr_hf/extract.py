@@ -124,8 +124,6 @@ def extract(
 
     if not features and units is None:
         raise ValueError("Nothing to extract: ask for features and/or --units")
-    if units == "kmeans":
-        raise ValueError("k-means units need centroids fitted with `spidr-hf kmeans`, which this version lacks")
     if units is not None and units not in UNIT_KINDS:
         raise ValueError(f"Unknown unit kind {units!r}: choose among {list(UNIT_KINDS)}")
     if dtype not in DTYPES:
@@ -138,6 +136,12 @@ def extract(
     device = check_device(device)
     network, feature_extractor = load_model(model, with_heads=units == "codebook", dtype=DTYPES[dtype])
     num_layers = check_layer(network.config, layer, hidden_states, units == "codebook")
+    if units == "kmeans":
+        if network.base_model.kmeans is None:
+            raise ValueError(f"{model} has no k-means centroids: fit them with `spidr-hf kmeans`")
+        if layer != network.config.kmeans_layer:
+            kmeans_layer = network.config.kmeans_layer
+            raise ValueError(f"The k-means centroids of {model} are of layer {kmeans_layer}, not {layer}")
     files = find_audio(Path(input))
 
     units_path = None
@@ -159,7 +163,7 @@ def extract(
         for batch in length_batches(todo, batch_seconds):
             audios = [decode(file, network.config.receptive_field) for file in batch]
             batch_features, batch_units = forward(
-                network, feature_extractor, audios, layer, hidden_states, num_layers, units == "codebook", device
+                network, feature_extractor, audios, layer, hidden_states, num_layers, units, device
             )
             for index, file in enumerate(batch):
                 if features and not feature_path(output, file).is_file():
@@ -295,10 +299,11 @@ def forward(
     layer: int,
     hidden_states: bool,
     num_layers: int | None,
-    codebook: bool,
+    units: str | None,
     device: str,
 ) -> tuple[list[torch.Tensor], list[np.ndarray]]:
-    """Per-file features `(frames, dim)` (float32, on CPU) and codebook units of one padded batch, in one pass."""
+    """Per-file features `(frames, dim)` (float32, on CPU) and units of one padded batch, in one pass."""
+    codebook = units == "codebook"
     inputs = feature_extractor(list(audios), sampling_rate=SAMPLING_RATE, return_tensors="pt")
     input_values = inputs["input_values"].to(device, model.dtype)
     attention_mask = inputs["attention_mask"].to(device)
@@ -309,18 +314,21 @@ def forward(
         input_values,
         attention_mask,
         num_layers=num_layers,
-        output_layer_results=not hidden_states,
+        output_layer_results=not hidden_states or units == "kmeans",
         output_hidden_states=hidden_states,
         **kwargs,
     )
     values = output.hidden_states[layer] if hidden_states else output.layer_results[layer - 1]
     # `.clone()`: a slice saved as is would drag the whole batch's storage into its file
     features = [values[b, :length].float().cpu().clone() for b, length in enumerate(lengths)]
-    units = []
+    unit_values = []
     if codebook:
-        logits = output.logits[model.config.codebook_layers.index(layer)]
-        units = [logits[b, :length].argmax(-1).cpu().numpy() for b, length in enumerate(lengths)]
-    return features, units
+        frame_units = output.logits[model.config.codebook_layers.index(layer)].argmax(-1)
+    elif units == "kmeans":
+        frame_units = model.base_model.kmeans(output.layer_results[layer - 1])
+    if units is not None:
+        unit_values = [frame_units[b, :length].cpu().numpy() for b, length in enumerate(lengths)]
+    return features, unit_values
 
 
 def feature_path(output: Path, file: AudioFile) -> Path:

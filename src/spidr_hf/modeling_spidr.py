@@ -472,7 +472,8 @@ class SpidrPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = True
     _no_split_modules = ["SpidrEncoderLayer", "SpidrEncoderLayerStableLayerNorm"]
-    _keep_in_fp32_modules_strict = ["teacher", "codebooks"]  # EMA and codebook statistics need fp32
+    # EMA and codebook statistics need fp32; k-means centroids keep their precision for nearest-centroid ties
+    _keep_in_fp32_modules_strict = ["teacher", "codebooks", "kmeans"]
     # SpidrEncoderLayer matches the pre-LN subclass too. Layer results are returned by the encoder itself rather than
     # recorded: the teacher, a bare encoder, needs them as well.
     _can_record_outputs = {
@@ -590,7 +591,33 @@ class SpidrModel(SpidrPreTrainedModel):
         self.feature_extractor = SpidrFeatureEncoder(config)
         self.feature_projection = SpidrFeatureProjection(config)
         self.encoder = SpidrEncoder(config)
+        self.kmeans = SpidrKMeans(config) if config.kmeans_layer is not None else None
         self.post_init()
+
+    def set_kmeans_centroids(self, layer: int, centroids: torch.Tensor) -> None:
+        """Store k-means `centroids` `(num_clusters, hidden_size)` of the layer results of encoder `layer` (1-based)."""
+        self.config.kmeans_layer, self.config.kmeans_num_clusters = layer, centroids.shape[0]
+        self.config.check_values()
+        if centroids.shape[1] != self.config.hidden_size:
+            raise ValueError(f"Centroids must have {self.config.hidden_size} dimensions, got {centroids.shape[1]}.")
+        self.kmeans = SpidrKMeans(self.config).to(centroids.device)
+        self.kmeans.centroids.copy_(centroids)
+
+    @torch.no_grad()
+    def get_kmeans_units(
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.LongTensor:
+        """
+        k-means units `(batch, frames)`: the nearest centroid of each frame's layer result at `config.kmeans_layer`
+        (the encoder stops there). Padded frames are -1.
+        """
+        if self.kmeans is None:
+            raise ValueError("This model has no k-means centroids: fit them with `spidr-hf kmeans`.")
+        layer = self.config.kmeans_layer
+        output = self(input_values, attention_mask, num_layers=layer, output_layer_results=True)
+        units = self.kmeans(output.layer_results[layer - 1])
+        frame_mask = self._get_feature_vector_attention_mask(units.shape[1], attention_mask)
+        return units if frame_mask is None else units.masked_fill(~frame_mask, -1)
 
     def freeze_feature_encoder(self) -> None:
         """Stop gradients to the convolutional feature encoder and the feature projection."""
@@ -667,6 +694,22 @@ class SpidrModel(SpidrPreTrainedModel):
             extract_features=extract_features,
             layer_results=encoder_output.layer_results,
         )
+
+
+class SpidrKMeans(nn.Module):
+    """Centroids of one layer's results (`config.kmeans_layer`): nearest-centroid (L2) units, in fp32."""
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__()
+        self.register_buffer("centroids", torch.zeros(config.kmeans_num_clusters, config.hidden_size))
+
+    def forward(self, layer_results: torch.Tensor) -> torch.LongTensor:
+        """`(batch, frames, hidden)` layer results to `(batch, frames)` centroid indices."""
+        features = layer_results.float()
+        centroids = self.centroids.float()
+        # |x - c|^2 without the |x|^2 term, which is the same for every centroid of a frame
+        distances = centroids.square().sum(-1) - 2 * features @ centroids.T
+        return distances.argmin(-1)
 
 
 class SpidrCodebooks(nn.Module):

@@ -281,11 +281,13 @@ class SpidrFeaturesPipeline(_SpidrChunkPipeline):
 
 class SpidrUnitsPipeline(_SpidrChunkPipeline):
     """
-    Discrete units: the argmax of the codebook head of one layer (the model must be a `SpidrForPreTraining`).
+    Discrete units: the argmax of the codebook head of one layer (the model must be a `SpidrForPreTraining`), or the
+    nearest k-means centroid of the layer the model's centroids were fitted on (`spidr-hf kmeans`).
 
     Call arguments:
         sampling_rate (`int`): sampling rate of raw arrays (resampled to 16 kHz if different).
-        layer (`int`, defaults to 6): encoder layer with a codebook head, 1-based.
+        units (`str`, defaults to `"codebook"`): `"codebook"` or `"kmeans"`.
+        layer (`int`, defaults to 6): encoder layer with a codebook head, 1-based (k-means units: the centroids' layer).
         deduplicate (`bool`, defaults to `False`): merge runs of the same unit into one (as spoken LMs use them).
         return_timestamps (`bool`, defaults to `False`): also return each unit's start and end in seconds.
         chunk_length_s, stride_length_s (`float`, defaults to 20 and 2): chunking of long recordings.
@@ -294,16 +296,31 @@ class SpidrUnitsPipeline(_SpidrChunkPipeline):
     """
 
     def _sanitize_parameters(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        return self._split_parameters(kwargs, ("layer",), ("deduplicate", "return_timestamps"))
+        return self._split_parameters(kwargs, ("layer", "units"), ("deduplicate", "return_timestamps"))
 
-    def _forward(self, model_inputs: dict[str, Any], layer: int = DEFAULT_LAYER) -> dict[str, Any]:
-        if not hasattr(self.model, "get_units"):
-            raise ValueError(
-                f"spidr-units needs the model with its codebook heads (AutoModelForPreTraining), got "
-                f"{type(self.model).__name__}."
+    def _forward(
+        self, model_inputs: dict[str, Any], layer: int | None = None, units: str = "codebook"
+    ) -> dict[str, Any]:
+        if units == "kmeans":
+            student = self.model.base_model
+            if student.kmeans is None:
+                raise ValueError("This model has no k-means centroids: fit them with `spidr-hf kmeans`.")
+            if layer not in (None, student.config.kmeans_layer):
+                raise ValueError(f"The k-means centroids are of layer {student.config.kmeans_layer}, not {layer}.")
+            values = student.get_kmeans_units(**self._model_inputs(model_inputs))
+        elif units == "codebook":
+            if not hasattr(self.model, "get_units"):
+                raise ValueError(
+                    f"Codebook units need the model with its codebook heads (AutoModelForPreTraining), got "
+                    f"{type(self.model).__name__}."
+                )
+            values = self.model.get_units(
+                **self._model_inputs(model_inputs), layer=DEFAULT_LAYER if layer is None else layer
             )
+        else:
+            raise ValueError(f"`units` must be 'codebook' or 'kmeans', got {units!r}.")
         return {
-            "units": self.model.get_units(**self._model_inputs(model_inputs), layer=layer),
+            "units": values,
             "keep_from": model_inputs["keep_from"],
             "keep_to": model_inputs["keep_to"],
             "is_last": model_inputs["is_last"],

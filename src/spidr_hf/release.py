@@ -47,6 +47,15 @@ def load_source(model_dir: Path) -> tuple[SpidrForPreTraining, SpidrFeatureExtra
     return model.eval(), SpidrFeatureExtractor()
 
 
+def save_hub_ready(model, feature_extractor: SpidrFeatureExtractor, folder: str | os.PathLike) -> None:
+    """Weights, configs and code files, the pipelines' too, so that `pipeline(task, model=folder,
+    trust_remote_code=True)` works without spidr_hf."""
+    model.config.custom_pipelines = custom_pipelines()
+    model.save_pretrained(folder)
+    feature_extractor.save_pretrained(folder)
+    custom_object_save(SpidrFeaturesPipeline, folder)  # copies pipeline_spidr.py (and what it imports)
+
+
 def write_release_folder(
     model: SpidrForPreTraining, feature_extractor: SpidrFeatureExtractor, card: ModelCard | None, destination: Path
 ) -> Path:
@@ -55,10 +64,7 @@ def write_release_folder(
         raise ValueError(f"{destination} exists and is not an empty folder; choose a new one.")
     destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=destination.parent, prefix=f".{destination.name}.") as staging:
-        model.config.custom_pipelines = custom_pipelines()
-        model.save_pretrained(staging)
-        feature_extractor.save_pretrained(staging)
-        custom_object_save(SpidrFeaturesPipeline, staging)  # copies pipeline_spidr.py (and what it imports)
+        save_hub_ready(model, feature_extractor, staging)
         if card is not None:
             card.save(Path(staging) / "README.md")
         _permissions_from_umask(Path(staging))

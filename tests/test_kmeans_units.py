@@ -1,0 +1,171 @@
+"""k-means units stored with the model: `spidr-hf kmeans`, the units pipeline, `extract`, remote code."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONFIG
+from safetensors.torch import load_file
+from sklearn.cluster import KMeans
+from transformers import pipeline
+
+from spidr_hf import SpidrConfig, SpidrForPreTraining, SpidrModel
+from spidr_hf.cli import main
+from spidr_hf.extract import extract
+from spidr_hf.modeling_spidr import SpidrKMeans
+
+LAYER, CLUSTERS = 3, 8
+
+
+def test_nearest_centroid_equals_scikit_learn():
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randn(2, 300, 16, generator=generator)
+    fitted = KMeans(n_clusters=CLUSTERS, n_init=1, random_state=0).fit(frames.flatten(0, 1).numpy())
+    kmeans = SpidrKMeans(_config(16))
+    kmeans.centroids.copy_(torch.from_numpy(fitted.cluster_centers_))
+    ours = kmeans(frames).flatten().numpy()
+    np.testing.assert_array_equal(ours, fitted.predict(frames.flatten(0, 1).numpy()))
+
+
+def _config(hidden_size: int) -> SpidrConfig:
+    return SpidrConfig(**{**TINY_CONFIG, "hidden_size": hidden_size}, kmeans_layer=LAYER, kmeans_num_clusters=CLUSTERS)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"kmeans_layer": 2}, "go together"),
+        ({"kmeans_num_clusters": 8}, "go together"),
+        ({"kmeans_layer": 9, "kmeans_num_clusters": 8}, "kmeans_layer"),
+        ({"kmeans_layer": 2, "kmeans_num_clusters": 1}, "kmeans_num_clusters"),
+    ],
+)
+def test_config_checks_the_kmeans_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SpidrConfig(**TINY_CONFIG, **settings)
+
+
+def test_models_without_centroids_keep_their_weights_and_have_no_kmeans_units():
+    model = SpidrForPreTraining(SpidrConfig(**TINY_CONFIG))
+    assert not any("kmeans" in key for key in model.state_dict())
+    with pytest.raises(ValueError, match="spidr-hf kmeans"):
+        model.spidr.get_kmeans_units(torch.randn(1, 8000))
+
+
+@pytest.fixture(scope="module")
+def kmeans_dir(source_dir, corpus, tmp_path_factory) -> Path:
+    """The tiny saved model with k-means centroids of layer 3 fitted on the built-in corpus (written in place)."""
+    folder = tmp_path_factory.mktemp("kmeans") / "model"
+    shutil.copytree(source_dir, folder)
+    before = load_file(folder / "model.safetensors")
+    arguments = ["kmeans", str(folder), "--dataset", str(corpus), "--layer", str(LAYER), "--clusters", str(CLUSTERS)]
+    assert main([*arguments, "--frames", "2000", "--device", "cpu"]) == 0
+    after = load_file(folder / "model.safetensors")
+    # Every other weight is unchanged; the centroids are new
+    assert set(after) - set(before) == {"spidr.kmeans.centroids"}
+    assert all(torch.equal(after[key], value) for key, value in before.items())
+    return folder
+
+
+@pytest.mark.slow
+def test_kmeans_command_stores_centroids_fitted_on_the_layer(kmeans_dir):
+    config = json.loads((kmeans_dir / "config.json").read_text())
+    assert (config["kmeans_layer"], config["kmeans_num_clusters"]) == (LAYER, CLUSTERS)
+    model = SpidrModel.from_pretrained(kmeans_dir)
+    centroids = model.kmeans.centroids
+    assert centroids.shape == (CLUSTERS, TINY_CONFIG["hidden_size"]) and torch.isfinite(centroids).all()
+    assert len(torch.unique(centroids, dim=0)) == CLUSTERS
+
+
+@pytest.mark.slow
+def test_pipeline_extract_and_model_give_the_same_kmeans_units(kmeans_dir, tmp_path):
+    from spidr_hf.pipeline_spidr import load_audio
+
+    audio = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
+    path = tmp_path / "audio" / "a.wav"
+    path.parent.mkdir()
+    from torchcodec.encoders import AudioEncoder
+
+    AudioEncoder(torch.from_numpy(audio)[None], sample_rate=16000).to_file(str(path))
+    decoded = load_audio(path, None, 16000)
+    units = pipeline("spidr-units", model=str(kmeans_dir), trust_remote_code=True, device="cpu")(
+        decoded, sampling_rate=16000, units="kmeans"
+    )
+    model = SpidrModel.from_pretrained(kmeans_dir).eval()
+    inputs = units_inputs(decoded)
+    expected = model.get_kmeans_units(**inputs)[0].numpy()
+    np.testing.assert_array_equal(units["units"], expected)
+    assert len(np.unique(expected)) > 1
+    extract(kmeans_dir, path.parent, tmp_path / "out", layer=LAYER, features=False, units="kmeans")
+    line = (tmp_path / "out" / "units.txt").read_text().strip()
+    assert line == "a\t" + " ".join(map(str, expected))
+    with pytest.raises(ValueError, match=f"layer {LAYER}"):
+        pipeline("spidr-units", model=str(kmeans_dir), trust_remote_code=True, device="cpu")(
+            decoded, sampling_rate=16000, units="kmeans", layer=4
+        )
+
+
+def units_inputs(audio: np.ndarray) -> dict[str, torch.Tensor]:
+    from spidr_hf import SpidrFeatureExtractor
+
+    return dict(SpidrFeatureExtractor()(audio, sampling_rate=16000, return_tensors="pt"))
+
+
+REMOTE_CODE_UNITS = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    import numpy as np
+
+    class Hide(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "spidr_hf" or name.startswith("spidr_hf."):
+                raise ImportError("spidr_hf is hidden")
+
+    sys.meta_path.insert(0, Hide())
+    from transformers import pipeline
+
+    units = pipeline("spidr-units", model=sys.argv[1], trust_remote_code=True, device="cpu")
+    audio = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
+    print(" ".join(map(str, units(audio, sampling_rate=16000, units="kmeans")["units"])))
+    """
+)
+
+
+@pytest.mark.slow
+def test_kmeans_units_through_remote_code_without_spidr_hf(kmeans_dir, tmp_path):
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    completed = subprocess.run(
+        [sys.executable, "-I", "-c", REMOTE_CODE_UNITS, str(kmeans_dir)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    audio = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
+    expected = SpidrModel.from_pretrained(kmeans_dir).eval().get_kmeans_units(**units_inputs(audio))[0]
+    assert completed.stdout.split() == [str(unit) for unit in expected.tolist()]
+
+
+def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
+    def error(*arguments: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["kmeans", *arguments])
+        assert exit_info.value.code == 2
+        message = capsys.readouterr().err
+        assert message.count("\n") == 1, message
+        return message
+
+    assert "no config.json" in error(str(tmp_path), "--dataset", str(corpus))
+    assert "--layer must be in [1, 4]" in error(str(source_dir), "--dataset", str(corpus), "--layer", "7")
+    assert "--clusters must be at least 2" in error(str(source_dir), "--dataset", str(corpus), "--clusters", "1")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "file").write_text("x")
+    assert "not empty" in error(str(source_dir), "--dataset", str(corpus), "--output", str(tmp_path / "used"))
