@@ -140,11 +140,15 @@ def _plot_per_layer(axes, series: dict[tuple[str, str], dict[int | None, float]]
 
 def plot_abx(results: Sequence[EvaluationResult], path: Path) -> None:
     figure = Figure(figsize=(11, 4.5), layout="constrained")
-    for axes, mode in zip(figure.subplots(1, 2, sharey=True), ("within", "across"), strict=True):
+    panels = figure.subplots(1, 2, sharey=True)
+    for axes, mode in zip(panels, ("within", "across"), strict=True):
         _plot_per_layer(axes, _series(results, f"abx_{mode}"))
         axes.set_title(f"ABX error, {mode} speaker")
         axes.set_ylabel("error (%)")
-    axes.legend(fontsize="small")
+    # The legend goes on the last panel with lines (across-speaker ABX is undefined for a one-speaker set)
+    drawn = [axes for axes in panels if axes.get_legend_handles_labels()[0]]
+    if drawn:
+        drawn[-1].legend(fontsize="small")
     figure.savefig(path, dpi=120)
 
 
