@@ -56,14 +56,15 @@ def test_bf16_units_and_features_agree_with_fp32(trained_dir, corpus):
         assert all(features.dtype == torch.float32 for features in bf16.features[layer])  # cast after the forward
         codebook_fp32, codebook_bf16 = torch.cat(fp32.units[layer]), torch.cat(bf16.units[layer])
         assert len(codebook_fp32.unique()) > 4, "the trained model's units must not be (nearly) constant"
-        assert (codebook_fp32 == codebook_bf16).float().mean() >= 0.9  # measured 0.95: see the README
+        # Measured 0.95 / 0.97 (layers 3 / 4) on this tiny model, 0.99 on the quickstart's trained one (README)
+        assert (codebook_fp32 == codebook_bf16).float().mean() >= 0.9
         frames_fp32, frames_bf16 = torch.cat(fp32.features[layer]), torch.cat(bf16.features[layer])
         cosine = torch.nn.functional.cosine_similarity(frames_fp32, frames_bf16, dim=-1)
         assert cosine.mean() > 0.999
         kmeans = fit_kmeans(frames_fp32.numpy(), num_clusters=16, seed=0)  # fitted once, as `evaluate` does per run
         kmeans_fp32, kmeans_bf16 = kmeans.predict(frames_fp32.numpy()), kmeans.predict(frames_bf16.numpy())
         assert len(np.unique(kmeans_fp32)) > 4
-        assert (kmeans_fp32 == kmeans_bf16).mean() >= 0.9  # measured 0.95: see the README
+        assert (kmeans_fp32 == kmeans_bf16).mean() >= 0.97  # measured 0.987 / 0.986; 0.996+ on the quickstart's
 
 
 @pytest.mark.slow  # two evaluations: 2-3 s
@@ -86,8 +87,8 @@ def test_bf16_moves_abx_little(trained_dir, corpus):
     assert {key[1] for key in scores["float32"]} == {"layer_results", "codebook", "kmeans"}
     # ABX errors are in percent. Codebook-unit ABX on this corpus's few tokens moves with a few flipped frames
     # (measured up to 3.5 points; on the quickstart's trained model at most 0.16, see the README). k-means units are
-    # left out: each run fits its own k-means on its own features, and on this tiny corpus two fits differ far more
-    # than bf16 does (their agreement on one fit is tested above)
+    # left out: each run fits its own k-means on its own features, and on this tiny corpus the two fits' ABX differ by
+    # up to 18 points although, on one fit, bf16 and fp32 units agree on 98.6 % of frames (tested above)
     for key, value in scores["float32"].items():
         if key[1] == "kmeans":
             continue
@@ -123,4 +124,4 @@ def test_pipelines_in_bf16(trained_dir, corpus):
     (features_fp32, units_fp32), (features_bf16, units_bf16) = outputs[torch.float32], outputs[torch.bfloat16]
     assert features_bf16.dtype == torch.float32 and features_bf16.shape == features_fp32.shape
     assert torch.nn.functional.cosine_similarity(features_fp32, features_bf16, dim=-1).mean() > 0.999
-    assert (units_fp32 == units_bf16).mean() >= 0.9  # measured 0.95: see the README
+    assert (units_fp32 == units_bf16).mean() >= 0.9  # as through `evaluate` above
