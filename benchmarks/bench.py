@@ -14,7 +14,8 @@ which the run checks), fp32 on CPU with as many threads as cores:
   a small and the base config on 2 x 4 s (transformers has no HuBERT pretraining objective, so ours and the reference).
 With CUDA, the inference and training workloads run again under bf16 autocast, eager and with `torch.compile`, with
 audio-seconds per second and model FLOP utilisation (FLOPs counted by torch.utils.flop_counter on the eager call;
-peak bf16 throughput from a table of GPUs, or --peak-tflops).
+peak bf16 throughput from a table of GPUs, or --peak-tflops). On CPU, inference runs again with every model cast to
+bf16 and fed bf16 audio ("bfloat16 cast" rows: how `--dtype bfloat16` and `dtype=torch.bfloat16` run ours).
 
 Timing: every system lives in this one process and their calls are interleaved (A B C A B C ...), so that machine load
 weighs on all of them alike; a system's time is the median over --repeats calls after --warmup calls, and ratios are
@@ -30,6 +31,7 @@ freed, instead of being kept in malloc's heap) and free heap memory is trimmed b
 """
 
 import argparse
+import copy
 import ctypes
 import dataclasses
 import gc
@@ -134,13 +136,14 @@ class Workload:
     runs: dict[str, Callable[[], object]]
     dtype: str = "float32"
     compiled: bool = False
+    cast: bool = False  # the models themselves in `dtype` (not autocast)
     checks: dict[str, float] = dataclasses.field(default_factory=dict)
     # For each system, the call whose FLOPs are counted as its model FLOPs (for MFU, bf16 workloads)
     flop_calls: dict[str, Callable[[], object]] = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        suffix = "" if self.dtype == "float32" else f" {self.dtype}{' compiled' if self.compiled else ''}"
+        suffix = "" if self.dtype == "float32" else f" {self.dtype}{' cast' * self.cast}{' compiled' * self.compiled}"
         return f"{self.task} {self.size} {self.batch}x{self.seconds:g}s{suffix}"
 
 
@@ -211,21 +214,34 @@ def encoder_forwards(models: Models) -> dict[str, Callable[[torch.Tensor], torch
     }
 
 
-def inference_workloads(models: Models, plan: Plan, device: torch.device, dtype: torch.dtype, compiled: bool):
-    """Encoder forward at each batch size, and (fp32 eager only) unit extraction at batch 1."""
+def cast_models(models: Models, dtype: torch.dtype) -> Models:
+    """Copies of the models in `dtype` (the fp32 ones stay for the fp32 workloads)."""
+    return Models(*(None if model is None else copy.deepcopy(model).to(dtype) for model in dataclasses.astuple(models)))
+
+
+def inference_workloads(
+    models: Models, plan: Plan, device: torch.device, dtype: torch.dtype, compiled: bool, cast: bool = False
+):
+    """
+    Encoder forward at each batch size, and (fp32 eager only) unit extraction at batch 1. With `cast`, the models are
+    already in `dtype` and get `dtype` audio; otherwise a non-fp32 `dtype` is autocast.
+    """
     forwards = encoder_forwards(models)
     if compiled:
         forwards = {name: torch.compile(forward, dynamic=True) for name, forward in forwards.items()}
     for batch in plan.inference_batches:
-        audio = random_audio(batch, plan.inference_seconds, device)
+        audio = random_audio(batch, plan.inference_seconds, device).to(dtype if cast else torch.float32)
         calls = {name: (lambda forward=forward, audio=audio: forward(audio)) for name, forward in forwards.items()}
-        runs = {name: without_grad(call, dtype, device) for name, call in calls.items()}
+        autocast_dtype = torch.float32 if cast else dtype
+        runs = {name: without_grad(call, autocast_dtype, device) for name, call in calls.items()}
         workload = Workload(
-            "inference", plan.inference_size, batch, plan.inference_seconds, runs, dtype_name(dtype), compiled
+            "inference", plan.inference_size, batch, plan.inference_seconds, runs, dtype_name(dtype), compiled, cast
         )
         # FlopCounterMode's module tracker fails under inference_mode on modules fed with parameters (HuBERT's
         # weight-norm parametrization), so FLOPs are counted under no_grad
-        workload.flop_calls = {name: without_grad(call, dtype, device, torch.no_grad) for name, call in calls.items()}
+        workload.flop_calls = {
+            name: without_grad(call, autocast_dtype, device, torch.no_grad) for name, call in calls.items()
+        }
         if dtype == torch.float32:
             workload.checks["max_abs_diff_ours_vs_reference"] = max_abs_diff(runs["ours"](), runs["reference"]())
         yield workload
@@ -460,6 +476,7 @@ def summarize(
         "audio_seconds": workload.seconds,
         "dtype": workload.dtype,
         "compiled": workload.compiled,
+        "cast": workload.cast,
         "systems": systems,
         "ratios": ratios,
         "goals": goals(workload.task, ratios),
@@ -523,13 +540,15 @@ def cpu_name() -> str:
 
 # ---- driver ----
 def all_workloads(plan: Plan, device: torch.device) -> Iterator[Workload]:
-    """fp32 eager everywhere; on CUDA also bf16 autocast, eager and compiled."""
+    """fp32 eager everywhere; on CUDA also bf16 autocast, eager and compiled; on CPU also bf16-cast inference."""
     variants = [(torch.float32, False)]
     if device.type == "cuda":
         variants += [(torch.bfloat16, False), (torch.bfloat16, True)]
     models = build_models(SIZES[plan.inference_size], device, with_hubert=True)
     for dtype, compiled in variants:
         yield from inference_workloads(models, plan, device, dtype, compiled)
+    if device.type == "cpu":  # CPU autocast is not how bf16 inference runs there: the weights are cast
+        yield from inference_workloads(cast_models(models, torch.bfloat16), plan, device, torch.bfloat16, False, True)
     for size_name in plan.train_sizes:
         for dtype, compiled in variants:
             yield train_workload(size_name, plan, device, dtype, compiled)

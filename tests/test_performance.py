@@ -183,7 +183,14 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
     assert {"device", "threads", "torch", "transformers", "reference", "quick"} <= set(report["environment"])
     assert report["environment"]["quick"] is True
     names = [result["name"] for result in report["results"]]
-    assert names == ["inference tiny 1x1s", "inference tiny 4x1s", "units tiny 1x1s", "train_step tiny 2x1s"]
+    assert names == [
+        "inference tiny 1x1s",
+        "inference tiny 4x1s",
+        "units tiny 1x1s",
+        "inference tiny 1x1s bfloat16 cast",  # the models cast to bf16, as CPU bf16 inference runs
+        "inference tiny 4x1s bfloat16 cast",
+        "train_step tiny 2x1s",
+    ]
     for result in report["results"]:
         systems = {"ours", "reference", "hubert"} if result["task"] == "inference" else {"ours", "reference"}
         assert set(result["systems"]) == systems
@@ -193,7 +200,8 @@ def test_benchmark_quick_run_writes_its_report(tmp_path):
         assert set(result["ratios"]) == {f"ours/{name}" for name in systems - {"ours"}}
         assert all(ratio["time"] > 0 and "memory" in ratio for ratio in result["ratios"].values())
         assert result["goals"] and all(isinstance(met, bool) for met in result["goals"].values())
-    inference, _, units, _ = report["results"]
+    assert [result["cast"] for result in report["results"]] == [False, False, False, True, True, False]
+    inference, _, units, *_ = report["results"]
     assert inference["checks"]["max_abs_diff_ours_vs_reference"] <= 1e-4
     assert units["checks"]["units_agreement"] >= 0.95
 

@@ -21,12 +21,12 @@ import torch
 from tqdm import tqdm
 
 from .configuration_spidr import SAMPLING_RATE, SpidrConfig
+from .evaluation.evaluator import DTYPES, check_device, load_model
 from .pipeline_spidr import DEFAULT_LAYER, load_audio
 
 # Extensions taken from a folder (FFmpeg reads them all); a manifest may name any file FFmpeg reads
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 UNIT_KINDS = ("codebook", "kmeans")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DEFAULT_UNITS_FILE = "units.txt"
 DEFAULT_BATCH_SECONDS = 200.0
 PARTIAL_SUFFIX = ".partial"  # a `.pt` being written; renamed once complete
@@ -120,8 +120,6 @@ def extract(
     Write the features of `layer` of every audio file of `input` (a folder or a manifest) to `output`/<id>.pt (float32
     `(frames, dim)` at 50 Hz) and/or its `units` to `units_file`; files already written are skipped.
     """
-    from .evaluation.evaluator import check_device
-
     if not features and units is None:
         raise ValueError("Nothing to extract: ask for features and/or --units")
     if units is not None and units not in UNIT_KINDS:
@@ -134,7 +132,7 @@ def extract(
     if output.exists() and not output.is_dir():
         raise ValueError(f"The output {output} is a file: pass a folder")
     device = check_device(device)
-    network, feature_extractor = load_model(model, with_heads=units == "codebook", dtype=DTYPES[dtype])
+    network, _, feature_extractor, _ = load_model(model, ["codebook"] if units == "codebook" else [], dtype)
     num_layers = check_layer(network.config, layer, hidden_states, units == "codebook")
     if units == "kmeans":
         if network.base_model.kmeans is None:
@@ -175,30 +173,6 @@ def extract(
                     units_out.write(format_units(file.id, values, units_path))
                     units_out.flush()
             progress.update(len(batch))
-
-
-def load_model(name: str | os.PathLike, with_heads: bool, dtype: torch.dtype):
-    """(model, feature extractor): SpidrForPreTraining with trained codebook heads if `with_heads`, else SpidrModel."""
-    from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
-
-    from .evaluation.evaluator import _load_feature_extractor, _use_local_files_only
-
-    try:
-        local_files_only = _use_local_files_only(name)
-        config = AutoConfig.from_pretrained(name, local_files_only=local_files_only)
-        if not isinstance(config, SpidrConfig):
-            raise ValueError(f"it is a {type(config).__name__}, not SpidR/DinoSR")
-        feature_extractor = _load_feature_extractor(name, local_files_only)
-        if not with_heads:
-            return AutoModel.from_pretrained(name, dtype=dtype, local_files_only=local_files_only), feature_extractor
-        model, info = AutoModelForPreTraining.from_pretrained(
-            name, dtype=dtype, output_loading_info=True, local_files_only=local_files_only
-        )
-    except (OSError, ValueError) as error:  # missing folder or files, not a SpidR model: one line
-        raise ValueError(f"Cannot load the model {name}: {error}") from error
-    if any(key.startswith("heads.") for key in info["missing_keys"]):
-        raise ValueError(f"{name} has no trained codebook heads: codebook units need them")
-    return model, feature_extractor
 
 
 def check_layer(config: SpidrConfig, layer: int, hidden_states: bool, codebook: bool) -> int | None:

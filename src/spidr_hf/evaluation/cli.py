@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from .evaluator import UNIT_KINDS, check_source, evaluate_model
+from .evaluator import DTYPES, UNIT_KINDS, check_source, evaluate_model
 from .report import format_comparison, format_table
 
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
@@ -84,6 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of subsampling, k-means and the random init")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="dtype the model and its random init run in (bfloat16: faster on CUDA and on CPUs with bf16 "
+        "instructions; features are cast to float32 for ABX and k-means)",
+    )
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -122,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         max_x_across=args.max_x_across,
         seed=args.seed,
         device=args.device,
+        dtype=args.dtype,
         output_dir=args.output,
     )
     print(format_table(report))

@@ -33,6 +33,8 @@ from .units_quality import LABEL_RATE, UNIT_RATE, cooccurrence, frame_labels, un
 logger = logging.getLogger(__name__)
 
 UNIT_KINDS = ("codebook", "kmeans")
+# dtypes a model may run in; whatever the dtype, features are compared and saved in float32
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPLIT = "dev"
 
 
@@ -127,17 +129,19 @@ def check_source(
         )
 
 
-def load_model(name: str | os.PathLike, units: Sequence[str] | None):
+def load_model(name: str | os.PathLike, units: Sequence[str] | None, dtype: str = "float32"):
     """
     (model, student, feature extractor, unit kinds). The model is the SpidrForPreTraining (with the codebook heads)
-    when codebook units are evaluated, else the student SpidrModel. `units=None` picks codebook units when the
-    checkpoint has trained heads, k-means otherwise.
+    when codebook units are evaluated, else the student SpidrModel, loaded in `dtype` (a key of `DTYPES`).
+    `units=None` picks codebook units when the checkpoint has trained heads, k-means otherwise.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
     unknown = set(units or ()) - set(UNIT_KINDS)
     if unknown:
         raise ValueError(f"Unknown unit kind(s) {sorted(unknown)}: choose among {list(UNIT_KINDS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}: choose among {list(DTYPES)}")
     try:
         local_files_only = _use_local_files_only(name)
     except ValueError as error:
@@ -145,15 +149,15 @@ def load_model(name: str | os.PathLike, units: Sequence[str] | None):
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=local_files_only)
         if not isinstance(config, SpidrConfig):
-            raise ValueError(f"Cannot load the model {name}: it is a {type(config).__name__}, not SpidR/DinoSR")
+            raise ValueError(f"it is a {type(config).__name__}, not SpidR/DinoSR")
         feature_extractor = _load_feature_extractor(name, local_files_only)
         if units is not None and "codebook" not in units:
-            model = AutoModel.from_pretrained(name, dtype=torch.float32, local_files_only=local_files_only)
+            model = AutoModel.from_pretrained(name, dtype=DTYPES[dtype], local_files_only=local_files_only)
             return model, model, feature_extractor, list(units)
         model, info = AutoModelForPreTraining.from_pretrained(
-            name, dtype=torch.float32, output_loading_info=True, local_files_only=local_files_only
+            name, dtype=DTYPES[dtype], output_loading_info=True, local_files_only=local_files_only
         )
-    except OSError as error:  # missing folder or files: one line for the command line
+    except (OSError, ValueError) as error:  # missing folder or files, not a SpidR model: one line
         raise ValueError(f"Cannot load the model {name}: {error}") from error
     has_heads = not any(key.startswith("heads.") for key in info["missing_keys"])
     if units is None:
@@ -163,6 +167,15 @@ def load_model(name: str | os.PathLike, units: Sequence[str] | None):
     if "codebook" in units:
         return model, model.spidr, feature_extractor, list(units)
     return model.spidr, model.spidr, feature_extractor, list(units)
+
+
+def in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`model` cast to `dtype` as `from_pretrained(dtype=...)` loads it: the modules it keeps in fp32 stay so."""
+    model.to(dtype)
+    for name in getattr(model, "_keep_in_fp32_modules_strict", None) or ():
+        if hasattr(model, name):  # the student SpidrModel has neither teacher nor codebooks
+            getattr(model, name).float()
+    return model
 
 
 def check_device(device: str | None) -> str:
@@ -257,6 +270,7 @@ def evaluate_model(
     max_x_across: int | None = 5,
     seed: int = 0,
     device: str | None = None,
+    dtype: str = "float32",
     output_dir: str | os.PathLike | None = None,
 ) -> EvaluationReport:
     """
@@ -280,13 +294,15 @@ def evaluate_model(
         max_size_group, max_x_across, seed: ABX subsampling (see `abx_error`); the seed also draws the k-means
             training utterances, the k-means initialisation and the random-init baseline.
         device: torch device (default: cuda when available).
+        dtype: "float32" or "bfloat16", the dtype the model and its random initialisation run in; features are
+            cast to float32 after the forward pass, so ABX and k-means work in float32 either way.
     """
     check_source(dataset, item_file, audio_dir, alignments, kmeans_audio_dir)
     settings = Settings(num_clusters, kmeans_frames, batch_size, max_size_group, max_x_across, seed)
     device = check_device(device)
     if max_utterances is not None and max_utterances < 1:
         raise ValueError(f"max_utterances must be positive, got {max_utterances}")
-    model_obj, student, feature_extractor, unit_kinds = load_model(model, units)
+    model_obj, student, feature_extractor, unit_kinds = load_model(model, units, dtype)
     layers = check_layers(layers, student.config.num_hidden_layers)
     codebook_layers = []
     if "codebook" in unit_kinds:
@@ -311,7 +327,8 @@ def evaluate_model(
             kmeans_audio = draw_kmeans_audio(dev, kmeans_audio_dir, kmeans_seconds, settings.seed)
     tokens = dev_tokens(dev, items, subset=max_utterances is not None)
     torch.manual_seed(settings.seed)
-    random_init = type(model_obj)(model_obj.config)
+    # Drawn in float32 then cast, as the model was: the same random weights whatever the dtype
+    random_init = in_dtype(type(model_obj)(model_obj.config), DTYPES[dtype])
     systems = {
         "model": ModelRepresentations(model_obj, feature_extractor, layers, codebook_layers, device),
         "random_init": ModelRepresentations(random_init, feature_extractor, layers, codebook_layers, device),
