@@ -172,9 +172,10 @@ def load_model(name: str | os.PathLike, units: Sequence[str] | None, dtype: str 
 def in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """`model` cast to `dtype` as `from_pretrained(dtype=...)` loads it: the modules it keeps in fp32 stay so."""
     model.to(dtype)
-    for name in getattr(model, "_keep_in_fp32_modules_strict", None) or ():
-        if hasattr(model, name):  # the student SpidrModel has neither teacher nor codebooks
-            getattr(model, name).float()
+    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    for name, module in model.named_modules():  # the teacher, the codebooks, the student's k-means centroids
+        if name.split(".")[-1] in keep:
+            module.float()
     return model
 
 
