@@ -132,16 +132,22 @@ def audio_lengths(dataset, audio_column: str = "audio", num_proc: int | None = N
     return np.asarray(with_lengths["num_samples"], dtype=np.int64)
 
 
-def _header_lengths(batch: dict[str, list], audio_column: str) -> dict[str, list[int]]:
+def audio_duration(source: str | bytes) -> float:
+    """Seconds of audio in a file (its path or bytes): from the header, decoded when the header does not say."""
     from torchcodec.decoders import AudioDecoder
 
+    decoder = AudioDecoder(source)
+    duration = decoder.metadata.duration_seconds_from_header
+    if duration is None:  # some containers have no duration in their header: decode to know
+        duration = decoder.get_all_samples().duration_seconds
+    return duration
+
+
+def _header_lengths(batch: dict[str, list], audio_column: str) -> dict[str, list[int]]:
     lengths = []
     for audio in batch[audio_column]:
         try:
-            decoder = AudioDecoder(audio["bytes"] if audio["bytes"] is not None else audio["path"])
-            duration = decoder.metadata.duration_seconds_from_header
-            if duration is None:  # some containers have no duration in their header: decode to know
-                duration = decoder.get_all_samples().duration_seconds
+            duration = audio_duration(audio["bytes"] if audio["bytes"] is not None else audio["path"])
             lengths.append(round(duration * SAMPLING_RATE))
         except Exception as error:  # any decoder failure means an unusable file, which training skips
             logger.debug("Unreadable audio %s: %s", audio.get("path"), error)

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from .configuration_spidr import SAMPLING_RATE, SpidrConfig
+from .data import audio_duration
 from .evaluation.evaluator import DTYPES, check_device, load_model
 from .pipeline_spidr import DEFAULT_LAYER, load_audio
 
@@ -222,14 +223,10 @@ def find_audio(input: Path) -> list[AudioFile]:
 
 def seconds(path: Path) -> float:
     """Duration from the file's header (decoded when the header does not say); an unreadable file is an error."""
-    from torchcodec.decoders import AudioDecoder
-
     try:
-        metadata = AudioDecoder(os.fspath(path)).metadata
+        return audio_duration(os.fspath(path))
     except (RuntimeError, ValueError) as error:
         raise ValueError(f"Could not decode {path}: {_first_line(error)}") from error
-    duration = metadata.duration_seconds_from_header or metadata.duration_seconds
-    return float(duration) if duration else len(decode_path(path)) / SAMPLING_RATE
 
 
 def decode_path(path: Path) -> np.ndarray:

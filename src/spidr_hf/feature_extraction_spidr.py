@@ -13,12 +13,19 @@ DEFAULT_MIN_SAMPLES = SpidrConfig().receptive_field  # shorter inputs give no fr
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def is_real_number(value: object) -> bool:
+    """A real number, Python's or numpy's, but not a bool (which Python counts as an int)."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
 def checked_sampling_rate(sampling_rate: object) -> int:
     """`sampling_rate` as an int, refusing what is not a whole number of Hz (a string, a bool, 16000.5)."""
-    is_number = isinstance(sampling_rate, int | float | np.integer | np.floating) and not isinstance(
-        sampling_rate, bool
+    is_whole = (
+        is_real_number(sampling_rate)
+        and np.isfinite(sampling_rate)
+        and sampling_rate == int(sampling_rate)
+        and sampling_rate > 0
     )
-    is_whole = is_number and np.isfinite(sampling_rate) and sampling_rate == int(sampling_rate) and sampling_rate > 0
     if not is_whole:
         raise ValueError(
             f"`sampling_rate` must be a positive integer number of Hz, got {sampling_rate!r} "

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .configuration_spidr import SAMPLING_RATE
 from .evaluation.evaluator import check_device
-from .evaluation.features import ModelRepresentations, draw_audio, fit_kmeans, kmeans_training_frames, load_random_audio
-from .evaluation.standard import audio_files
-from .pipeline_spidr import load_audio
+from .evaluation.features import ModelRepresentations, fit_kmeans, kmeans_training_frames, load_random_audio
+from .evaluation.standard import draw_folder_audio
 from .release import save_hub_ready
 
 DEFAULT_FRAMES = 100_000  # 2000 s at 50 Hz: enough for a few hundred centroids
@@ -78,10 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset is not None:
         audios = load_random_audio(args.dataset, args.split, max_seconds, args.seed)
     else:
-        paths = audio_files(args.audio)
-        if not paths:
-            raise ValueError(f"No audio files in {args.audio}")
-        audios = draw_audio(len(paths), lambda i: load_audio(paths[i], None, SAMPLING_RATE), max_seconds, args.seed)
+        audios = draw_folder_audio(args.audio, max_seconds, args.seed)
     centroids = fit_centroids(
         model, feature_extractor, args.layer, args.clusters, audios, args.frames, args.seed, device
     )

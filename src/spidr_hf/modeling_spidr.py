@@ -115,11 +115,16 @@ def normalize_over_time(hidden_states: torch.Tensor, frame_mask: torch.Tensor | 
     return (hidden_states - mean) * torch.rsqrt(var + NORM_EPS)
 
 
-def conv_output_lengths(input_lengths: torch.Tensor, kernels: Sequence[int], strides: Sequence[int]) -> torch.Tensor:
-    """Frames produced by a stack of unpadded 1-d convolutions, floor((L - k) / s) + 1 per layer, never negative."""
+def conv_output_lengths(
+    input_lengths: torch.Tensor | int, kernels: Sequence[int], strides: Sequence[int]
+) -> torch.Tensor | int:
+    """
+    Frames produced by a stack of unpadded 1-d convolutions, floor((L - k) / s) + 1 per layer, never negative; a
+    tensor of lengths or a Python int (which keeps torch.compile's graph free of tensor-to-int breaks).
+    """
     for kernel, stride in zip(kernels, strides, strict=True):
-        input_lengths = torch.div(input_lengths - kernel, stride, rounding_mode="floor") + 1
-    return input_lengths.clamp(min=0)
+        input_lengths = (input_lengths - kernel) // stride + 1  # floor division, for tensors as for ints
+    return input_lengths.clamp(min=0) if isinstance(input_lengths, torch.Tensor) else max(input_lengths, 0)
 
 
 def compute_span_mask(
@@ -547,9 +552,12 @@ class SpidrPreTrainedModel(PreTrainedModel):
 
     def _num_frames(self, num_samples: int) -> int:
         """Number of frames for `num_samples` samples, as a Python int (no tensor: torch.compile keeps one graph)."""
-        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride, strict=True):
-            num_samples = (num_samples - kernel) // stride + 1
-        return max(num_samples, 0)
+        return conv_output_lengths(num_samples, self.config.conv_kernel, self.config.conv_stride)
+
+    def _fill_padding(self, units: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
+        """Units `(batch, frames)` with -1 on the frames of right padding."""
+        frame_mask = self._get_feature_vector_attention_mask(units.shape[1], attention_mask)
+        return units if frame_mask is None else units.masked_fill(~frame_mask, -1)
 
     def _get_feature_vector_attention_mask(
         self, num_frames: int, attention_mask: torch.Tensor | None
@@ -615,9 +623,7 @@ class SpidrModel(SpidrPreTrainedModel):
             raise ValueError("This model has no k-means centroids: fit them with `spidr-hf kmeans`.")
         layer = self.config.kmeans_layer
         output = self(input_values, attention_mask, num_layers=layer, output_layer_results=True)
-        units = self.kmeans(output.layer_results[layer - 1])
-        frame_mask = self._get_feature_vector_attention_mask(units.shape[1], attention_mask)
-        return units if frame_mask is None else units.masked_fill(~frame_mask, -1)
+        return self._fill_padding(self.kmeans(output.layer_results[layer - 1]), attention_mask)
 
     def freeze_feature_encoder(self) -> None:
         """Stop gradients to the convolutional feature encoder and the feature projection."""
@@ -992,7 +998,7 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
             raise ValueError("DinoSR heads read the final output: `num_layers` must be left out.")
         if return_loss and mask_time_indices is None:
             mask_time_indices = self._draw_masks(input_values, attention_mask)
-        mask = None
+        mask = frame_mask = None
         if mask_time_indices is not None:
             frames = self._num_frames(input_values.shape[1])
             if mask_time_indices.shape != (input_values.shape[0], frames):
@@ -1021,7 +1027,7 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         logits = tuple(head(x) for head, x in zip(self.heads, head_inputs, strict=False))
         loss = {}
         if return_loss:
-            loss = self._loss(logits, mask, student.extract_features, attention_mask, num_items_in_batch)
+            loss = self._loss(logits, mask, student.extract_features, frame_mask, num_items_in_batch)
             if self.training and not defer_codebook_update:
                 self.codebooks.apply_statistics(loss.pop("codebook_statistics"))
         output = SpidrForPreTrainingOutput(
@@ -1039,14 +1045,13 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         logits: tuple[torch.Tensor, ...],
         mask: torch.Tensor,
         extract_features: torch.Tensor,
-        attention_mask: torch.Tensor | None,
+        frame_mask: torch.Tensor | None,
         num_items_in_batch: torch.Tensor | int | None,
     ) -> dict[str, torch.Tensor | SpidrCodebookStatistics | None]:
         """
         The loss of the heads' `logits` on the masked frames against the teacher's codebook assignments, both
         perplexities and, in training mode, the batch's codebook statistics.
         """
-        frame_mask = self._get_feature_vector_attention_mask(mask.shape[1], attention_mask)
         with torch.no_grad():
             # The teacher reads the student's projected features, unmasked and without dropout
             targets = self._teacher_targets(self.spidr.feature_projection(extract_features), frame_mask)
@@ -1102,9 +1107,7 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
             )
         num_layers = layer if self.config.objective == "spidr" else None
         logits = self(input_values, attention_mask, return_loss=False, num_layers=num_layers).logits
-        units = logits[self.config.codebook_layers.index(layer)].argmax(-1)
-        frame_mask = self._get_feature_vector_attention_mask(units.shape[1], attention_mask)
-        return units if frame_mask is None else units.masked_fill(~frame_mask, -1)
+        return self._fill_padding(logits[self.config.codebook_layers.index(layer)].argmax(-1), attention_mask)
 
 
 def _perplexity(probs: torch.Tensor) -> torch.Tensor:

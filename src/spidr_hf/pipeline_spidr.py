@@ -25,7 +25,12 @@ import transformers
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import ChunkPipeline
 
-from .feature_extraction_spidr import checked_float32_samples, checked_sampling_rate, tensor_to_numpy
+from .feature_extraction_spidr import (
+    checked_float32_samples,
+    checked_sampling_rate,
+    is_real_number,
+    tensor_to_numpy,
+)
 
 DEFAULT_LAYER = 6  # the paper's best layer for SpidR
 # SpidR was pretrained on crops of at most 20 s, so a 20 s chunk never shows the model a longer context than it learned
@@ -147,11 +152,6 @@ def plan_chunks(
         start += step
 
 
-def _is_number(value: Any) -> bool:
-    """A real number, not a bool (a bool is an int to Python)."""
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-
-
 class _SpidrChunkPipeline(ChunkPipeline):
     """Audio loading, whole-recording standardization and chunking shared by the SpidR pipelines."""
 
@@ -221,7 +221,7 @@ class _SpidrChunkPipeline(ChunkPipeline):
             raise TypeError(f"Unexpected pipeline arguments: {sorted(unknown)}.")
         for name in ("chunk_length_s", "stride_length_s"):
             value = kwargs.get(name)
-            if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
+            if value is not None and not (is_real_number(value) and math.isfinite(value) and value > 0):
                 raise ValueError(f"`{name}` must be a positive number of seconds, got {value!r}.")
         layer = kwargs.get("layer")
         if layer is not None and not (isinstance(layer, int | np.integer) and not isinstance(layer, bool)):

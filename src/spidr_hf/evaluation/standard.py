@@ -249,7 +249,12 @@ def draw_kmeans_audio(
     """
     if kmeans_dir is None:
         return draw_audio(len(utterances), lambda index: utterances[index].audio, max_seconds, seed)
-    paths = audio_files(kmeans_dir)
+    return draw_folder_audio(kmeans_dir, max_seconds, seed, "the k-means folder")
+
+
+def draw_folder_audio(folder: str | os.PathLike, max_seconds: float, seed: int, name: str = "") -> list[np.ndarray]:
+    """Randomly drawn audio files under `folder`, decoded, up to `max_seconds`; `name` says what the folder is for."""
+    paths = audio_files(folder)
     if not paths:
-        raise ValueError(f"No audio files in the k-means folder {kmeans_dir}")
+        raise ValueError(f"No audio files in {name + ' ' if name else ''}{folder}")
     return draw_audio(len(paths), lambda index: load_audio(paths[index], None, SAMPLING_RATE), max_seconds, seed)
