@@ -166,6 +166,12 @@ def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
     assert "no config.json" in error(str(tmp_path), "--dataset", str(corpus))
     assert "--layer must be in [1, 4]" in error(str(source_dir), "--dataset", str(corpus), "--layer", "7")
     assert "--clusters must be at least 2" in error(str(source_dir), "--dataset", str(corpus), "--clusters", "1")
+    # Fails after the model is loaded and run, so progress bars come first: the error is the one last line
+    with pytest.raises(SystemExit):
+        main(["kmeans", str(source_dir), "--dataset", str(corpus), "--clusters", "8", "--frames", "5", "--layer", "2"])
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    assert "as many training frames as clusters (8)" in stderr.strip().splitlines()[-1]
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")
     assert "not empty" in error(str(source_dir), "--dataset", str(corpus), "--output", str(tmp_path / "used"))
