@@ -477,8 +477,9 @@ class SpidrPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = True
     _no_split_modules = ["SpidrEncoderLayer", "SpidrEncoderLayerStableLayerNorm"]
-    # EMA and codebook statistics need fp32; k-means centroids keep their precision for nearest-centroid ties
-    _keep_in_fp32_modules_strict = ["teacher", "codebooks", "kmeans"]
+    # EMA and codebook statistics need fp32. Units are an argmax: bf16 logits tie on about 1 % of a trained model's
+    # frames (8-bit mantissa), so the heads, like the k-means centroids, keep fp32 and read bf16 features upcast
+    _keep_in_fp32_modules_strict = ["teacher", "codebooks", "heads", "kmeans"]
     # SpidrEncoderLayer matches the pre-LN subclass too. Layer results are returned by the encoder itself rather than
     # recorded: the teacher, a bare encoder, needs them as well.
     _can_record_outputs = {
@@ -1024,7 +1025,8 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
             head_inputs = student.layer_results[config.codebook_layers[0] - 1 :]
         else:
             head_inputs = [student.last_hidden_state] * len(self.heads)
-        logits = tuple(head(x) for head, x in zip(self.heads, head_inputs, strict=False))
+        # Under autocast the heads still run in bf16; in a model loaded in bf16 they read the features in fp32
+        logits = tuple(head(x.to(head.weight.dtype)) for head, x in zip(self.heads, head_inputs, strict=False))
         loss = {}
         if return_loss:
             loss = self._loss(logits, mask, student.extract_features, frame_mask, num_items_in_batch)
