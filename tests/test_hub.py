@@ -289,6 +289,7 @@ def test_card_needs_a_license():
         (lambda e: e["results"][2].update(value="0.4"), r"results\[2\]: 'value' must be a finite number"),
         (lambda e: e["results"][2].update(value=float("nan")), r"results\[2\]: 'value' must be a finite number"),
         (lambda e: e["results"][3].update(layer="6"), r"results\[3\]: 'layer'"),
+        (lambda e: e.update(stored_kmeans_layer="6"), "'stored_kmeans_layer' must be an integer or null"),
     ],
 )
 def test_bad_evaluation_json(tmp_path, change, match):
@@ -302,11 +303,15 @@ def test_bad_evaluation_json(tmp_path, change, match):
 
 
 def test_evaluation_json_round_trip(evaluation_path, tmp_path):
-    """A report read from results.json writes the same JSON back, and the card's table reads it in file order."""
+    """
+    A report read from results.json writes the same JSON back, and the card's table reads it in file order. A report
+    written before `stored_kmeans_layer` existed reads as one without stored k-means centroids.
+    """
     report = EvaluationReport.load(evaluation_path)
     assert report.results[5].layer is None and report.results[2].value == 0.4321
+    assert "stored_kmeans_layer" not in EVALUATION and report.stored_kmeans_layer is None
     report.dump(tmp_path / "results.json")
-    assert json.loads((tmp_path / "results.json").read_text()) == EVALUATION
+    assert json.loads((tmp_path / "results.json").read_text()) == {**EVALUATION, "stored_kmeans_layer": None}
     assert list(report.table()) == [
         ("model", "layer_results", 3),
         ("model", "codebook", 3),

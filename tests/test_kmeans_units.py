@@ -18,6 +18,13 @@ from transformers import pipeline
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining, SpidrModel
 from spidr_hf.cli import main
+from spidr_hf.evaluation import evaluate_model
+from spidr_hf.evaluation.abx import abx_error
+from spidr_hf.evaluation.evaluator import dev_tokens
+from spidr_hf.evaluation.features import load_split
+from spidr_hf.evaluation.items import ITEM_FILE, read_item_file
+from spidr_hf.evaluation.report import format_table
+from spidr_hf.evaluation.units_quality import LABEL_RATE, UNIT_RATE, frame_labels, units_quality
 from spidr_hf.extract import extract
 from spidr_hf.modeling_spidr import SpidrKMeans
 
@@ -110,6 +117,46 @@ def test_pipeline_extract_and_model_give_the_same_kmeans_units(kmeans_dir, tmp_p
         pipeline("spidr-units", model=str(kmeans_dir), trust_remote_code=True, device="cpu")(
             decoded, sampling_rate=16000, units="kmeans", layer=4
         )
+
+
+@pytest.mark.slow  # three evaluations of the tiny model: about 10 s
+def test_evaluate_scores_the_stored_kmeans_units_the_pipeline_gives(kmeans_dir, corpus):
+    # The model's figures recomputed from the pipeline's units of each dev utterance
+    units = pipeline("spidr-units", model=str(kmeans_dir), trust_remote_code=True, device="cpu")
+    dev = load_split(corpus, "dev")
+    unit_lists = [units(utterance.audio, sampling_rate=16000, units="kmeans")["units"] for utterance in dev]
+    labels = [
+        frame_labels(utterance.phones, len(sequence) * LABEL_RATE // UNIT_RATE)
+        for utterance, sequence in zip(dev, unit_lists, strict=True)
+    ]
+    expected = units_quality(unit_lists, labels, CLUSTERS)
+    tokens = dev_tokens(dev, read_item_file(corpus / ITEM_FILE), subset=False)
+    token_units = [
+        torch.from_numpy(unit_lists[utterance][start:end])
+        for utterance, start, end in zip(tokens.utterance, tokens.start, tokens.end, strict=True)
+    ]
+    abx = abx_error(token_units, tokens.phones, tokens.contexts, tokens.speakers, distance="identical", seed=0)
+    # (one dev speaker: no across-speaker score, which the report leaves out)
+    expected |= {f"abx_{mode}": value for mode, value in abx.items() if not np.isnan(value)}
+
+    def model_kmeans(report) -> dict[str, float]:
+        return {r.metric: r.value for r in report.results if r.row == ("model", "kmeans", LAYER)}
+
+    # 16 clusters asked: the stored layer keeps the stored 8, for the model and its random initialisation
+    options = {"layers": [LAYER], "num_clusters": 16, "kmeans_frames": 2000, "batch_size": 1}
+    report = evaluate_model(kmeans_dir, corpus, units=["kmeans"], **options)
+    assert report.stored_kmeans_layer == LAYER
+    assert f"k-means units of layer {LAYER}: the model's stored centroids" in format_table(report)
+    assert model_kmeans(report) == expected
+    initial = {r.metric: r.value for r in report.results if r.row == ("random_init", "kmeans", LAYER)}
+    assert initial["active_codewords"] <= CLUSTERS
+    # By default a model with stored centroids gets its codebook and k-means units evaluated
+    default = evaluate_model(kmeans_dir, corpus, **options)
+    assert {r.representation for r in default.results if r.system == "model"} >= {"codebook", "kmeans"}
+    assert model_kmeans(default) == model_kmeans(report)
+    refit = evaluate_model(kmeans_dir, corpus, units=["kmeans"], refit_kmeans=True, **options)
+    assert refit.stored_kmeans_layer is None
+    assert model_kmeans(refit)["active_codewords"] > CLUSTERS  # its own 16 clusters
 
 
 def units_inputs(audio: np.ndarray) -> dict[str, torch.Tensor]:

@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=UNIT_KINDS,
         default=None,
-        help="discrete units to evaluate (default: codebook if the checkpoint has trained heads, else kmeans)",
+        help="discrete units to evaluate (default: codebook if the checkpoint has trained heads, else kmeans; "
+        "kmeans too if the model stores k-means centroids)",
     )
     parser.add_argument("--output", type=Path, default=Path("spidr-eval"), help="report folder (default: spidr-eval)")
     parser.add_argument(
@@ -68,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-clusters", type=int, default=256, help="k-means clusters (default: 256)")
     parser.add_argument("--kmeans-frames", type=int, default=30_000, help="frames to fit k-means on (default: 30000)")
+    parser.add_argument(
+        "--refit-kmeans",
+        action="store_true",
+        help="fit k-means on every layer, also on the one whose centroids the model stores (`spidr-hf kmeans`); "
+        "by default that layer's units are the stored centroids' units, as the pipeline and extract give them",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default: 8)")
     parser.add_argument("--max-utterances", type=int, default=None, help="evaluate a random subset of dev utterances")
     parser.add_argument(
@@ -130,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
+        refit_kmeans=args.refit_kmeans,
         output_dir=args.output,
     )
     print(format_table(report))

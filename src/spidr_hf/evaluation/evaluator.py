@@ -1,9 +1,10 @@
 """Evaluate a SpidR model's layers and units on a phone-aligned corpus, beside log-mel and random-init baselines."""
 
+import copy
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,25 @@ UNIT_KINDS = ("codebook", "kmeans")
 # dtypes a model may run in; whatever the dtype, features are compared and saved in float32
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPLIT = "dev"
+
+
+class StoredKMeans:
+    """
+    A model's stored k-means centroids (`SpidrKMeans`) behind scikit-learn's `predict`: the units of
+    `SpidrModel.get_kmeans_units`, the `spidr-units` pipeline and `spidr-hf extract --units kmeans`.
+    """
+
+    def __init__(self, kmeans: torch.nn.Module) -> None:
+        self.module = copy.deepcopy(kmeans).cpu()
+
+    @property
+    def num_clusters(self) -> int:
+        return len(self.module.centroids)
+
+    @torch.no_grad()
+    def predict(self, frames: np.ndarray) -> np.ndarray:
+        """`(frames, hidden)` float32 layer results to `(frames,)` centroid indices."""
+        return self.module(torch.from_numpy(frames)).numpy()
 
 
 @dataclass(frozen=True)
@@ -133,7 +153,8 @@ def load_model(name: str | os.PathLike, units: Sequence[str] | None, dtype: str 
     """
     (model, student, feature extractor, unit kinds). The model is the SpidrForPreTraining (with the codebook heads)
     when codebook units are evaluated, else the student SpidrModel, loaded in `dtype` (a key of `DTYPES`).
-    `units=None` picks codebook units when the checkpoint has trained heads, k-means otherwise.
+    `units=None` picks codebook units when the checkpoint has trained heads, k-means otherwise, and k-means units
+    too when the model stores k-means centroids (`spidr-hf kmeans`).
     """
     from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
@@ -161,7 +182,8 @@ def load_model(name: str | os.PathLike, units: Sequence[str] | None, dtype: str 
         raise ValueError(f"Cannot load the model {name}: {error}") from error
     has_heads = not any(key.startswith("heads.") for key in info["missing_keys"])
     if units is None:
-        units = ["codebook"] if has_heads else ["kmeans"]
+        units = ["codebook", "kmeans"] if model.spidr.kmeans is not None else ["codebook"]
+        units = units if has_heads else ["kmeans"]
     elif not has_heads:
         raise ValueError(f"{name} has no trained codebook heads: evaluate k-means units (--units kmeans) instead")
     if "codebook" in units:
@@ -272,6 +294,7 @@ def evaluate_model(
     seed: int = 0,
     device: str | None = None,
     dtype: str = "float32",
+    refit_kmeans: bool = False,
     output_dir: str | os.PathLike | None = None,
 ) -> EvaluationReport:
     """
@@ -287,9 +310,13 @@ def evaluate_model(
     Args:
         layers: 1-based layers to evaluate (all by default).
         units: "codebook" (argmax of the codebook heads) and/or "kmeans" (k-means on train-split layer results);
-            by default codebook units if the checkpoint has trained heads, else k-means.
+            by default codebook units if the checkpoint has trained heads, else k-means, and k-means too when the
+            model stores centroids.
         num_clusters, kmeans_frames: k-means clusters, and frames to fit them on: from the train split of
             `dataset`; for a standard set, from the audio files of `kmeans_audio_dir`, or else of the set itself.
+            The model's k-means units of the layer it stores centroids of (`spidr-hf kmeans`) come from those
+            centroids, the units its pipeline gives, unless `refit_kmeans`; its random initialisation's k-means
+            units of that layer then have as many clusters as the stored ones.
         batch_size: utterances per forward pass.
         max_utterances: evaluate a seeded random subset of the dev utterances.
         max_size_group, max_x_across, seed: ABX subsampling (see `abx_error`); the seed also draws the k-means
@@ -335,11 +362,28 @@ def evaluate_model(
         "random_init": ModelRepresentations(random_init, feature_extractor, layers, codebook_layers, device),
         "log_mel": LogMelRepresentations(),
     }
-    num_units = {"codebook": student.config.codebook_size, "kmeans": settings.num_clusters}
+    stored_kmeans = {}
+    if "kmeans" in unit_kinds and student.kmeans is not None and not refit_kmeans:
+        if student.config.kmeans_layer in layers:
+            stored_kmeans = {student.config.kmeans_layer: StoredKMeans(student.kmeans)}
+        else:
+            logger.warning(
+                "The model's k-means centroids are of layer %d, which is not evaluated", student.config.kmeans_layer
+            )
+    num_units = {("codebook", layer): student.config.codebook_size for layer in codebook_layers}
+    num_units |= {("kmeans", layer): settings.num_clusters for layer in [*layers, None]}
+    num_units |= {("kmeans", layer): kmeans.num_clusters for layer, kmeans in stored_kmeans.items()}
     results, cooccurrences = [], {}
     for system, representations in systems.items():
         system_results, system_cooccurrences = evaluate_system(
-            system, representations, dev, tokens, kmeans_audio, num_units, settings
+            system,
+            representations,
+            dev,
+            tokens,
+            kmeans_audio,
+            num_units,
+            settings,
+            stored_kmeans=stored_kmeans if system == "model" else {},
         )
         results += system_results
         cooccurrences.update(system_cooccurrences)
@@ -349,6 +393,7 @@ def evaluate_model(
         split=split,
         num_abx_tokens=len(tokens.utterance),
         results=results,
+        stored_kmeans_layer=next(iter(stored_kmeans), None),
     )
     if output_dir is not None:
         from .report import write_report  # matplotlib only when a report is written
@@ -363,11 +408,19 @@ def evaluate_system(
     dev: Sequence[Utterance],
     tokens: Tokens,
     kmeans_audio: Sequence[np.ndarray],
-    num_units: dict[str, int],
+    num_units: dict[tuple[str, int | None], int],
     settings: Settings,
+    stored_kmeans: dict[int, StoredKMeans] | None = None,
 ) -> tuple[list[EvaluationResult], dict[Row, tuple[list, np.ndarray]]]:
-    """Results of one system, and its phone x unit co-occurrences keyed by (system, representation, layer)."""
-    kmeans = _fit_kmeans(system, representations, kmeans_audio, settings) if kmeans_audio else {}
+    """
+    Results of one system, and its phone x unit co-occurrences keyed by (system, representation, layer).
+    `num_units[kind, layer]`: units of each kind and layer (k-means clusters to fit); k-means units of the layers of
+    `stored_kmeans` come from those centroids, the others are fitted on `kmeans_audio` (none without it).
+    """
+    kmeans: dict = dict(stored_kmeans or {})
+    if kmeans_audio and any(layer not in kmeans for layer in representations.layers):
+        kmeans |= _fit_kmeans(system, representations, kmeans_audio, num_units, settings, skip=kmeans.keys())
+    kmeans = {layer: kmeans[layer] for layer in representations.layers if layer in kmeans}  # rows in layer order
     token_frames, unit_sequences = _dev_outputs(system, representations, dev, tokens, kmeans, settings.batch_size)
     abx_options = {
         "max_size_group": settings.max_size_group,
@@ -396,20 +449,28 @@ def evaluate_system(
                 for utterance, units in zip(dev, sequences, strict=True)
             ]
             unit_lists = [units.numpy() for units in sequences]
-            metrics.update(units_quality(unit_lists, labels, num_units[kind]))
-            cooccurrences[system, kind, layer] = cooccurrence(unit_lists, labels, num_units[kind])
+            metrics.update(units_quality(unit_lists, labels, num_units[kind, layer]))
+            cooccurrences[system, kind, layer] = cooccurrence(unit_lists, labels, num_units[kind, layer])
         results += _records(system, kind, layer, metrics)
     return results, cooccurrences
 
 
-def _fit_kmeans(system: str, representations, audios: Sequence[np.ndarray], settings: Settings) -> dict:
-    """One k-means model per layer, fitted on frames of `audios`."""
+def _fit_kmeans(
+    system: str,
+    representations,
+    audios: Sequence[np.ndarray],
+    num_units: dict[tuple[str, int | None], int],
+    settings: Settings,
+    skip: Collection[int],
+) -> dict:
+    """One k-means model per layer but those to `skip`, fitted on frames of `audios`."""
     frames = kmeans_training_frames(
         representations, audios, settings.kmeans_frames, settings.batch_size, f"{system}: k-means features"
     )
+    layers = [layer for layer in representations.layers if layer not in skip]
     return {
-        layer: fit_kmeans(frames.pop(layer), settings.num_clusters, settings.seed)
-        for layer in tqdm(representations.layers, desc=f"{system}: fitting k-means")
+        layer: fit_kmeans(frames.pop(layer), num_units["kmeans", layer], settings.seed)
+        for layer in tqdm(layers, desc=f"{system}: fitting k-means")
     }
 
 

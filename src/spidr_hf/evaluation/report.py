@@ -58,8 +58,13 @@ def format_table(report: EvaluationReport) -> str:
         lines.append([system, representation, "-" if layer is None else str(layer), *cells])
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     text = ["  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in lines]
-    summary = f"{report.model} on {report.dataset} ({report.split}, {report.num_abx_tokens} ABX tokens)"
-    return "\n".join([summary, *text])
+    summary = [f"{report.model} on {report.dataset} ({report.split}, {report.num_abx_tokens} ABX tokens)"]
+    if report.stored_kmeans_layer is not None:
+        summary.append(
+            f"model k-means units of layer {report.stored_kmeans_layer}: the model's stored centroids; "
+            "other k-means units: fitted by this evaluation"
+        )
+    return "\n".join([*summary, *text])
 
 
 # Which way is better for the figures the comparison with the random initialisation uses

@@ -4,13 +4,14 @@ model cards read: `EvaluationReport`, a list of `EvaluationResult` records with 
 
 The file is the report's fields as a JSON object, the results as a list of objects:
 `{"model", "dataset", "split", "num_abx_tokens", "results": [{"system", "representation", "layer", "metric",
-"value"}, ...]}`. Every report is checked when it is made, whether by the evaluator or read from a file.
+"value"}, ...], "stored_kmeans_layer"}` (the last one may be absent: reports written before it have none). Every
+report is checked when it is made, whether by the evaluator or read from a file.
 """
 
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Self, get_args
 
@@ -88,6 +89,9 @@ class EvaluationReport:
     split: str
     num_abx_tokens: int
     results: Sequence[EvaluationResult]  # kept as a tuple
+    # The layer whose model k-means units come from the centroids stored with the model (`spidr-hf kmeans`), not
+    # from a k-means fitted by the evaluation
+    stored_kmeans_layer: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("model", "dataset", "split"):
@@ -95,6 +99,8 @@ class EvaluationReport:
                 raise ValueError(f"{name!r} must be a string, got {getattr(self, name)!r}.")
         if not _is_integer(self.num_abx_tokens):
             raise ValueError(f"'num_abx_tokens' must be an integer, got {self.num_abx_tokens!r}.")
+        if self.stored_kmeans_layer is not None and not _is_integer(self.stored_kmeans_layer):
+            raise ValueError(f"'stored_kmeans_layer' must be an integer or null, got {self.stored_kmeans_layer!r}.")
         object.__setattr__(self, "results", tuple(self.results))  # frozen: a list given is kept as a tuple
         if not all(isinstance(result, EvaluationResult) for result in self.results):
             raise TypeError("results must be EvaluationResult records.")
@@ -151,10 +157,13 @@ class EvaluationReport:
 
 
 def _field_values(data: Any, kind: type, where: str) -> dict[str, Any]:
-    """The values of the fields of dataclass `kind` in the JSON object `data` (null counts as present)."""
+    """
+    The values of the fields of dataclass `kind` in the JSON object `data` (null counts as present; a field with a
+    default may be absent).
+    """
     if not isinstance(data, dict):
         raise ValueError(f"{where or 'the report'} must be a JSON object, got {type(data).__name__}.")
-    missing = [field.name for field in fields(kind) if field.name not in data]
+    missing = [field.name for field in fields(kind) if field.name not in data and field.default is MISSING]
     if missing:
         raise ValueError(f"{where + ': ' if where else ''}missing {', '.join(map(repr, missing))}.")
-    return {field.name: data[field.name] for field in fields(kind)}
+    return {field.name: data[field.name] for field in fields(kind) if field.name in data}
