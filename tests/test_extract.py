@@ -266,3 +266,18 @@ def test_extracted_features_give_the_abx_of_the_model(source_dir, corpus, tmp_pa
     np.testing.assert_equal(
         abx_error(unit_files, *labels, distance="identical"), abx_error(unit_memory, *labels, distance="identical")
     )
+
+
+def test_extract_evaluate_and_kmeans_see_the_same_audio_files_of_a_folder(tmp_path):
+    """One definition: files with an audio suffix (any case, in subfolders), not transcripts, notes or hidden files."""
+    from spidr_hf.evaluation.standard import draw_folder_audio
+    from spidr_hf.evaluation.standard import find_audio as find_set_audio
+
+    folder = tmp_path / "audio"
+    write_audio(folder / "a.wav", speech_like(0.5, 0, SAMPLING_RATE), SAMPLING_RATE)
+    write_audio(folder / "sub" / "b.FLAC", speech_like(0.5, 1, SAMPLING_RATE), SAMPLING_RATE)
+    for name in ("a.wrd", "a.TextGrid", "sub/b.txt", "README", "features.pt", ".c.wav", "sub/.DS_Store"):
+        (folder / name).write_bytes(b"not audio")
+    assert [file.id for file in extract_module.find_audio(folder)] == ["a", "sub/b"]
+    assert find_set_audio(folder, ["a", "b"]) == {"a": folder / "a.wav", "b": folder / "sub" / "b.FLAC"}
+    assert len(draw_folder_audio(folder, max_seconds=10, seed=0)) == 2  # all decoded: no non-audio file drawn

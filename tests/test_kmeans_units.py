@@ -201,6 +201,20 @@ def test_kmeans_units_through_remote_code_without_spidr_hf(kmeans_dir, tmp_path)
     assert completed.stdout.split() == [str(unit) for unit in expected.tolist()]
 
 
+@pytest.mark.slow
+def test_kmeans_command_on_a_student_only_folder_keeps_it_student_only(source_dir, corpus, tmp_path):
+    folder = tmp_path / "student"
+    SpidrForPreTraining.from_pretrained(source_dir).spidr.save_pretrained(folder)
+    shutil.copy(source_dir / "preprocessor_config.json", folder)
+    before = load_file(folder / "model.safetensors")
+    arguments = ["--layer", str(LAYER), "--clusters", str(CLUSTERS), "--frames", "2000", "--device", "cpu"]
+    assert main(["kmeans", str(folder), "--dataset", str(corpus), *arguments]) == 0
+    after = load_file(folder / "model.safetensors")
+    assert set(after) - set(before) == {"kmeans.centroids"}  # no heads, teacher or codebooks appear
+    assert all(torch.equal(after[key], value) for key, value in before.items())
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["SpidrModel"]
+
+
 def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
     def error(*arguments: str) -> str:
         with pytest.raises(SystemExit) as exit_info:

@@ -6,6 +6,7 @@ standardization, masking, and `PretrainingData`, which builds the training and e
 import dataclasses
 import itertools
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +131,24 @@ def audio_lengths(dataset, audio_column: str = "audio", num_proc: int | None = N
         desc="Reading audio durations",
     )
     return np.asarray(with_lengths["num_samples"], dtype=np.int64)
+
+
+# What counts as an audio file of a folder (extract, ZeroSpeech-layout sets, k-means audio): the common formats FFmpeg
+# decodes. A list rather than "anything but known non-audio", so that notes, alignments and caches kept beside the
+# audio are never taken for it
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".webm", ".sph")
+
+
+def audio_files(folder: str | os.PathLike) -> list[Path]:
+    """The audio files under `folder` (suffix in `AUDIO_SUFFIXES`, any case; recursively, sorted; hidden skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"Audio folder {folder} not found")
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file() and not path.name.startswith(".")
+    )
 
 
 def audio_duration(source: str | bytes) -> float:

@@ -21,12 +21,11 @@ import torch
 from tqdm import tqdm
 
 from .configuration_spidr import SAMPLING_RATE, SpidrConfig
-from .data import audio_duration
+from .data import AUDIO_SUFFIXES, audio_duration, audio_files
 from .evaluation.evaluator import DTYPES, check_device, load_model
 from .pipeline_spidr import DEFAULT_LAYER, load_audio
 
 # Extensions taken from a folder (FFmpeg reads them all); a manifest may name any file FFmpeg reads
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 UNIT_KINDS = ("codebook", "kmeans")
 DEFAULT_UNITS_FILE = "units.txt"
 DEFAULT_BATCH_SECONDS = 200.0
@@ -193,7 +192,7 @@ def find_audio(input: Path) -> list[AudioFile]:
     """The audio files of a folder (recursively) or manifest, with ids and durations; all checked before any work."""
     if input.is_dir():
         root = input
-        paths = sorted(p for p in input.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        paths = audio_files(input)
         if not paths:
             raise ValueError(f"{input} holds no audio file ({' '.join(AUDIO_SUFFIXES)})")
         relative = [p.relative_to(root) for p in paths]

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForPreTraining
 
     for name in ("clusters", "frames"):
         if getattr(args, name) < 2:
@@ -67,10 +67,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model_dir} holds a {getattr(config, 'model_type', 'unknown')} model, not SpidR")
     if not 1 <= args.layer <= config.num_hidden_layers:
         raise ValueError(f"--layer must be in [1, {config.num_hidden_layers}], got {args.layer}")
-    # The folder's own class: a pretraining folder keeps its heads, teacher and codebooks
+    # The folder's own class: a pretraining folder keeps its heads, teacher and codebooks; a student-only folder's
+    # weights load into the pretraining model's student, which is what it holds
     model, info = AutoModelForPreTraining.from_pretrained(args.model_dir, output_loading_info=True)
     if any(key.startswith(("heads.", "teacher.")) for key in info["missing_keys"]):
-        model = AutoModel.from_pretrained(args.model_dir)
+        model = model.spidr
     feature_extractor = AutoFeatureExtractor.from_pretrained(args.model_dir)
     max_seconds = args.frames / config.frame_rate + 1
     if args.dataset is not None:

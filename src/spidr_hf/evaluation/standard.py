@@ -15,12 +15,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..configuration_spidr import SAMPLING_RATE
+from ..data import AUDIO_SUFFIXES, audio_files
 from ..pipeline_spidr import load_audio
 from .features import Utterance, check_alignment, draw_audio
 from .items import AbxItem, read_item_file
 
-# Files of an audio folder that are never audio (an item file or alignments may sit beside the audio)
-NOT_AUDIO_SUFFIXES = frozenset({".item", ".textgrid", ".tsv", ".csv", ".txt", ".lab", ".json", ".pt", ".npy", ".md"})
 TABLE_HEADER = ("file", "start", "end", "phone")
 PHONE_TIER = "phones"  # MFA's phone tier; with several speakers MFA 1 names it "SPEAKER - phones"
 # MFA writes silences as empty intervals: they get this label, so that every frame has a phone
@@ -36,18 +35,6 @@ def _first(names: Sequence[str]) -> str:
 def describe_set(item_file: str | os.PathLike, audio_dir: str | os.PathLike) -> tuple[str, str]:
     """What the report names: (dataset, split) = (the audio folder, the item file's name)."""
     return str(audio_dir), Path(item_file).name
-
-
-def audio_files(folder: str | os.PathLike) -> list[Path]:
-    """The audio files under `folder` (recursively, sorted by path), skipping hidden and known non-audio files."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"Audio folder {folder} not found")
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in NOT_AUDIO_SUFFIXES
-    )
 
 
 def find_audio(audio_dir: str | os.PathLike, ids: Sequence[str]) -> dict[str, Path]:
@@ -256,5 +243,5 @@ def draw_folder_audio(folder: str | os.PathLike, max_seconds: float, seed: int, 
     """Randomly drawn audio files under `folder`, decoded, up to `max_seconds`; `name` says what the folder is for."""
     paths = audio_files(folder)
     if not paths:
-        raise ValueError(f"No audio files in {name + ' ' if name else ''}{folder}")
+        raise ValueError(f"No audio files ({' '.join(AUDIO_SUFFIXES)}) in {name + ' ' if name else ''}{folder}")
     return draw_audio(len(paths), lambda index: load_audio(paths[index], None, SAMPLING_RATE), max_seconds, seed)
