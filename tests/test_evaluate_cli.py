@@ -65,7 +65,8 @@ def model_dir(tmp_path_factory):
 
 
 def check_schema(report: dict) -> None:
-    assert set(report) == {"model", "dataset", "split", "num_abx_tokens", "results"}
+    assert set(report) == {"model", "dataset", "split", "num_abx_tokens", "results", "stored_kmeans_layer"}
+    assert report["stored_kmeans_layer"] is None  # no centroids stored: every k-means is fitted here
     assert isinstance(report["model"], str) and isinstance(report["dataset"], str)
     assert report["split"] == "dev" and isinstance(report["num_abx_tokens"], int) and report["num_abx_tokens"] > 0
     for record in report["results"]:

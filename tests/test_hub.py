@@ -263,6 +263,22 @@ def test_official_cards(tmp_path, name, config):
         assert f"| {row['units']} | {row['abx_within']:.2f} | {row['abx_across']:.2f} | {row['pnmi']:.3f} |" in text
 
 
+def test_card_tells_of_stored_kmeans_centroids(tmp_path):
+    options = {"repo_id": REPO_ID, "license": "mit"}
+    plain = render_model_card(SpidrConfig(**TINY_CONFIG), CardOptions(**options)).text
+    assert 'units="kmeans"' not in plain and "k-means centroids" not in plain
+    evaluation = tmp_path / "results.json"
+    evaluation.write_text(json.dumps({**EVALUATION, "stored_kmeans_layer": 3}))
+    config = SpidrConfig(**TINY_CONFIG, kmeans_layer=3, kmeans_num_clusters=8)
+    text = render_model_card(config, CardOptions(**options, evaluation=evaluation)).text
+    words = " ".join(text.split())
+    assert "stores 8 k-means centroids of the layer-3 layer results" in words
+    snippet = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)[2]
+    assert f'pipeline("spidr-units", model="{REPO_ID}"' in snippet and 'units="kmeans"' in snippet
+    assert "k-means units of layer 3 are those of its stored centroids" in words
+    assert "\n\n\n" not in text.split("## Limitations")[0] and "\n\n\n" not in plain.split("## Limitations")[0]
+
+
 def test_official_card_must_fit_the_model():
     with pytest.raises(ValueError, match="not the spidr-base checkpoint: objective='dinosr'"):
         render_model_card(SpidrConfig.dinosr_base(), CardOptions(repo_id=REPO_ID, official="spidr-base"))

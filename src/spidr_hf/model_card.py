@@ -176,6 +176,7 @@ def evaluation_table(report: EvaluationReport) -> dict[str, Any]:
         "dataset": report.dataset,
         "split": report.split,
         "num_abx_tokens": report.num_abx_tokens,
+        "stored_kmeans_layer": report.stored_kmeans_layer,
         "columns": [METRICS[m].label for m in metrics],
         "rows": rows,
     }
@@ -239,6 +240,8 @@ def render_model_card(config: SpidrConfig, options: CardOptions) -> ModelCard:
         num_codebooks=config.num_codebooks,
         codebook_size=config.codebook_size,
         codebook_layers=config.codebook_layers,
+        kmeans_layer=config.kmeans_layer,
+        kmeans_num_clusters=config.kmeans_num_clusters,
         chunk_length_s=DEFAULT_CHUNK_LENGTH_S,
         stride_length_s=DEFAULT_STRIDE_LENGTH_S,
         evaluation=None if evaluation is None else evaluation_table(evaluation),
