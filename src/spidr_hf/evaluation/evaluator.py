@@ -182,8 +182,9 @@ def load_model(name: str | os.PathLike, units: Sequence[str] | None, dtype: str 
         raise ValueError(f"Cannot load the model {name}: {error}") from error
     has_heads = not any(key.startswith("heads.") for key in info["missing_keys"])
     if units is None:
-        units = ["codebook", "kmeans"] if model.spidr.kmeans is not None else ["codebook"]
-        units = units if has_heads else ["kmeans"]
+        units = ["codebook"] if has_heads else []
+        if not has_heads or model.spidr.kmeans is not None:
+            units.append("kmeans")
     elif not has_heads:
         raise ValueError(f"{name} has no trained codebook heads: evaluate k-means units (--units kmeans) instead")
     if "codebook" in units:
