@@ -304,5 +304,15 @@ def test_an_earlier_report_is_kept_unless_overwrite_is_asked(corpus_dir, model_d
             main([*command, "--output", str(destination)])
         assert message in capsys.readouterr().err
     assert (tmp_path / "a_file").read_text() == "mine"
-    assert main([*command, "--output", str(output), "--overwrite"]) == 0
+    # Plots of the earlier report that this one does not draw go; the user's other files stay
+    for name in ("pnmi.png", "cooccurrence_kmeans_layer9.png", "notes.txt"):
+        (output / name).write_text("earlier")
+    assert main([*command, "--output", str(output), "--overwrite", "--units", "codebook"]) == 0
     assert "results" in json.loads((output / "results.json").read_text())
+    assert not (output / "cooccurrence_kmeans_layer9.png").exists() and (output / "notes.txt").read_text() == "earlier"
+    assert sorted(path.name for path in output.glob("*.png")) == [
+        "abx.png",
+        "cooccurrence_codebook_layer4.png",
+        "pnmi.png",
+    ]
+    assert (output / "pnmi.png").read_bytes() != b"earlier"

@@ -239,3 +239,13 @@ def test_short_utf16_textgrid_and_csv(tmp_path):
     table.write_text("b,0.0,x,sil\n")
     with pytest.raises(ValueError, match=r"alignments.csv:1: start and end must be numbers, got '0.0' and 'x'"):
         read_alignments(table)
+
+
+def test_audio_in_hidden_folders_is_not_the_sets(tmp_path):
+    """A copy in .Trash or .git is no second file of an id: hidden files and folders are not audio of the set."""
+    from spidr_hf.evaluation.standard import find_audio
+
+    for name in ("a.wav", "sub/b.flac", ".Trash/a.wav", "sub/.git/b.flac", ".a.wav"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert find_audio(tmp_path, ["a", "b"]) == {"a": tmp_path / "a.wav", "b": tmp_path / "sub" / "b.flac"}

@@ -258,6 +258,7 @@ def test_official_cards(tmp_path, name, config):
     assert "16 kHz mono" in text and "standardized" in text
     assert "arXiv 2512.20308" in text and "poli2025spidr" in text
     assert ("liu2023dinosr" in text) == (config.objective == "dinosr")
+    assert "on read English speech (LibriSpeech)" in " ".join(text.split())
     assert f"layer={entry['layer']}" in text
     for row in entry["published"]:
         assert f"| {row['units']} | {row['abx_within']:.2f} | {row['abx_across']:.2f} | {row['pnmi']:.3f} |" in text
@@ -267,6 +268,9 @@ def test_card_tells_of_stored_kmeans_centroids(tmp_path):
     options = {"repo_id": REPO_ID, "license": "mit"}
     plain = render_model_card(SpidrConfig(**TINY_CONFIG), CardOptions(**options)).text
     assert 'units="kmeans"' not in plain and "k-means centroids" not in plain
+    assert "LibriSpeech" not in plain  # a model trained with spidr-hf says what it was trained on, or nothing
+    with_data = render_model_card(SpidrConfig(**TINY_CONFIG), CardOptions(**options, datasets=("me/speech",))).text
+    assert "Pretrained without labels on me/speech;" in with_data
     evaluation = tmp_path / "results.json"
     evaluation.write_text(json.dumps({**EVALUATION, "stored_kmeans_layer": 3}))
     config = SpidrConfig(**TINY_CONFIG, kmeans_layer=3, kmeans_num_clusters=8)
@@ -277,6 +281,10 @@ def test_card_tells_of_stored_kmeans_centroids(tmp_path):
     assert f'pipeline("spidr-units", model="{REPO_ID}"' in snippet and 'units="kmeans"' in snippet
     assert "k-means units of layer 3 are those of its stored centroids" in words
     assert "\n\n\n" not in text.split("## Limitations")[0] and "\n\n\n" not in plain.split("## Limitations")[0]
+    # A report of stored centroids the model does not have is another model's: the card would claim what is not so
+    for other in (SpidrConfig(**TINY_CONFIG), SpidrConfig(**TINY_CONFIG, kmeans_layer=4, kmeans_num_clusters=8)):
+        with pytest.raises(ValueError, match="scored stored k-means centroids of layer 3, but this model stores"):
+            render_model_card(other, CardOptions(**options, evaluation=evaluation))
 
 
 def test_official_card_must_fit_the_model():

@@ -1,6 +1,7 @@
 """k-means units stored with the model: `spidr-hf kmeans`, the units pipeline, `extract`, remote code."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -120,7 +121,7 @@ def test_pipeline_extract_and_model_give_the_same_kmeans_units(kmeans_dir, tmp_p
 
 
 @pytest.mark.slow  # three evaluations of the tiny model: about 10 s
-def test_evaluate_scores_the_stored_kmeans_units_the_pipeline_gives(kmeans_dir, corpus):
+def test_evaluate_scores_the_stored_kmeans_units_the_pipeline_gives(kmeans_dir, corpus, caplog):
     # The model's figures recomputed from the pipeline's units of each dev utterance
     units = pipeline("spidr-units", model=str(kmeans_dir), trust_remote_code=True, device="cpu")
     dev = load_split(corpus, "dev")
@@ -142,9 +143,11 @@ def test_evaluate_scores_the_stored_kmeans_units_the_pipeline_gives(kmeans_dir, 
     def model_kmeans(report) -> dict[str, float]:
         return {r.metric: r.value for r in report.results if r.row == ("model", "kmeans", LAYER)}
 
-    # 16 clusters asked: the stored layer keeps the stored 8, for the model and its random initialisation
+    # 16 clusters asked: the stored layer keeps the stored 8, for the model and its random initialisation, and says so
     options = {"layers": [LAYER], "num_clusters": 16, "kmeans_frames": 2000, "batch_size": 1}
-    report = evaluate_model(kmeans_dir, corpus, units=["kmeans"], **options)
+    with caplog.at_level(logging.WARNING, logger="spidr_hf"):
+        report = evaluate_model(kmeans_dir, corpus, units=["kmeans"], **options)
+    assert f"model's {CLUSTERS} stored centroids" in caplog.text and "not 16 clusters" in caplog.text
     assert report.stored_kmeans_layer == LAYER
     assert f"k-means units of layer {LAYER}: the model's stored centroids" in format_table(report)
     assert model_kmeans(report) == expected
@@ -157,6 +160,9 @@ def test_evaluate_scores_the_stored_kmeans_units_the_pipeline_gives(kmeans_dir, 
     refit = evaluate_model(kmeans_dir, corpus, units=["kmeans"], refit_kmeans=True, **options)
     assert refit.stored_kmeans_layer is None
     assert model_kmeans(refit)["active_codewords"] > CLUSTERS  # its own 16 clusters
+    # Too few k-means frames for the stored clusters: found before any work
+    with pytest.raises(ValueError, match=rf"--kmeans-frames \(4\) must be at least the clusters \({CLUSTERS}\)"):
+        evaluate_model(kmeans_dir, corpus, units=["kmeans"], **{**options, "num_clusters": 2, "kmeans_frames": 4})
 
 
 def units_inputs(audio: np.ndarray) -> dict[str, torch.Tensor]:
@@ -215,6 +221,50 @@ def test_kmeans_command_on_a_student_only_folder_keeps_it_student_only(source_di
     assert json.loads((folder / "config.json").read_text())["architectures"] == ["SpidrModel"]
 
 
+def test_kmeans_command_cut_between_files_leaves_a_whole_model(source_dir, corpus, tmp_path, monkeypatch):
+    """
+    Files are replaced one by one: cut before any of them, the folder loads as the old model (no centroids, the same
+    units) or with the new centroids; never with a config that names centroids the weights lack.
+    """
+    import spidr_hf.kmeans
+
+    replace = os.replace
+    arguments = ["--layer", str(LAYER), "--clusters", str(CLUSTERS), "--frames", "2000", "--device", "cpu"]
+    audio = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
+    inputs = units_inputs(audio)
+    old_units = SpidrForPreTraining.from_pretrained(source_dir).eval().get_units(**inputs, layer=LAYER)[0]
+    cut_at = 0
+    while True:
+        folder = tmp_path / f"model{cut_at}"
+        shutil.copytree(source_dir, folder)
+        replaced = []
+
+        def replace_until_cut(source, destination, replaced=replaced, cut_at=cut_at):
+            if len(replaced) == cut_at:
+                raise KeyboardInterrupt
+            replaced.append(Path(destination).name)
+            replace(source, destination)
+
+        monkeypatch.setattr(spidr_hf.kmeans.os, "replace", replace_until_cut)
+        try:
+            main(["kmeans", str(folder), "--dataset", str(corpus), *arguments])
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        model = SpidrForPreTraining.from_pretrained(folder).eval()
+        if finished:
+            assert model.spidr.kmeans is not None and torch.isfinite(model.spidr.kmeans.centroids).all()
+            break
+        if model.spidr.kmeans is None:  # the old model
+            assert torch.equal(model.get_units(**inputs, layer=LAYER)[0], old_units)
+        else:  # centroids loaded from the weights, not left at their initial zeros
+            centroids = model.spidr.kmeans.centroids
+            loaded = torch.isfinite(centroids).all() and len(centroids.unique(dim=0)) == CLUSTERS
+            assert loaded, f"cut after {replaced}: the config names centroids the weights lack"
+        cut_at += 1
+    assert cut_at > 2  # weights, config and code files were replaced one by one
+
+
 def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
     def error(*arguments: str) -> str:
         with pytest.raises(SystemExit) as exit_info:
@@ -227,12 +277,29 @@ def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
     assert "no config.json" in error(str(tmp_path), "--dataset", str(corpus))
     assert "--layer must be in [1, 4]" in error(str(source_dir), "--dataset", str(corpus), "--layer", "7")
     assert "--clusters must be at least 2" in error(str(source_dir), "--dataset", str(corpus), "--clusters", "1")
-    # Fails after the model is loaded and run, so progress bars come first: the error is the one last line
+    frames = ["--clusters", "8", "--frames", "5"]
+    assert "--frames (5) must be at least --clusters (8)" in error(str(source_dir), "--dataset", str(corpus), *frames)
+    # The corpus' train split (about 2000 frames) has too few frames: found after the model ran, so progress bars come
+    # first, and the error is the one last line
     with pytest.raises(SystemExit):
-        main(["kmeans", str(source_dir), "--dataset", str(corpus), "--clusters", "8", "--frames", "5", "--layer", "2"])
+        main(
+            [
+                "kmeans",
+                str(source_dir),
+                "--dataset",
+                str(corpus),
+                "--clusters",
+                "5000",
+                "--frames",
+                "9000",
+                "--layer",
+                "2",
+            ]
+        )
     stderr = capsys.readouterr().err
     assert "Traceback" not in stderr
-    assert "as many training frames as clusters (8)" in stderr.strip().splitlines()[-1]
+    assert "as many training frames as clusters (5000), got 2" in stderr.strip().splitlines()[-1]
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")
     assert "not empty" in error(str(source_dir), "--dataset", str(corpus), "--output", str(tmp_path / "used"))
+    assert "is a file" in error(str(source_dir), "--dataset", str(corpus), "--output", str(tmp_path / "used" / "file"))

@@ -140,14 +140,19 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".ai
 
 
 def audio_files(folder: str | os.PathLike) -> list[Path]:
-    """The audio files under `folder` (suffix in `AUDIO_SUFFIXES`, any case; recursively, sorted; hidden skipped)."""
+    """
+    The audio files under `folder` (suffix in `AUDIO_SUFFIXES`, any case; recursively, sorted), but hidden files and
+    files in hidden folders (.git, .Trash, ...).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"Audio folder {folder} not found")
     return sorted(
         path
         for path in folder.rglob("*")
-        if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file() and not path.name.startswith(".")
+        if path.suffix.lower() in AUDIO_SUFFIXES
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     )
 
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers.utils import CONFIG_NAME
 
 from .evaluation.evaluator import check_device
 from .evaluation.features import ModelRepresentations, fit_kmeans, kmeans_training_frames, load_random_audio
@@ -59,8 +60,14 @@ def run(args: argparse.Namespace) -> int:
     if not (args.model_dir / "config.json").is_file():
         raise ValueError(f"{args.model_dir} is not a saved model folder (no config.json)")
     output = args.output or args.model_dir
+    if args.output is not None and output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} is a file: choose a new or empty folder (or leave --output out: in place)")
     if args.output is not None and output.exists() and any(output.iterdir()):
         raise ValueError(f"{output} is not empty: choose a new or empty folder (or leave --output out: in place)")
+    if args.clusters > args.frames:
+        raise ValueError(
+            f"--frames ({args.frames}) must be at least --clusters ({args.clusters}): k-means needs a frame a cluster"
+        )
     device = check_device(args.device)
     config = AutoConfig.from_pretrained(args.model_dir)
     if getattr(config, "model_type", None) != "spidr":
@@ -90,10 +97,11 @@ def run(args: argparse.Namespace) -> int:
 def write_model(model, feature_extractor, folder: Path) -> None:
     """
     Save into `folder`: beside an existing folder's other files (checkpoints, card), the weights, config and code
-    are replaced file by file with os.replace once all are written, so an interrupted run leaves the old model whole.
+    are replaced file by file with os.replace once all are written, config.json last: a run interrupted before it
+    leaves the old config, which does not know the new weights' centroids and loads the model as it was.
     """
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as scratch:
         save_hub_ready(model, feature_extractor, scratch)
-        for path in Path(scratch).iterdir():
+        for path in sorted(Path(scratch).iterdir(), key=lambda path: path.name == CONFIG_NAME):
             os.replace(path, folder / path.name)

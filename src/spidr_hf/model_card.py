@@ -213,6 +213,13 @@ def render_model_card(config: SpidrConfig, options: CardOptions) -> ModelCard:
     if license_id is None:
         raise ValueError("Say under which license the weights are released (--license), e.g. cc-by-4.0.")
     evaluation = None if options.evaluation is None else EvaluationReport.load(options.evaluation)
+    if evaluation is not None and evaluation.stored_kmeans_layer not in (None, config.kmeans_layer):
+        stored = "none" if config.kmeans_layer is None else f"those of layer {config.kmeans_layer}"
+        raise ValueError(
+            f"The evaluation {options.evaluation} scored stored k-means centroids of layer "
+            f"{evaluation.stored_kmeans_layer}, but this model stores {stored}: it is another model's report; "
+            "evaluate this model again"
+        )
     family = "SpidR" if config.objective == "spidr" else "DinoSR"
     card_data = ModelCardData(
         language=["en"],
@@ -240,6 +247,7 @@ def render_model_card(config: SpidrConfig, options: CardOptions) -> ModelCard:
         num_codebooks=config.num_codebooks,
         codebook_size=config.codebook_size,
         codebook_layers=config.codebook_layers,
+        datasets=list(options.datasets),
         kmeans_layer=config.kmeans_layer,
         kmeans_num_clusters=config.kmeans_num_clusters,
         chunk_length_s=DEFAULT_CHUNK_LENGTH_S,

@@ -340,6 +340,27 @@ def evaluate_model(
             raise ValueError(
                 f"None of layers {layers} has a codebook head (layers with one: {list(student.config.codebook_layers)})"
             )
+    stored_kmeans = {}
+    if "kmeans" in unit_kinds and student.kmeans is not None and not refit_kmeans:
+        stored_layer, stored_clusters = student.config.kmeans_layer, student.config.kmeans_num_clusters
+        if stored_layer not in layers:
+            logger.warning("The model's k-means centroids are of layer %d, which is not evaluated", stored_layer)
+        else:
+            stored_kmeans = {stored_layer: StoredKMeans(student.kmeans)}
+            if stored_clusters != settings.num_clusters:
+                logger.warning(
+                    "Layer %d's k-means units are the model's %d stored centroids (and its random initialisation's "
+                    "k-means has as many), not %d clusters; --refit-kmeans fits every layer",
+                    stored_layer,
+                    stored_clusters,
+                    settings.num_clusters,
+                )
+    num_units = {("codebook", layer): student.config.codebook_size for layer in codebook_layers}
+    num_units |= {("kmeans", layer): settings.num_clusters for layer in [*layers, None]}
+    num_units |= {("kmeans", layer): kmeans.num_clusters for layer, kmeans in stored_kmeans.items()}
+    most_clusters = max(num_units["kmeans", layer] for layer in layers)
+    if "kmeans" in unit_kinds and settings.kmeans_frames < most_clusters:  # found now, not after the model's scores
+        raise ValueError(f"--kmeans-frames ({settings.kmeans_frames}) must be at least the clusters ({most_clusters})")
     kmeans_seconds = settings.kmeans_frames / FRAME_RATE + 1
     kmeans_audio = []
     if dataset is not None:
@@ -363,17 +384,6 @@ def evaluate_model(
         "random_init": ModelRepresentations(random_init, feature_extractor, layers, codebook_layers, device),
         "log_mel": LogMelRepresentations(),
     }
-    stored_kmeans = {}
-    if "kmeans" in unit_kinds and student.kmeans is not None and not refit_kmeans:
-        if student.config.kmeans_layer in layers:
-            stored_kmeans = {student.config.kmeans_layer: StoredKMeans(student.kmeans)}
-        else:
-            logger.warning(
-                "The model's k-means centroids are of layer %d, which is not evaluated", student.config.kmeans_layer
-            )
-    num_units = {("codebook", layer): student.config.codebook_size for layer in codebook_layers}
-    num_units |= {("kmeans", layer): settings.num_clusters for layer in [*layers, None]}
-    num_units |= {("kmeans", layer): kmeans.num_clusters for layer, kmeans in stored_kmeans.items()}
     results, cooccurrences = [], {}
     for system, representations in systems.items():
         system_results, system_cooccurrences = evaluate_system(

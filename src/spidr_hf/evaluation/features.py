@@ -222,7 +222,7 @@ def fit_kmeans(frames: np.ndarray, num_clusters: int, seed: int):
 
     if len(frames) < num_clusters:
         raise ValueError(
-            f"k-means needs at least as many training frames as clusters ({num_clusters}), the audio gave "
-            f"{len(frames)}: use more audio or fewer clusters"
+            f"k-means needs at least as many training frames as clusters ({num_clusters}), got {len(frames)}: use "
+            "more audio or fewer clusters"
         )
     return MiniBatchKMeans(n_clusters=num_clusters, random_state=seed).fit(frames)

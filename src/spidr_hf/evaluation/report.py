@@ -25,6 +25,8 @@ PHONE_CLASSES = {
 }
 _PHONE_RANK = {phone: rank for rank, phone in enumerate(p for phones in PHONE_CLASSES.values() for p in phones)}
 _CLASS_OF = {phone: name for name, phones in PHONE_CLASSES.items() for phone in phones}
+# What `write_report` writes; other files of the folder are left alone
+REPORT_FILES = ("results.json", "abx.png", "pnmi.png", "cooccurrence_*_layer*.png")
 
 
 def write_report(
@@ -33,8 +35,12 @@ def write_report(
     """
     results.json, abx.png, pnmi.png (when there is PNMI) and a co-occurrence heatmap for the model's best-PNMI layer
     of each unit kind (`cooccurrences`: the phones and phone x unit counts of each (system, representation, layer)).
+    The files an earlier report wrote there are removed first, so that no plot of another run is left beside this one.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
+    for pattern in REPORT_FILES:
+        for path in output_dir.glob(pattern):
+            path.unlink()
     report.dump(output_dir / "results.json")
     plot_abx(report.results, output_dir / "abx.png")
     if "pnmi" in report.metrics():  # a set evaluated without alignments has no PNMI
