@@ -64,7 +64,7 @@ def test_features_equal_the_pipeline(source_dir, audio_dir, tmp_path):
     extract(source_dir, audio_dir, tmp_path, layer=3, batch_seconds=100)
     features = pipeline("spidr-features", model=str(source_dir), device="cpu")
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(
-        f"{id}.pt" for id in ids()
+        [*(f"{id}.pt" for id in ids()), "extract.json"]
     )
     for name, _, _ in FILES:
         saved = torch.load(tmp_path / Path(name).with_suffix(".pt"))
@@ -141,7 +141,7 @@ def test_resume_skips_written_files_and_completes_the_rest(source_dir, audio_dir
     extract(source_dir, audio_dir, tmp_path, **kwargs)
     assert {path: path.stat().st_mtime_ns for path in written} == written  # not written again
     assert {path: path.read_bytes() for path in tmp_path.rglob("*.pt")} == {
-        path: content for path, content in complete.items() if path != units_file
+        path: content for path, content in complete.items() if path.suffix == ".pt"
     }
     assert units_file.read_text().startswith(kept)
     assert read_units(units_file) == parse_units(complete[units_file].decode())
@@ -161,13 +161,13 @@ def test_an_interrupted_write_leaves_no_partial_file(source_dir, audio_dir, tmp_
     monkeypatch.setattr(extract_module.torch, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         extract(source_dir, audio_dir, tmp_path, layer=2, batch_seconds=1.0)  # one file per batch
-    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    files = [path for path in tmp_path.rglob("*") if path.is_file() and path.name != "extract.json"]
     assert len(files) == 1 and files[0].suffix == ".pt"  # the first file, and nothing of the second
     first = torch.load(files[0])
     monkeypatch.setattr(extract_module.torch, "save", real_save)
     extract(source_dir, audio_dir, tmp_path, layer=2, batch_seconds=1.0)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(
-        f"{id}.pt" for id in ids()
+        [*(f"{id}.pt" for id in ids()), "extract.json"]
     )
     assert torch.equal(torch.load(files[0]), first)
 
@@ -208,6 +208,178 @@ def test_user_errors(source_dir, audio_dir, tmp_path, capsys):
     assert "missing.wav" in run_cli(capsys, source_dir, manifest, tmp_path / "out")
     assert "Cannot load the model" in run_cli(capsys, tmp_path / "empty", audio_dir, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def output_files(folder: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def kmeans_dir(source_dir, audio_dir, tmp_path_factory) -> Path:
+    """The tiny model with k-means centroids of layer 3: frames of that layer's results, so that units vary."""
+    from spidr_hf import SpidrForPreTraining
+
+    model = SpidrForPreTraining.from_pretrained(source_dir).eval()
+    audio = load_audio(audio_dir / "sub/b.flac", None, SAMPLING_RATE)
+    inputs = SpidrFeatureExtractor()(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    with torch.no_grad():
+        results = model.spidr(inputs["input_values"], output_layer_results=True).layer_results[KMEANS_LAYER - 1]
+    model.spidr.set_kmeans_centroids(KMEANS_LAYER, results[0, ::17][:8].float().clone())
+    folder = tmp_path_factory.mktemp("kmeans") / "model"
+    model.save_pretrained(folder)
+    SpidrFeatureExtractor().save_pretrained(folder)
+    return folder
+
+
+KMEANS_LAYER = 3
+
+
+@pytest.mark.parametrize(
+    ("first", "rerun", "changes"),
+    [
+        (["--units", "codebook"], ["--units", "kmeans"], ['units: "codebook" -> "kmeans"']),
+        (["--units", "codebook"], ["--units", "codebook", "--deduplicate"], ["deduplicate: false -> true"]),
+        (["--layer", "2"], ["--layer", "3"], ["layer: 2 -> 3"]),
+        (["--layer", "2"], ["--layer", "2", "--hidden-states"], ['representation: "layer_results" -> "hidden_states"']),
+        (["--layer", "2"], ["--layer", "2", "--dtype", "bfloat16"], ['dtype: "float32" -> "bfloat16"']),
+        # Features and units asked in separate runs: the rule is equal settings, so the second is refused
+        (["--units", "codebook"], ["--features", "--units", "codebook"], ["features: false -> true"]),
+    ],
+)
+def test_a_rerun_with_other_settings_is_refused(kmeans_dir, audio_dir, tmp_path, capsys, first, rerun, changes):
+    output = tmp_path / "out"
+    assert main(["extract", str(kmeans_dir), str(audio_dir), str(output), "--layer", "3", *first]) == 0
+    written = output_files(output)
+    message = run_cli(capsys, kmeans_dir, audio_dir, output, *rerun)
+    assert all(change in message for change in changes), message
+    assert "another output folder" in message
+    assert output_files(output) == written  # nothing kept as if it were the new settings' outputs, nothing changed
+    # The same settings again, the model folder by another path: a resume that has nothing left to do
+    same_model = kmeans_dir.parent / ".." / kmeans_dir.parent.name / kmeans_dir.name
+    assert main(["extract", str(same_model), str(audio_dir), str(output), "--layer", "3", *first]) == 0
+    assert output_files(output) == written
+
+
+def test_outputs_no_record_says_extract_wrote_are_refused(source_dir, audio_dir, tmp_path, capsys):
+    # .pt files from another program (or from extract before it kept records): not mixed with this run's
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "a.pt").write_bytes(b"someone else's tensor")
+    message = run_cli(capsys, source_dir, audio_dir, foreign)
+    assert str(foreign) in message and ".pt" in message and "another output folder" in message
+    assert output_files(foreign) == {foreign / "a.pt": b"someone else's tensor"}
+    # A folder with other files only is fine
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "README").write_text("mine")
+    assert main(["extract", str(source_dir), str(audio_dir), str(other), "--layer", "2"]) == 0
+    assert (other / "README").read_text() == "mine" and (other / "a.pt").is_file()
+
+
+def test_a_units_file_extract_did_not_write_is_never_touched(source_dir, audio_dir, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\tfirst\nhalf a line with no end")
+    default = tmp_path / "out-default"
+    default.mkdir()
+    (default / "units.txt").write_text("a\t1 2 3\n")
+    refusals = [
+        (notes, [tmp_path / "out", "--units", "codebook", "--units-file", notes]),
+        (default / "units.txt", [default, "--units", "codebook"]),
+    ]
+    for path, argv in refusals:
+        before = path.read_bytes()
+        message = run_cli(capsys, source_dir, audio_dir, *argv)
+        assert message == (
+            f"{path} exists and was not written by spidr-hf extract into {argv[0]}: choose another --units-file"
+        )
+        assert path.read_bytes() == before
+    assert not (tmp_path / "out").exists()
+    # A units file outside OUTPUT is extract's in the OUTPUT whose record names it, and only there
+    shared = tmp_path / "shared.txt"
+    extract(source_dir, audio_dir, tmp_path / "a", layer=3, features=False, units="codebook", units_file=shared)
+    complete = shared.read_text()
+    shared.write_text(complete[: len(complete) - 3])  # cut off: resumed in its OUTPUT
+    extract(source_dir, audio_dir, tmp_path / "a", layer=3, features=False, units="codebook", units_file=shared)
+    assert read_units(shared) == parse_units(complete)
+    message = run_cli(capsys, source_dir, audio_dir, tmp_path / "b", "--units", "codebook", "--units-file", shared)
+    assert "was not written by spidr-hf extract into" in message
+    assert read_units(shared) == parse_units(complete)
+
+
+@pytest.mark.parametrize(
+    ("units_file", "foreign_line"),
+    [("u.jsonl", '{"a": 1}'), ("u.jsonl", "[1, 2]"), ("u.jsonl", "not json"), ("u.txt", "no tab on this line")],
+)
+def test_a_units_line_extract_cannot_have_written_is_named(
+    source_dir, audio_dir, tmp_path, capsys, units_file, foreign_line
+):
+    path = tmp_path / units_file
+    argv = [source_dir, audio_dir, tmp_path, "--units", "codebook", "--units-file", path]
+    assert main(["extract", *map(str, argv), "--layer", "3"]) == 0
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + foreign_line + "\n" + "".join(lines[1:]))
+    message = run_cli(capsys, *argv)
+    assert message.startswith(f"{path}, line 2: not a")
+
+
+def test_a_single_audio_file_is_an_input(source_dir, audio_dir, tmp_path):
+    extract(source_dir, audio_dir / "sub/b.flac", tmp_path, layer=3, units="codebook")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.pt")) == ["b.pt"]  # id: its stem
+    extract(source_dir, audio_dir, tmp_path / "all", layer=3, units="codebook")
+    torch.testing.assert_close(torch.load(tmp_path / "b.pt"), torch.load(tmp_path / "all/sub/b.pt"))
+    assert read_units(tmp_path / "units.txt") == {"b": read_units(tmp_path / "all/units.txt")["sub/b"]}
+
+
+def test_too_short_files_are_named_before_any_work(source_dir, audio_dir, tmp_path, capsys):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "long.wav").write_bytes((audio_dir / "sub/b.flac").read_bytes())
+    for name in ("short1.wav", "short2.wav"):  # 160 samples, fewer than the receptive field of 400
+        write_audio(audio / name, speech_like(0.01, 0, SAMPLING_RATE), SAMPLING_RATE)
+    output = tmp_path / "out"
+    message = run_cli(capsys, source_dir, audio, output, "--batch-seconds", "1")  # the long file's batch comes first
+    assert "2 file(s)" in message and "short1.wav" in message and "short2.wav" in message
+    assert "receptive field of 400 samples" in message
+    assert not output.exists()
+
+
+def test_kmeans_units_default_to_the_centroids_layer(kmeans_dir, audio_dir, tmp_path, capsys):
+    from spidr_hf import SpidrModel
+
+    assert main(["extract", str(kmeans_dir), str(audio_dir), str(tmp_path), "--units", "kmeans"]) == 0
+    model = SpidrModel.from_pretrained(kmeans_dir).eval()
+    units = read_units(tmp_path / "units.txt")
+    assert sorted(units) == sorted(ids())
+    for name, _, _ in FILES:
+        audio = load_audio(audio_dir / name, None, SAMPLING_RATE)
+        inputs = SpidrFeatureExtractor()(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+        assert units[str(Path(name).with_suffix(""))] == model.get_kmeans_units(**inputs)[0].tolist()
+    assert len({unit for values in units.values() for unit in values}) > 1
+    # Other extractions keep the default layer 6 (beyond the tiny model's 4 layers)
+    with pytest.raises(SystemExit):
+        main(["extract", str(kmeans_dir), str(audio_dir), str(tmp_path / "features")])
+    assert "--layer must be in [1, 4], got 6" in capsys.readouterr().err
+
+
+def test_manifest_messages(source_dir, audio_dir, tmp_path, capsys):
+    manifest = audio_dir / "twice.txt"
+    manifest.write_text("a.wav\nsub/b.flac\n./a.wav\n")
+    try:
+        assert run_cli(capsys, source_dir, manifest, tmp_path / "out") == f"a.wav is listed twice in {manifest}"
+        # A byte order mark (some Windows editors write one) is not part of the first path
+        manifest.write_text("\ufeffa.wav\nsub/b.flac\n", encoding="utf-8")
+        extract(source_dir, manifest, tmp_path / "bom", layer=2)
+    finally:
+        manifest.unlink()
+    assert sorted(str(p.relative_to(tmp_path / "bom")) for p in (tmp_path / "bom").rglob("*.pt")) == [
+        "a.pt",
+        "sub/b.pt",
+    ]
+    same_id = tmp_path / "same-id"
+    same_id.mkdir()
+    for name in ("a.wav", "a.flac"):
+        (same_id / name).write_bytes((audio_dir / "a.wav").read_bytes())
+    assert "share the id a (same path but for the extension)" in run_cli(capsys, source_dir, same_id, tmp_path / "o")
 
 
 def test_cli_writes_features_and_units(source_dir, audio_dir, tmp_path):

@@ -5,7 +5,9 @@ manifest of audio files, as fastabx, ZeroSpeech tools and unit language models r
 Files go through the model in padded batches of similar durations (padded batches give the outputs of single files),
 each file whole, in one pass. The encoder stops after the layer asked for. A run can be interrupted and started again:
 finished files are skipped, a `.pt` appears only once complete (written aside, then renamed) and a units line is one
-write, so a cut-off last line is dropped on resume.
+write, so a cut-off last line is dropped on resume. The settings that shape the outputs are recorded in
+OUTPUT/extract.json before any output: a rerun resumes only with the same settings, and touches no output (`.pt` or
+units file) that a record does not say it wrote.
 """
 
 import argparse
@@ -30,6 +32,9 @@ UNIT_KINDS = ("codebook", "kmeans")
 DEFAULT_UNITS_FILE = "units.txt"
 DEFAULT_BATCH_SECONDS = 200.0
 PARTIAL_SUFFIX = ".partial"  # a `.pt` being written; renamed once complete
+SETTINGS_FILE = "extract.json"  # OUTPUT's record of the settings its outputs were written with
+SETTINGS_WRITER = "spidr-hf extract"
+MAX_NAMED_FILES = 5  # files named in an error about several
 
 
 @dataclass(frozen=True)
@@ -43,14 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model folder or Hub id (a converted or trained SpidR/DinoSR model)")
     parser.add_argument(
         "input",
-        help=f"audio folder (searched recursively for {' '.join(AUDIO_SUFFIXES)}) or manifest text file "
-        "(one audio path per line, relative to the manifest's folder)",
+        help=f"audio folder (searched recursively for {' '.join(AUDIO_SUFFIXES)}), one audio file, or manifest text "
+        "file (one audio path per line, relative to the manifest's folder)",
     )
     parser.add_argument(
         "output", help="output folder: OUTPUT/<relative path>.pt per audio file, and the units file if asked for"
     )
     parser.add_argument(
-        "--layer", type=int, default=DEFAULT_LAYER, help="1-based encoder layer of features and units (default 6)"
+        "--layer",
+        type=int,
+        help=f"1-based encoder layer of features and units (default {DEFAULT_LAYER}; with --units kmeans, the layer of "
+        "the model's k-means centroids)",
     )
     parser.add_argument(
         "--hidden-states",
@@ -106,7 +114,7 @@ def extract(
     input: str | os.PathLike,
     output: str | os.PathLike,
     *,
-    layer: int = DEFAULT_LAYER,
+    layer: int | None = None,
     hidden_states: bool = False,
     features: bool = True,
     units: str | None = None,
@@ -117,8 +125,10 @@ def extract(
     dtype: str = "float32",
 ) -> None:
     """
-    Write the features of `layer` of every audio file of `input` (a folder or a manifest) to `output`/<id>.pt (float32
-    `(frames, dim)` at 50 Hz) and/or its `units` to `units_file`; files already written are skipped.
+    Write the features of `layer` of every audio file of `input` (a folder, an audio file or a manifest) to
+    `output`/<id>.pt (float32 `(frames, dim)` at 50 Hz) and/or its `units` to `units_file`; files already written are
+    skipped. `layer=None`: the layer of the model's k-means centroids for k-means units, else `DEFAULT_LAYER`. The
+    settings are recorded in `output`/extract.json; a rerun into the same `output` must ask for the same settings.
     """
     if not features and units is None:
         raise ValueError("Nothing to extract: ask for features and/or --units")
@@ -131,22 +141,33 @@ def extract(
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ValueError(f"The output {output} is a file: pass a folder")
-    device = check_device(device)
-    network, _, feature_extractor, _ = load_model(model, ["codebook"] if units == "codebook" else [], dtype)
-    num_layers = check_layer(network.config, layer, hidden_states, units == "codebook")
-    if units == "kmeans":
-        if network.base_model.kmeans is None:
-            raise ValueError(f"{model} has no k-means centroids: fit them with `spidr-hf kmeans`")
-        if layer != network.config.kmeans_layer:
-            kmeans_layer = network.config.kmeans_layer
-            raise ValueError(f"The k-means centroids of {model} are of layer {kmeans_layer}, not {layer}")
-    files = find_audio(Path(input))
-
     units_path = None
-    done_units: set[str] = set()
     if units is not None:
         units_path = Path(units_file) if units_file is not None else output / DEFAULT_UNITS_FILE
-        done_units = read_unit_ids(units_path)
+        if units_path.is_dir():
+            raise ValueError(f"The units file {units_path} is a folder: pass a file")
+        if units_path.resolve() == (output / SETTINGS_FILE).resolve():
+            raise ValueError(f"The units file cannot be {units_path}, the settings record of the output folder")
+    device = check_device(device)
+    network, _, feature_extractor, _ = load_model(model, ["codebook"] if units == "codebook" else [], dtype)
+    if units == "kmeans" and network.base_model.kmeans is None:
+        raise ValueError(f"{model} has no k-means centroids: fit them with `spidr-hf kmeans`")
+    if layer is None:  # k-means units exist for one layer only: the default follows them, as in the units pipeline
+        layer = network.config.kmeans_layer if units == "kmeans" else DEFAULT_LAYER
+    num_layers = check_layer(network.config, layer, hidden_states, units == "codebook")
+    if units == "kmeans" and layer != network.config.kmeans_layer:
+        kmeans_layer = network.config.kmeans_layer
+        raise ValueError(f"The k-means centroids of {model} are of layer {kmeans_layer}, not {layer}")
+    settings = output_settings(model, layer, hidden_states, features, units, deduplicate, dtype, output, units_path)
+    # Checked before reading the input (durations take a while on large sets), written only once it is known good
+    check_output(output, settings, units_path)
+    files = find_audio(Path(input))
+    check_durations(files, network.config.receptive_field)
+
+    done_units: set[str] = set()
+    complete_bytes = 0
+    if units_path is not None:
+        done_units, complete_bytes = read_unit_ids(units_path)
     todo = [
         file
         for file in files
@@ -154,8 +175,11 @@ def extract(
     ]
     network = network.to(device).eval()
     output.mkdir(parents=True, exist_ok=True)
+    if read_settings(output) != settings:  # before any output, so that every output is covered by a record
+        write_settings(output, model, settings)
     if units_path is not None:
         units_path.parent.mkdir(parents=True, exist_ok=True)
+        drop_cut_off_line(units_path, complete_bytes)
     progress = tqdm(total=len(todo), desc="Extracting", unit="file")
     with progress, open(units_path, "a", encoding="utf-8") if units_path else nullcontext() as units_out:
         for batch in length_batches(todo, batch_seconds):
@@ -189,16 +213,28 @@ def check_layer(config: SpidrConfig, layer: int, hidden_states: bool, codebook: 
 
 
 def find_audio(input: Path) -> list[AudioFile]:
-    """The audio files of a folder (recursively) or manifest, with ids and durations; all checked before any work."""
+    """
+    The audio files of a folder (recursively), one audio file or a manifest, with ids and durations; all checked before
+    any work.
+    """
     if input.is_dir():
         root = input
         paths = audio_files(input)
         if not paths:
             raise ValueError(f"{input} holds no audio file ({' '.join(AUDIO_SUFFIXES)})")
         relative = [p.relative_to(root) for p in paths]
+    elif input.is_file() and input.suffix.lower() in AUDIO_SUFFIXES:
+        root = input.parent
+        relative = [Path(input.name)]
     elif input.is_file():
         root = input.parent
-        lines = [line.strip() for line in input.read_text(encoding="utf-8").splitlines()]
+        try:  # utf-8-sig: a byte order mark (some Windows editors write one) is not part of the first path
+            text = input.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{input} is neither an audio file ({' '.join(AUDIO_SUFFIXES)}) nor a UTF-8 manifest text file"
+            ) from error
+        lines = [line.strip() for line in text.splitlines()]
         relative = [Path(line) for line in lines if line and not line.startswith("#")]
         if not relative:
             raise ValueError(f"The manifest {input} names no audio file")
@@ -208,6 +244,9 @@ def find_audio(input: Path) -> list[AudioFile]:
         missing = [str(p) for p in relative if not (root / p).is_file()]
         if missing:
             raise ValueError(f"{len(missing)} file(s) of {input} do not exist, e.g. {', '.join(missing[:5])}")
+        repeated = next((path for index, path in enumerate(relative) if path in relative[:index]), None)
+        if repeated is not None:  # Path equality: "a.wav" and "./a.wav" are one file
+            raise ValueError(f"{repeated} is listed twice in {input}")
     else:
         raise ValueError(f"{input} is neither an audio folder nor a manifest file")
     ids = [p.with_suffix("").as_posix() for p in relative]
@@ -218,6 +257,119 @@ def find_audio(input: Path) -> list[AudioFile]:
         AudioFile(root / path, id, seconds(root / path))
         for path, id in tqdm(zip(relative, ids, strict=True), total=len(ids), desc="Reading durations", unit="file")
     ]
+
+
+def check_durations(files: Sequence[AudioFile], receptive_field: int) -> None:
+    """Refuse files too short for one output frame now, not at their batch after longer files are written."""
+    # From the header, so possibly a sample off: a file at the limit is still checked once decoded
+    too_short = [file for file in files if round(file.seconds * SAMPLING_RATE) < receptive_field]
+    if too_short:
+        named = ", ".join(f"{file.path} ({file.seconds:.4f} s)" for file in too_short[:MAX_NAMED_FILES])
+        raise ValueError(
+            f"{len(too_short)} file(s) are shorter than the model's receptive field of {receptive_field} samples "
+            f"({receptive_field / SAMPLING_RATE:g} s), e.g. {named}: leave them out of the input"
+        )
+
+
+def output_settings(
+    model: str | os.PathLike,
+    layer: int,
+    hidden_states: bool,
+    features: bool,
+    units: str | None,
+    deduplicate: bool,
+    dtype: str,
+    output: Path,
+    units_path: Path | None,
+) -> dict:
+    """
+    The settings that shape the outputs, as recorded in OUTPUT/extract.json and compared on a rerun. Settings that
+    do not apply are None (the representation without features, deduplication without units), so that they cannot
+    refuse a rerun; a model folder is its resolved path and a units file inside OUTPUT is relative to it, so that a
+    rerun from another working folder, or of a moved OUTPUT, still matches.
+    """
+    model_path = Path(model)
+    return {
+        "model": str(model_path.resolve()) if model_path.is_dir() else str(model),
+        "layer": layer,
+        "representation": ("hidden_states" if hidden_states else "layer_results") if features else None,
+        "features": features,
+        "units": units,
+        "deduplicate": deduplicate if units is not None else None,
+        "dtype": dtype,
+        "units_file": recorded_units_file(output, units_path) if units_path is not None else None,
+    }
+
+
+def recorded_units_file(output: Path, units_path: Path) -> str:
+    resolved = units_path.resolve()
+    if resolved.is_relative_to(output.resolve()):
+        return resolved.relative_to(output.resolve()).as_posix()
+    return str(resolved)
+
+
+def read_settings(output: Path) -> dict | None:
+    """The settings recorded in OUTPUT (None when there is no record); a file that is not a record is an error."""
+    path = output / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    is_record = isinstance(record, dict) and record.get("written_by") == SETTINGS_WRITER
+    if not (is_record and isinstance(record.get("settings"), dict)):
+        raise ValueError(f"{path} is not a settings record of spidr-hf extract: choose another output folder")
+    return record["settings"]
+
+
+def write_settings(output: Path, model: str | os.PathLike, settings: dict) -> None:
+    """Written aside, then renamed: the record is never cut off."""
+    record = {"written_by": SETTINGS_WRITER, "model_as_given": str(model), "settings": settings}
+    path = output / SETTINGS_FILE
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    try:
+        partial.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def check_output(output: Path, settings: dict, units_path: Path | None) -> None:
+    """
+    Refuse an OUTPUT whose outputs were written with other settings, and any output file that no record says that
+    extract wrote (a user's file given as --units-file, `.pt` files of another program or of a spidr-hf without
+    records): a rerun would keep, extend or truncate them as if they were this run's.
+    """
+    recorded = read_settings(output)
+    if recorded == settings:
+        return  # a rerun of the same extraction: resume
+    if recorded is not None and has_outputs(output, recorded):
+        changes = ", ".join(
+            f"{key}: {json.dumps(recorded.get(key))} -> {json.dumps(value)}"
+            for key, value in settings.items()
+            if recorded.get(key) != value
+        )
+        raise ValueError(
+            f"{output} holds outputs of other settings ({changes}): use another output folder, or the same settings"
+        )
+    # No record, or the record of a run that wrote nothing yet (it is replaced): any output there is not ours
+    if units_path is not None and units_path.exists():
+        raise ValueError(
+            f"{units_path} exists and was not written by spidr-hf extract into {output}: choose another --units-file"
+        )
+    if output.is_dir() and next(output.rglob("*.pt"), None) is not None:
+        raise ValueError(
+            f"{output} holds .pt files but no {SETTINGS_FILE} settings record of spidr-hf extract: choose another "
+            "output folder"
+        )
+
+
+def has_outputs(output: Path, recorded: dict) -> bool:
+    units_file = recorded.get("units_file")
+    if isinstance(units_file, str) and (output / units_file).exists():  # `/` keeps an absolute path as is
+        return True
+    return next(output.rglob("*.pt"), None) is not None
 
 
 def seconds(path: Path) -> float:
@@ -316,19 +468,47 @@ def save_atomically(tensor: torch.Tensor, path: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def read_unit_ids(path: Path) -> set[str]:
-    """Ids already in a units file; a last line cut off by an interrupted run is removed (it is written again)."""
+def read_unit_ids(path: Path) -> tuple[set[str], int]:
+    """
+    Ids of the complete lines of a units file, and their length in bytes: a last line cut off by an interrupted run
+    is not counted (`drop_cut_off_line` removes it before the file is appended to). Read only, and only when the
+    settings record says extract wrote the file; a line it cannot have written is an error naming the line.
+    """
     if not path.is_file():
-        return set()
+        return set(), 0
     content = path.read_bytes()
     complete = content[: content.rfind(b"\n") + 1]
-    if len(complete) != len(content):
-        with open(path, "r+b") as file:
-            file.truncate(len(complete))
-    lines = complete.decode("utf-8").splitlines()
+    try:
+        lines = complete.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text: {error}") from error
+    ids = set()
+    for number, line in enumerate(lines, start=1):
+        if line:
+            ids.add(unit_line_id(line, path, number))
+    return ids, len(complete)
+
+
+def unit_line_id(line: str, path: Path, number: int) -> str:
     if path.suffix == ".jsonl":
-        return {json.loads(line)["id"] for line in lines if line}
-    return {line.split("\t", 1)[0] for line in lines if line}
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not (isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("units"), list)):
+            raise ValueError(f'{path}, line {number}: not a {{"id", "units"}} JSON line of spidr-hf extract')
+        return row["id"]
+    id, tab, _ = line.partition("\t")
+    if not id or not tab:
+        raise ValueError(f"{path}, line {number}: not an 'id<TAB>units' line of spidr-hf extract")
+    return id
+
+
+def drop_cut_off_line(path: Path, complete_bytes: int) -> None:
+    """Remove what follows the last complete line (a line cut off by an interrupted run: it is written again)."""
+    if path.is_file() and path.stat().st_size > complete_bytes:
+        with open(path, "r+b") as file:
+            file.truncate(complete_bytes)
 
 
 def format_units(id: str, units: np.ndarray, path: Path) -> str:
