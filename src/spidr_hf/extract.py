@@ -11,9 +11,10 @@ units file) that a record does not say it wrote.
 """
 
 import argparse
+import functools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +190,7 @@ def extract(
             )
             for index, file in enumerate(batch):
                 if features and not feature_path(output, file).is_file():
-                    save_atomically(batch_features[index], feature_path(output, file))
+                    save_atomically(feature_path(output, file), functools.partial(torch.save, batch_features[index]))
                 if units_out is not None and file.id not in done_units:
                     values = batch_units[index]
                     if deduplicate:
@@ -326,13 +327,8 @@ def read_settings(output: Path) -> dict | None:
 def write_settings(output: Path, model: str | os.PathLike, settings: dict) -> None:
     """Written aside, then renamed: the record is never cut off."""
     record = {"written_by": SETTINGS_WRITER, "model_as_given": str(model), "settings": settings}
-    path = output / SETTINGS_FILE
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    try:
-        partial.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    text = json.dumps(record, indent=2) + "\n"
+    save_atomically(output / SETTINGS_FILE, lambda partial: partial.write_text(text, encoding="utf-8"))
 
 
 def check_output(output: Path, settings: dict, units_path: Path | None) -> None:
@@ -358,7 +354,7 @@ def check_output(output: Path, settings: dict, units_path: Path | None) -> None:
         raise ValueError(
             f"{units_path} exists and was not written by spidr-hf extract into {output}: choose another --units-file"
         )
-    if output.is_dir() and next(output.rglob("*.pt"), None) is not None:
+    if output.is_dir() and holds_features(output):
         raise ValueError(
             f"{output} holds .pt files but no {SETTINGS_FILE} settings record of spidr-hf extract: choose another "
             "output folder"
@@ -369,6 +365,10 @@ def has_outputs(output: Path, recorded: dict) -> bool:
     units_file = recorded.get("units_file")
     if isinstance(units_file, str) and (output / units_file).exists():  # `/` keeps an absolute path as is
         return True
+    return holds_features(output)
+
+
+def holds_features(output: Path) -> bool:
     return next(output.rglob("*.pt"), None) is not None
 
 
@@ -457,12 +457,12 @@ def feature_path(output: Path, file: AudioFile) -> Path:
     return output / f"{file.id}.pt"
 
 
-def save_atomically(tensor: torch.Tensor, path: Path) -> None:
-    """Write to a side file, then rename: `path` exists only complete, even if the run is killed meanwhile."""
+def save_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """`write` a side file, then rename it: `path` exists only complete, even if the run is killed meanwhile."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     try:
-        torch.save(tensor, partial)
+        write(partial)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
