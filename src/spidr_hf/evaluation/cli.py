@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from .evaluator import DTYPES, UNIT_KINDS, check_source, evaluate_model
-from .report import format_comparison, format_table
+from .report import RESULTS_FILE, format_comparison, format_table
 
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 
@@ -104,9 +104,10 @@ def check_output(output: Path, overwrite: bool) -> None:
     """Before any work: the report folder can be written and holds no earlier report, unless it may be replaced."""
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output} is a file; the report needs a folder")
-    if (output / "results.json").exists() and not overwrite:
+    if (output / RESULTS_FILE).exists() and not overwrite:
         raise ValueError(
-            f"{output} already holds a report (results.json); pass --overwrite to replace it, or choose another folder"
+            f"{output} already holds a report ({RESULTS_FILE}); pass --overwrite to replace it, or choose another "
+            "folder"
         )
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -143,5 +144,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(report))
     if any(result.system == "random_init" for result in report.results):
         print(format_comparison(report))
-    print(f"Wrote {args.output / 'results.json'} and plots")
+    print(f"Wrote {args.output / RESULTS_FILE} and plots")
     return 0

@@ -26,7 +26,9 @@ PHONE_CLASSES = {
 _PHONE_RANK = {phone: rank for rank, phone in enumerate(p for phones in PHONE_CLASSES.values() for p in phones)}
 _CLASS_OF = {phone: name for name, phones in PHONE_CLASSES.items() for phone in phones}
 # What `write_report` writes; other files of the folder are left alone
-REPORT_FILES = ("results.json", "abx.png", "pnmi.png", "cooccurrence_*_layer*.png")
+RESULTS_FILE, ABX_PLOT, PNMI_PLOT = "results.json", "abx.png", "pnmi.png"
+COOCCURRENCE_PLOT = "cooccurrence_{kind}_layer{layer}.png"
+REPORT_FILES = (RESULTS_FILE, ABX_PLOT, PNMI_PLOT, COOCCURRENCE_PLOT.format(kind="*", layer="*"))
 
 
 def write_report(
@@ -41,17 +43,18 @@ def write_report(
     for pattern in REPORT_FILES:
         for path in output_dir.glob(pattern):
             path.unlink()
-    report.dump(output_dir / "results.json")
-    plot_abx(report.results, output_dir / "abx.png")
+    report.dump(output_dir / RESULTS_FILE)
+    plot_abx(report.results, output_dir / ABX_PLOT)
     if "pnmi" in report.metrics():  # a set evaluated without alignments has no PNMI
-        plot_pnmi(report.results, output_dir / "pnmi.png")
+        plot_pnmi(report.results, output_dir / PNMI_PLOT)
     for kind in ("codebook", "kmeans"):
         scores = [r for r in report.results if (r.system, r.representation, r.metric) == ("model", kind, "pnmi")]
         if scores:
             best = max(scores, key=lambda result: result.value)
             phones, counts = cooccurrences[best.row]
             title = f"{kind} units of layer {best.layer}: P(phone | unit)"
-            plot_cooccurrence(phones, counts, output_dir / f"cooccurrence_{kind}_layer{best.layer}.png", title)
+            plot_path = output_dir / COOCCURRENCE_PLOT.format(kind=kind, layer=best.layer)
+            plot_cooccurrence(phones, counts, plot_path, title)
 
 
 def format_table(report: EvaluationReport) -> str:
