@@ -10,10 +10,12 @@ from transformers import pipeline
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
 from spidr_hf.cli import main
+from spidr_hf.clustering import fit_kmeans
 from spidr_hf.configuration_spidr import SAMPLING_RATE
 from spidr_hf.evaluation import evaluate_model
-from spidr_hf.evaluation.evaluator import load_model
-from spidr_hf.evaluation.features import ModelRepresentations, fit_kmeans, load_split
+from spidr_hf.evaluation.features import load_split
+from spidr_hf.loading import load
+from spidr_hf.representations import ModelRepresentations
 
 LAYERS = [3, 4]  # TINY_CONFIG's codebook layers
 
@@ -47,7 +49,8 @@ def trained_dir(corpus, tmp_path_factory):
 
 
 def dev_outputs(folder, corpus, dtype: str):
-    model, _, feature_extractor, _ = load_model(folder, ["codebook"], dtype)
+    loaded = load(folder, "full", dtype=dtype)
+    model, feature_extractor = loaded.model, loaded.feature_extractor
     assert model.dtype == {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     representations = ModelRepresentations(model, feature_extractor, LAYERS, LAYERS, "cpu")
     return representations([utterance.audio for utterance in load_split(corpus, "dev")])
@@ -112,7 +115,7 @@ def test_evaluate_cli_in_bf16(trained_dir, corpus, tmp_path, capsys):
 
 def test_bad_dtype_is_one_line(trained_dir):
     with pytest.raises(ValueError, match="Unknown dtype 'float16'"):
-        load_model(trained_dir, ["codebook"], "float16")
+        load(trained_dir, "full", dtype="float16")
 
 
 def test_pipelines_in_bf16(trained_dir, corpus):
@@ -134,7 +137,8 @@ def test_pipelines_in_bf16(trained_dir, corpus):
 
 def test_bf16_codebook_units_are_the_argmax_of_fp32_logits(trained_dir, corpus):
     """bf16 logits tie on about 1 % of a trained model's frames: the heads stay fp32 and no tie is left to chance."""
-    model, _, feature_extractor, _ = load_model(trained_dir, ["codebook"], "bfloat16")
+    loaded = load(trained_dir, "full", dtype="bfloat16")
+    model, feature_extractor = loaded.model, loaded.feature_extractor
     assert model.spidr.dtype == torch.bfloat16 and all(head.weight.dtype == torch.float32 for head in model.heads)
     representations = ModelRepresentations(model, feature_extractor, LAYERS, LAYERS, "cpu")
     outputs = representations([utterance.audio for utterance in load_split(corpus, "dev")])

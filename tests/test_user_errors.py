@@ -18,7 +18,7 @@ from transformers import BertConfig, BertModel, pipeline
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel
 from spidr_hf.cli import main
 from spidr_hf.data import DataArguments, PretrainingData, load_audio_dataset
-from spidr_hf.evaluation.evaluator import load_model
+from spidr_hf.loading import load
 from spidr_hf.trainer import SpidrTrainingArguments, check_checkpoint_fits
 from spidr_hf.training_setup import ModelArguments, build_model, check_value_types, parse_config, read_config_file
 
@@ -257,7 +257,7 @@ def test_evaluate_uses_the_default_feature_extractor_for_a_folder_without_one(so
     folder = shutil.copytree(source_dir, tmp_path / "model")
     (folder / "preprocessor_config.json").unlink()
     with caplog.at_level(logging.WARNING):
-        _, _, feature_extractor, _ = load_model(folder, None)
+        feature_extractor = load(folder).feature_extractor
     assert isinstance(feature_extractor, SpidrFeatureExtractor)
     assert feature_extractor.to_dict() == SpidrFeatureExtractor().to_dict()
     assert "has no preprocessor_config.json" in caplog.text

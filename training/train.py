@@ -19,6 +19,7 @@ from transformers import set_seed
 
 from spidr_hf import SpidrFeatureExtractor
 from spidr_hf.data import PretrainingData
+from spidr_hf.errors import is_user_error
 from spidr_hf.trainer import SpidrTrainer
 from spidr_hf.training_setup import (
     build_model,
@@ -32,7 +33,9 @@ logger = logging.getLogger("spidr_hf.train")
 
 
 def main(argv: list[str]) -> None:
-    model_args, data_args, training_args = parse_config(argv, usage=__doc__)
+    if not argv or argv[0] in ("-h", "--help"):
+        raise SystemExit(__doc__)
+    model_args, data_args, training_args = parse_config(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     check_output_dir(Path(training_args.output_dir), training_args.resume_from_checkpoint)
     set_seed(training_args.seed)
@@ -56,8 +59,10 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except ValueError as error:  # a bad config value or file: one line, not a traceback
-        raise SystemExit(f"train.py: error: {error}") from None
+    except ValueError as error:
+        if not is_user_error(error):  # a bug: its traceback
+            raise
+        raise SystemExit(f"train.py: error: {error}") from None  # a bad config value or file: one line
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Everything is saved and closed. A gloo worker thread can still be releasing the last collective's tensors
         # while Python finalizes; it then cannot take the GIL and aborts the process (seen in 1 CPU run in 5).

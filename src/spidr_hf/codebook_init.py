@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from .evaluation.features import fit_kmeans
+from .clustering import fit_kmeans
 from .modeling_spidr import SpidrForPreTraining
 
 # k-means is fitted on at most this many target frames per codeword (random frames of the batches), which bounds

@@ -9,6 +9,9 @@ from transformers import PreTrainedConfig
 SAMPLING_RATE = 16_000  # Hz: the audio every SpidR and DinoSR model takes (the feature extractor checks it)
 OBJECTIVES = ("spidr", "dinosr")
 FEAT_EXTRACT_NORMS = ("layer", "group")
+# The paper's best layer of SpidR base (12 layers): its features and codebook units score best on ABX and PNMI. Models
+# of other depths get it clamped to what they have (`SpidrConfig.default_feature_layer`, `default_unit_layer`)
+PAPER_BEST_LAYER = 6
 
 
 class SpidrConfig(PreTrainedConfig):
@@ -155,6 +158,19 @@ class SpidrConfig(PreTrainedConfig):
         """1-based indices of the encoder layers that have a codebook and a prediction head."""
         return tuple(range(self.num_hidden_layers - self.num_codebooks + 1, self.num_hidden_layers + 1))
 
+    @property
+    def default_feature_layer(self) -> int:
+        """The layer whose features the pipelines, `extract` and the model card use by default: the paper's best
+        (6), or the last layer of a shallower model."""
+        return min(PAPER_BEST_LAYER, self.num_hidden_layers)
+
+    @property
+    def default_unit_layer(self) -> int:
+        """The codebook layer whose units are used by default: the paper's best (6), or the nearest layer with a
+        codebook head."""
+        first, last = self.codebook_layers[0], self.codebook_layers[-1]
+        return min(max(PAPER_BEST_LAYER, first), last)
+
     def check_values(self) -> None:
         """Raise a `ValueError` naming the first invalid hyper-parameter."""
         if self.objective not in OBJECTIVES:
@@ -237,4 +253,4 @@ class SpidrConfig(PreTrainedConfig):
             raise ValueError(f"`codebook_restart_after` must be a non-negative integer (0: never), got {restart!r}.")
 
 
-__all__ = ["SpidrConfig"]
+__all__ = ["PAPER_BEST_LAYER", "SpidrConfig"]

@@ -365,12 +365,6 @@ def check_destination_is_writable(destination: Path) -> None:
         raise ConversionError(f"Cannot create {destination}: no permission to write in {ancestor}.")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, help="official checkpoint (.pt or fairseq .ckpt)")
-    parser.add_argument("destination", type=Path, help="new folder for the Hub-ready model")
-    parser.add_argument("--model-type", choices=OBJECTIVES, default=None, help="default: config.json, else spidr")
-
-
 def run(args: argparse.Namespace) -> int:
     path = convert(args.source, args.destination, args.model_type)
     print(f"Wrote {path} (load it with AutoModel.from_pretrained or AutoModelForPreTraining.from_pretrained)")

@@ -365,19 +365,6 @@ def _num_frames(phones: Sequence[dict]) -> int:
     return num_frames(round(phones[-1]["end"] * SAMPLING_RATE))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "out_dir", metavar="OUT_DIR", type=Path, help="output folder (re-running resumes and reuses finished wavs)"
-    )
-    parser.add_argument("--hours", type=float, default=DEFAULT_HOURS, help="hours of speech in all (default: 1)")
-    parser.add_argument(
-        "--speakers", type=int, default=8, help=f"number of speakers, 2 to {len(SPEAKERS)} (default: 8)"
-    )
-    parser.add_argument("--dev-speakers", type=int, default=2, help="speakers held out for dev (default: 2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sentence draw (default: 0)")
-    parser.add_argument("--num-workers", type=int, default=None, help="parallel flite processes (default: all cores)")
-
-
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     corpus = build_corpus(args.out_dir, args.hours, args.speakers, args.dev_speakers, args.seed, args.num_workers)

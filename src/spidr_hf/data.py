@@ -6,7 +6,6 @@ standardization, masking, and `PretrainingData`, which builds the training and e
 import dataclasses
 import itertools
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import IterableDataset as TorchIterableDataset
 
+from .audio import audio_duration, name_some
 from .configuration_spidr import SAMPLING_RATE, SpidrConfig
 from .feature_extraction_spidr import SpidrFeatureExtractor
 from .modeling_spidr import compute_span_mask, conv_output_lengths
@@ -131,40 +131,6 @@ def audio_lengths(dataset, audio_column: str = "audio", num_proc: int | None = N
         desc="Reading audio durations",
     )
     return np.asarray(with_lengths["num_samples"], dtype=np.int64)
-
-
-# What counts as an audio file of a folder (extract, ZeroSpeech-layout sets, k-means audio): the common formats FFmpeg
-# decodes. A list rather than "anything but known non-audio", so that notes, alignments and caches kept beside the
-# audio are never taken for it
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".webm", ".sph")
-
-
-def audio_files(folder: str | os.PathLike) -> list[Path]:
-    """
-    The audio files under `folder` (suffix in `AUDIO_SUFFIXES`, any case; recursively, sorted), but hidden files and
-    files in hidden folders (.git, .Trash, ...).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"Audio folder {folder} not found")
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in AUDIO_SUFFIXES
-        and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
-
-
-def audio_duration(source: str | bytes) -> float:
-    """Seconds of audio in a file (its path or bytes): from the header, decoded when the header does not say."""
-    from torchcodec.decoders import AudioDecoder
-
-    decoder = AudioDecoder(source)
-    duration = decoder.metadata.duration_seconds_from_header
-    if duration is None:  # some containers have no duration in their header: decode to know
-        duration = decoder.get_all_samples().duration_seconds
-    return duration
 
 
 def _header_lengths(batch: dict[str, list], audio_column: str) -> dict[str, list[int]]:
@@ -565,8 +531,7 @@ class PretrainingData:
         for reason, indices in reasons.items():
             if len(indices):
                 names = file_names(self.train_dataset, self.args.audio_column, indices[:limit].tolist())
-                more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
-                parts.append(f"{reason}: {', '.join(names)}{more}")
+                parts.append(f"{reason}: {name_some(names, limit, total=len(indices))}")
         return f" Among them, {'; '.join(parts)}."
 
     def _bucket_sampler(self, lengths: np.ndarray, seed: int) -> BucketBatchSampler:

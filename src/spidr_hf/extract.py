@@ -23,19 +23,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .audio import AUDIO_SUFFIXES, audio_files, decode, file_seconds, name_some
 from .configuration_spidr import SAMPLING_RATE, SpidrConfig
-from .data import AUDIO_SUFFIXES, audio_duration, audio_files
-from .evaluation.evaluator import DTYPES, check_device, load_model
-from .pipeline_spidr import DEFAULT_LAYER, load_audio
+from .errors import AudioError, SpidrError
+from .loading import DTYPES, check_device, load
+from .modeling_spidr import UNIT_KINDS
 
-# Extensions taken from a folder (FFmpeg reads them all); a manifest may name any file FFmpeg reads
-UNIT_KINDS = ("codebook", "kmeans")
 DEFAULT_UNITS_FILE = "units.txt"
 DEFAULT_BATCH_SECONDS = 200.0
 PARTIAL_SUFFIX = ".partial"  # a `.pt` being written; renamed once complete
 SETTINGS_FILE = "extract.json"  # OUTPUT's record of the settings its outputs were written with
 SETTINGS_WRITER = "spidr-hf extract"
-MAX_NAMED_FILES = 5  # files named in an error about several
 
 
 @dataclass(frozen=True)
@@ -45,61 +43,14 @@ class AudioFile:
     seconds: float
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model folder or Hub id (a converted or trained SpidR/DinoSR model)")
-    parser.add_argument(
-        "input",
-        help=f"audio folder (searched recursively for {' '.join(AUDIO_SUFFIXES)}), one audio file, or manifest text "
-        "file (one audio path per line, relative to the manifest's folder)",
-    )
-    parser.add_argument(
-        "output", help="output folder: OUTPUT/<relative path>.pt per audio file, and the units file if asked for"
-    )
-    parser.add_argument(
-        "--layer",
-        type=int,
-        help=f"1-based encoder layer of features and units (default {DEFAULT_LAYER}; with --units kmeans, the layer of "
-        "the model's k-means centroids)",
-    )
-    parser.add_argument(
-        "--hidden-states",
-        action="store_true",
-        help="features from the residual stream after the layer (0: encoder input) instead of its layer result",
-    )
-    parser.add_argument("--features", action="store_true", help="write features (the default unless --units is given)")
-    parser.add_argument(
-        "--units", choices=UNIT_KINDS, help="write units: argmax of the layer's codebook head, or k-means"
-    )
-    parser.add_argument(
-        "--units-file",
-        help=f"units file (default OUTPUT/{DEFAULT_UNITS_FILE}): 'id<TAB>u1 u2 ...' lines, or JSON lines "
-        '{"id": ..., "units": [...]} when it ends with .jsonl',
-    )
-    parser.add_argument("--deduplicate", action="store_true", help="merge runs of the same unit into one")
-    parser.add_argument(
-        "--batch-seconds",
-        type=float,
-        default=DEFAULT_BATCH_SECONDS,
-        help=f"padded audio per forward pass, in seconds (default {DEFAULT_BATCH_SECONDS:g}); longer files go alone",
-    )
-    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when available)")
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="float32",
-        help="dtype the model runs in (bfloat16: faster on CUDA and AMX CPUs; features are saved as float32)",
-    )
-
-
 def run(args: argparse.Namespace) -> int:
-    write_features = args.features or args.units is None
     extract(
         args.model,
         args.input,
         args.output,
         layer=args.layer,
         hidden_states=args.hidden_states,
-        features=write_features,
+        features=args.features or args.units is None,
         units=args.units,
         units_file=args.units_file,
         deduplicate=args.deduplicate,
@@ -132,33 +83,34 @@ def extract(
     settings are recorded in `output`/extract.json; a rerun into the same `output` must ask for the same settings.
     """
     if not features and units is None:
-        raise ValueError("Nothing to extract: ask for features and/or --units")
+        raise SpidrError("Nothing to extract: ask for features and/or units")
     if units is not None and units not in UNIT_KINDS:
-        raise ValueError(f"Unknown unit kind {units!r}: choose among {list(UNIT_KINDS)}")
+        raise SpidrError(f"Unknown unit kind {units!r}: choose among {list(UNIT_KINDS)}")
     if dtype not in DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}: choose among {list(DTYPES)}")
+        raise SpidrError(f"Unknown dtype {dtype!r}: choose among {list(DTYPES)}")
     if not batch_seconds > 0:
-        raise ValueError(f"--batch-seconds must be positive, got {batch_seconds}")
+        raise SpidrError(f"batch_seconds must be positive, got {batch_seconds}")
     output = Path(output)
     if output.exists() and not output.is_dir():
-        raise ValueError(f"The output {output} is a file: pass a folder")
+        raise SpidrError(f"The output {output} is a file: pass a folder")
     units_path = None
     if units is not None:
         units_path = Path(units_file) if units_file is not None else output / DEFAULT_UNITS_FILE
         if units_path.is_dir():
-            raise ValueError(f"The units file {units_path} is a folder: pass a file")
+            raise SpidrError(f"The units file {units_path} is a folder: pass a file")
         if units_path.resolve() == (output / SETTINGS_FILE).resolve():
-            raise ValueError(f"The units file cannot be {units_path}, the settings record of the output folder")
+            raise SpidrError(f"The units file cannot be {units_path}, the settings record of the output folder")
     device = check_device(device)
-    network, _, feature_extractor, _ = load_model(model, ["codebook"] if units == "codebook" else [], dtype)
+    loaded = load(model, "full" if units == "codebook" else "student", dtype=dtype)
+    network, feature_extractor = loaded.model, loaded.feature_extractor
     if units == "kmeans" and network.base_model.kmeans is None:
-        raise ValueError(f"{model} has no k-means centroids: fit them with `spidr-hf kmeans`")
+        raise SpidrError(f"{model} has no k-means centroids: fit them with `spidr-hf kmeans`")
     if layer is None:  # k-means units exist for one layer only: the default follows them, as in the units pipeline
-        layer = network.config.kmeans_layer if units == "kmeans" else DEFAULT_LAYER
-    num_layers = check_layer(network.config, layer, hidden_states, units == "codebook")
+        layer = network.config.kmeans_layer if units == "kmeans" else network.config.default_feature_layer
+    check_layer(network.config, layer, hidden_states, units == "codebook")
     if units == "kmeans" and layer != network.config.kmeans_layer:
         kmeans_layer = network.config.kmeans_layer
-        raise ValueError(f"The k-means centroids of {model} are of layer {kmeans_layer}, not {layer}")
+        raise SpidrError(f"The k-means centroids of {model} are of layer {kmeans_layer}, not {layer}")
     settings = output_settings(model, layer, hidden_states, features, units, deduplicate, dtype, output, units_path)
     # Checked before reading the input (durations take a while on large sets), written only once it is known good
     check_output(output, settings, units_path)
@@ -184,9 +136,9 @@ def extract(
     progress = tqdm(total=len(todo), desc="Extracting", unit="file")
     with progress, open(units_path, "a", encoding="utf-8") if units_path else nullcontext() as units_out:
         for batch in length_batches(todo, batch_seconds):
-            audios = [decode(file, network.config.receptive_field) for file in batch]
+            audios = [decode_checked(file, network.config.receptive_field) for file in batch]
             batch_features, batch_units = forward(
-                network, feature_extractor, audios, layer, hidden_states, num_layers, units, device
+                network, feature_extractor, audios, layer, hidden_states, units, device
             )
             for index, file in enumerate(batch):
                 if features and not feature_path(output, file).is_file():
@@ -200,17 +152,13 @@ def extract(
             progress.update(len(batch))
 
 
-def check_layer(config: SpidrConfig, layer: int, hidden_states: bool, codebook: bool) -> int | None:
-    """Check `layer` for what is asked; the encoder layers to run (None: all, as DinoSR heads read the last one)."""
+def check_layer(config: SpidrConfig, layer: int, hidden_states: bool, codebook: bool) -> None:
+    """Check `layer` for what is asked, before any work."""
     first = 0 if hidden_states else 1
     if not first <= layer <= config.num_hidden_layers:
-        raise ValueError(f"--layer must be in [{first}, {config.num_hidden_layers}], got {layer}")
-    if codebook:
-        if layer not in config.codebook_layers:
-            raise ValueError(f"Layer {layer} has no codebook head; layers with one: {list(config.codebook_layers)}")
-        if config.objective == "dinosr":
-            return None
-    return max(layer, 1)  # the encoder input (hidden state 0) comes with the first layer
+        raise SpidrError(f"layer must be in [{first}, {config.num_hidden_layers}], got {layer}")
+    if codebook and layer not in config.codebook_layers:
+        raise SpidrError(f"Layer {layer} has no codebook head; layers with one: {list(config.codebook_layers)}")
 
 
 def find_audio(input: Path) -> list[AudioFile]:
@@ -222,7 +170,7 @@ def find_audio(input: Path) -> list[AudioFile]:
         root = input
         paths = audio_files(input)
         if not paths:
-            raise ValueError(f"{input} holds no audio file ({' '.join(AUDIO_SUFFIXES)})")
+            raise SpidrError(f"{input} holds no audio file ({' '.join(AUDIO_SUFFIXES)})")
         relative = [p.relative_to(root) for p in paths]
     elif input.is_file() and input.suffix.lower() in AUDIO_SUFFIXES:
         root = input.parent
@@ -232,30 +180,30 @@ def find_audio(input: Path) -> list[AudioFile]:
         try:  # utf-8-sig: a byte order mark (some Windows editors write one) is not part of the first path
             text = input.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as error:
-            raise ValueError(
+            raise SpidrError(
                 f"{input} is neither an audio file ({' '.join(AUDIO_SUFFIXES)}) nor a UTF-8 manifest text file"
             ) from error
         lines = [line.strip() for line in text.splitlines()]
         relative = [Path(line) for line in lines if line and not line.startswith("#")]
         if not relative:
-            raise ValueError(f"The manifest {input} names no audio file")
+            raise SpidrError(f"The manifest {input} names no audio file")
         outside = [str(p) for p in relative if p.is_absolute() or ".." in p.parts]
         if outside:
-            raise ValueError(f"Manifest paths must be relative and inside its folder {root}, got {outside[0]}")
+            raise SpidrError(f"Manifest paths must be relative and inside its folder {root}, got {outside[0]}")
         missing = [str(p) for p in relative if not (root / p).is_file()]
         if missing:
-            raise ValueError(f"{len(missing)} file(s) of {input} do not exist, e.g. {', '.join(missing[:5])}")
+            raise AudioError(f"{len(missing)} file(s) of {input} do not exist: {name_some(missing)}")
         repeated = next((path for index, path in enumerate(relative) if path in relative[:index]), None)
         if repeated is not None:  # Path equality: "a.wav" and "./a.wav" are one file
-            raise ValueError(f"{repeated} is listed twice in {input}")
+            raise SpidrError(f"{repeated} is listed twice in {input}")
     else:
-        raise ValueError(f"{input} is neither an audio folder nor a manifest file")
+        raise SpidrError(f"{input} is neither an audio folder nor a manifest file")
     ids = [p.with_suffix("").as_posix() for p in relative]
     duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
     if duplicates:
-        raise ValueError(f"Several audio files share the id {duplicates[0]} (same path but for the extension)")
+        raise SpidrError(f"Several audio files share the id {duplicates[0]} (same path but for the extension)")
     return [
-        AudioFile(root / path, id, seconds(root / path))
+        AudioFile(root / path, id, file_seconds(root / path))
         for path, id in tqdm(zip(relative, ids, strict=True), total=len(ids), desc="Reading durations", unit="file")
     ]
 
@@ -265,10 +213,10 @@ def check_durations(files: Sequence[AudioFile], receptive_field: int) -> None:
     # From the header, so possibly a sample off: a file at the limit is still checked once decoded
     too_short = [file for file in files if round(file.seconds * SAMPLING_RATE) < receptive_field]
     if too_short:
-        named = ", ".join(f"{file.path} ({file.seconds:.4f} s)" for file in too_short[:MAX_NAMED_FILES])
-        raise ValueError(
+        named = name_some([f"{file.path} ({file.seconds:.4f} s)" for file in too_short])
+        raise SpidrError(
             f"{len(too_short)} file(s) are shorter than the model's receptive field of {receptive_field} samples "
-            f"({receptive_field / SAMPLING_RATE:g} s), e.g. {named}: leave them out of the input"
+            f"({receptive_field / SAMPLING_RATE:g} s): {named}; leave them out of the input"
         )
 
 
@@ -320,7 +268,7 @@ def read_settings(output: Path) -> dict | None:
         record = None
     is_record = isinstance(record, dict) and record.get("written_by") == SETTINGS_WRITER
     if not (is_record and isinstance(record.get("settings"), dict)):
-        raise ValueError(f"{path} is not a settings record of spidr-hf extract: choose another output folder")
+        raise SpidrError(f"{path} is not a settings record of spidr-hf extract: choose another output folder")
     return record["settings"]
 
 
@@ -346,16 +294,16 @@ def check_output(output: Path, settings: dict, units_path: Path | None) -> None:
             for key, value in settings.items()
             if recorded.get(key) != value
         )
-        raise ValueError(
+        raise SpidrError(
             f"{output} holds outputs of other settings ({changes}): use another output folder, or the same settings"
         )
     # No record, or the record of a run that wrote nothing yet (it is replaced): any output there is not ours
     if units_path is not None and units_path.exists():
-        raise ValueError(
+        raise SpidrError(
             f"{units_path} exists and was not written by spidr-hf extract into {output}: choose another --units-file"
         )
     if output.is_dir() and holds_features(output):
-        raise ValueError(
+        raise SpidrError(
             f"{output} holds .pt files but no {SETTINGS_FILE} settings record of spidr-hf extract: choose another "
             "output folder"
         )
@@ -372,33 +320,14 @@ def holds_features(output: Path) -> bool:
     return next(output.rglob("*.pt"), None) is not None
 
 
-def seconds(path: Path) -> float:
-    """Duration from the file's header (decoded when the header does not say); an unreadable file is an error."""
-    try:
-        return audio_duration(os.fspath(path))
-    except (RuntimeError, ValueError) as error:
-        raise ValueError(f"Could not decode {path}: {_first_line(error)}") from error
-
-
-def decode_path(path: Path) -> np.ndarray:
-    try:
-        return load_audio(path, None, SAMPLING_RATE)
-    except (RuntimeError, ValueError, FileNotFoundError) as error:
-        raise ValueError(f"Could not decode {path}: {_first_line(error)}") from error
-
-
-def decode(file: AudioFile, min_samples: int) -> np.ndarray:
-    audio = decode_path(file.path)
+def decode_checked(file: AudioFile, min_samples: int) -> np.ndarray:
+    audio = decode(file.path)
     if len(audio) < min_samples:
-        raise ValueError(
+        raise AudioError(
             f"{file.path} has {len(audio)} samples at {SAMPLING_RATE} Hz, fewer than the model's receptive field of "
             f"{min_samples} samples"
         )
     return audio
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def length_batches(files: Sequence[AudioFile], batch_seconds: float) -> Iterator[list[AudioFile]]:
@@ -420,36 +349,22 @@ def forward(
     audios: Sequence[np.ndarray],
     layer: int,
     hidden_states: bool,
-    num_layers: int | None,
     units: str | None,
     device: str,
 ) -> tuple[list[torch.Tensor], list[np.ndarray]]:
     """Per-file features `(frames, dim)` (float32, on CPU) and units of one padded batch, in one pass."""
-    codebook = units == "codebook"
     inputs = feature_extractor(list(audios), sampling_rate=SAMPLING_RATE, return_tensors="pt")
-    input_values = inputs["input_values"].to(device, model.dtype)
-    attention_mask = inputs["attention_mask"].to(device)
-    lengths = model._get_feat_extract_output_lengths(attention_mask.sum(-1)).tolist()
-    network = model if codebook else model.base_model
-    kwargs = {"return_loss": False} if codebook else {}
-    output = network(
-        input_values,
-        attention_mask,
-        num_layers=num_layers,
-        output_layer_results=not hidden_states or units == "kmeans",
-        output_hidden_states=hidden_states,
-        **kwargs,
+    output = model.represent(
+        inputs["input_values"].to(device, model.dtype),
+        inputs["attention_mask"].to(device),
+        layers=[layer],
+        representation="hidden_states" if hidden_states else "layer_results",
+        units=units,
+        unit_layers=[layer],
     )
-    values = output.hidden_states[layer] if hidden_states else output.layer_results[layer - 1]
     # `.clone()`: a slice saved as is would drag the whole batch's storage into its file
-    features = [values[b, :length].float().cpu().clone() for b, length in enumerate(lengths)]
-    unit_values = []
-    if codebook:
-        frame_units = output.logits[model.config.codebook_layers.index(layer)].argmax(-1)
-    elif units == "kmeans":
-        frame_units = model.base_model.kmeans(output.layer_results[layer - 1])
-    if units is not None:
-        unit_values = [frame_units[b, :length].cpu().numpy() for b, length in enumerate(lengths)]
+    features = [values.float().cpu().clone() for values in output.features[layer]]
+    unit_values = [values.cpu().numpy() for values in output.units[layer]] if units is not None else []
     return features, unit_values
 
 
@@ -481,7 +396,7 @@ def read_unit_ids(path: Path) -> tuple[set[str], int]:
     try:
         lines = complete.decode("utf-8").splitlines()
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text: {error}") from error
+        raise SpidrError(f"{path} is not UTF-8 text: {error}") from error
     ids = set()
     for number, line in enumerate(lines, start=1):
         if line:
@@ -496,11 +411,11 @@ def unit_line_id(line: str, path: Path, number: int) -> str:
         except json.JSONDecodeError:
             row = None
         if not (isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("units"), list)):
-            raise ValueError(f'{path}, line {number}: not a {{"id", "units"}} JSON line of spidr-hf extract')
+            raise SpidrError(f'{path}, line {number}: not a {{"id", "units"}} JSON line of spidr-hf extract')
         return row["id"]
     id, tab, _ = line.partition("\t")
     if not id or not tab:
-        raise ValueError(f"{path}, line {number}: not an 'id<TAB>units' line of spidr-hf extract")
+        raise SpidrError(f"{path}, line {number}: not an 'id<TAB>units' line of spidr-hf extract")
     return id
 
 

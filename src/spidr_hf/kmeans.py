@@ -5,6 +5,7 @@ store the centroids with the model's weights, where the `spidr-units` pipeline (
 """
 
 import argparse
+import copy
 import os
 import tempfile
 from pathlib import Path
@@ -12,12 +13,16 @@ from pathlib import Path
 import torch
 from transformers.utils import CONFIG_NAME
 
-from .evaluation.evaluator import check_device
-from .evaluation.features import ModelRepresentations, fit_kmeans, kmeans_training_frames, load_random_audio
-from .evaluation.standard import draw_folder_audio
+from .audio import draw_folder_audio
+from .clustering import fit_kmeans, kmeans_training_frames
+from .errors import SpidrError
+from .evaluation.features import load_random_audio  # a corpus split's audio
+from .loading import DTYPES, check_device, in_dtype, load
 from .release import save_hub_ready
+from .representations import ModelRepresentations
 
 DEFAULT_FRAMES = 100_000  # 2000 s at 50 Hz: enough for a few hundred centroids
+DEFAULT_BATCH_SIZE = 8  # utterances per forward pass
 
 
 def fit_centroids(
@@ -29,7 +34,7 @@ def fit_centroids(
     max_frames: int,
     seed: int,
     device: str,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> torch.Tensor:
     """`(num_clusters, hidden)` k-means centroids of the layer results of `layer` on up to `max_frames` frames."""
     representations = ModelRepresentations(model.base_model, feature_extractor, [layer], [], device)
@@ -37,60 +42,48 @@ def fit_centroids(
     return torch.from_numpy(fit_kmeans(frames, num_clusters, seed).cluster_centers_).float()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", type=Path, help="saved SpidR folder (training output, convert or push folder)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", type=Path, help="a `spidr-hf corpus` folder (its --split is used)")
-    source.add_argument("--audio", type=Path, help="a folder of audio files (any format FFmpeg reads)")
-    parser.add_argument("--split", default="train", help="split of --dataset (default: train)")
-    parser.add_argument("--layer", type=int, default=6, help="encoder layer, 1-based (default: 6)")
-    parser.add_argument("--clusters", type=int, default=256, help="number of centroids (default: 256)")
-    parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="frames to fit on (default: 100000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    parser.add_argument("--output", type=Path, help="write the model with its centroids here (default: in place)")
-
-
 def run(args: argparse.Namespace) -> int:
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForPreTraining
-
-    for name in ("clusters", "frames"):
-        if getattr(args, name) < 2:
-            raise ValueError(f"--{name} must be at least 2, got {getattr(args, name)}")
-    if not (args.model_dir / "config.json").is_file():
-        raise ValueError(f"{args.model_dir} is not a saved model folder (no config.json)")
-    output = args.output or args.model_dir
-    if args.output is not None and output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output} is a file: choose a new or empty folder (or leave --output out: in place)")
-    if args.output is not None and output.exists() and any(output.iterdir()):
-        raise ValueError(f"{output} is not empty: choose a new or empty folder (or leave --output out: in place)")
-    if args.clusters > args.frames:
-        raise ValueError(
-            f"--frames ({args.frames}) must be at least --clusters ({args.clusters}): k-means needs a frame a cluster"
+    if args.num_clusters > args.kmeans_frames:
+        raise SpidrError(
+            f"--kmeans-frames ({args.kmeans_frames}) must be at least --num-clusters ({args.num_clusters}): k-means "
+            "needs a frame a cluster"
         )
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise SpidrError(f"{model_dir} is not a saved model folder (no config.json)")
+    output = Path(args.output) if args.output is not None else model_dir
+    if args.output is not None and output.exists() and not output.is_dir():
+        raise SpidrError(f"--output {output} is a file: choose a new or empty folder (or leave --output out: in place)")
+    if args.output is not None and output.exists() and any(output.iterdir()):
+        raise SpidrError(f"{output} is not empty: choose a new or empty folder (or leave --output out: in place)")
     device = check_device(args.device)
-    config = AutoConfig.from_pretrained(args.model_dir)
-    if getattr(config, "model_type", None) != "spidr":
-        raise ValueError(f"{args.model_dir} holds a {getattr(config, 'model_type', 'unknown')} model, not SpidR")
-    if not 1 <= args.layer <= config.num_hidden_layers:
-        raise ValueError(f"--layer must be in [1, {config.num_hidden_layers}], got {args.layer}")
-    # The folder's own class: a pretraining folder keeps its heads, teacher and codebooks; a student-only folder's
-    # weights load into the pretraining model's student, which is what it holds
-    model, info = AutoModelForPreTraining.from_pretrained(args.model_dir, output_loading_info=True)
-    if any(key.startswith(("heads.", "teacher.")) for key in info["missing_keys"]):
-        model = model.spidr
-    feature_extractor = AutoFeatureExtractor.from_pretrained(args.model_dir)
-    max_seconds = args.frames / config.frame_rate + 1
+    # The folder's own kind: a pretraining folder keeps its heads, teacher and codebooks, a student-only folder stays
+    # student-only. Loaded in float32 whatever --dtype: the weights are written back as they were
+    loaded = load(model_dir, "as_saved")
+    config = loaded.config
+    layer = config.default_feature_layer if args.layer is None else args.layer
+    if not 1 <= layer <= config.num_hidden_layers:
+        raise SpidrError(f"--layer must be in [1, {config.num_hidden_layers}], got {layer}")
+    max_seconds = args.kmeans_frames / config.frame_rate + 1
     if args.dataset is not None:
         audios = load_random_audio(args.dataset, args.split, max_seconds, args.seed)
     else:
         audios = draw_folder_audio(args.audio, max_seconds, args.seed)
+    network = loaded.model if args.dtype == "float32" else in_dtype(copy.deepcopy(loaded.model), DTYPES[args.dtype])
     centroids = fit_centroids(
-        model, feature_extractor, args.layer, args.clusters, audios, args.frames, args.seed, device
+        network,
+        loaded.feature_extractor,
+        layer,
+        args.num_clusters,
+        audios,
+        args.kmeans_frames,
+        args.seed,
+        device,
+        args.batch_size,
     )
-    model.to("cpu").base_model.set_kmeans_centroids(args.layer, centroids)
-    write_model(model, feature_extractor, output)
-    print(f"Wrote {args.clusters} k-means centroids of layer {args.layer} into {output}")
+    loaded.model.to("cpu").base_model.set_kmeans_centroids(layer, centroids)
+    write_model(loaded.model, loaded.feature_extractor, output)
+    print(f"Wrote {args.num_clusters} k-means centroids of layer {layer} into {output}")
     return 0
 
 

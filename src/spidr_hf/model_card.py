@@ -15,7 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_spidr import SpidrConfig
 from .evaluation.schema import METRICS, EvaluationReport
-from .pipeline_spidr import DEFAULT_CHUNK_LENGTH_S, DEFAULT_LAYER, DEFAULT_STRIDE_LENGTH_S
+from .pipeline_spidr import DEFAULT_CHUNK_LENGTH_S, DEFAULT_STRIDE_LENGTH_S
 
 CARD_TAGS = ["audio", "speech", "self-supervised-learning", "speech-representation", "discrete-units"]
 MODEL_INDEX_METRICS = ("abx_within", "abx_across", "pnmi")  # the unit-quality figures the paper reports
@@ -157,7 +157,7 @@ def recommended_layer(config: SpidrConfig, official: dict[str, Any] | None) -> i
     """The layer the card recommends: the paper's for official checkpoints, else layer 6 when it has a codebook."""
     if official is not None:
         return official["layer"]
-    return DEFAULT_LAYER if DEFAULT_LAYER in config.codebook_layers else config.codebook_layers[0]
+    return config.default_unit_layer
 
 
 def evaluation_table(report: EvaluationReport) -> dict[str, Any]:

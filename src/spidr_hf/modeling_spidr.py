@@ -19,6 +19,8 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_spidr import SpidrConfig
 
+REPRESENTATIONS = ("layer_results", "hidden_states")  # what `represent` returns features of
+UNIT_KINDS = ("codebook", "kmeans")  # the discrete units `represent` gives: codebook-head argmax, nearest centroid
 NORM_EPS = 1e-5  # epsilon of the input standardization, the instance norms and the codebook initialisation
 RESTART_SPLIT = 0.05  # distance of each half of a codeword split to restart an idle one, relative to its norm
 
@@ -45,6 +47,22 @@ class SpidrCodebookHealth(NamedTuple):
     never_assigned: torch.Tensor  # codewords that got none since the start or their last restart
     restarted: torch.Tensor  # codewords restarted by this update
     frames: torch.Tensor  # masked frames in the update (all processes)
+
+
+@dataclass
+class SpidrRepresentations:
+    """
+    What [`SpidrPreTrainedModel.represent`] returns: each item's valid frames (padding trimmed), in the model's dtype
+    and on its device.
+
+    features: layer -> one `(frames_i, hidden_size)` tensor per item (layer results, or hidden states).
+    units: layer -> one `(frames_i,)` LongTensor per item.
+    lengths: valid frames of each item.
+    """
+
+    features: dict[int, list[torch.Tensor]]
+    units: dict[int, list[torch.LongTensor]]
+    lengths: list[int]
 
 
 @dataclass
@@ -547,6 +565,116 @@ class SpidrPreTrainedModel(PreTrainedModel):
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    @torch.no_grad()
+    def represent(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        layers: Sequence[int] = (),
+        representation: str = "layer_results",
+        units: str | None = None,
+        unit_layers: Sequence[int] | None = None,
+    ) -> SpidrRepresentations:
+        """
+        Features of `layers` and/or discrete units of `unit_layers` from one forward pass that stops after the last
+        layer needed, trimmed to each item's valid frames: the call behind the pipelines, `spidr-hf extract`,
+        `spidr-hf evaluate`, `spidr-hf kmeans`, `get_units` and `get_kmeans_units`.
+
+        Args:
+            input_values (`torch.FloatTensor` of shape `(batch_size, samples)`), attention_mask (*optional*): as
+                for `forward`.
+            layers: 1-based layers to return features of (0 too for `"hidden_states"`: the encoder input).
+            representation: `"layer_results"` (each layer's feed-forward output, the paper's features) or
+                `"hidden_states"` (the residual stream after the layer).
+            units: `"codebook"` (argmax of the layer's codebook head; needs the model with its heads,
+                [`SpidrForPreTraining`]), `"kmeans"` (nearest of the centroids stored by `spidr-hf kmeans`) or None.
+            unit_layers: layers to return units of; by default `config.default_unit_layer` for codebook units and
+                the centroids' layer for k-means units.
+        """
+        padded, lengths = self._padded_representations(
+            input_values, attention_mask, layers, representation, units, unit_layers
+        )
+        features, unit_values = (
+            {layer: [values[item, :length] for item, length in enumerate(lengths)] for layer, values in kind.items()}
+            for kind in padded
+        )
+        return SpidrRepresentations(features, unit_values, lengths)
+
+    def _padded_representations(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        layers: Sequence[int],
+        representation: str,
+        units: str | None,
+        unit_layers: Sequence[int] | None,
+    ) -> tuple[tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]], list[int]]:
+        """`represent`'s features `(batch, frames, hidden)` and units `(batch, frames)` by layer, padded, and the
+        valid frames of each item."""
+        config = self.config
+        if representation not in REPRESENTATIONS:
+            raise ValueError(f"`representation` must be one of {REPRESENTATIONS}, got {representation!r}.")
+        first = 1 if representation == "layer_results" else 0
+        for layer in layers:
+            if not first <= layer <= config.num_hidden_layers:
+                raise ValueError(
+                    f"`layer` must be in [{first}, {config.num_hidden_layers}] for {representation}, got {layer}."
+                )
+        unit_layers = self._check_unit_layers(units, unit_layers)
+        codebook = units == "codebook"
+        # One place for which layers run: the last one asked for (at least one, also for the encoder input), or all
+        # of them for DinoSR codebook units, whose heads read the final output
+        num_layers = None if codebook and config.objective == "dinosr" else max([*layers, *unit_layers, 1])
+        student = self.base_model
+        output = student(
+            input_values,
+            attention_mask,
+            num_layers=num_layers,
+            output_layer_results=representation == "layer_results" or units is not None,
+            output_hidden_states=representation == "hidden_states" and len(layers) > 0,
+        )
+        source = output.layer_results if representation == "layer_results" else output.hidden_states
+        features = {layer: source[layer - first] for layer in layers}
+        if codebook:
+            unit_values = {layer: self._head_logits(output, layer).argmax(-1) for layer in unit_layers}
+        else:
+            unit_values = {layer: student.kmeans(output.layer_results[layer - 1]) for layer in unit_layers}
+        num_frames = output.last_hidden_state.shape[1]
+        if attention_mask is None:
+            lengths = [num_frames] * input_values.shape[0]
+        else:
+            lengths = self._get_feat_extract_output_lengths(attention_mask.sum(-1)).tolist()
+        return (features, unit_values), lengths
+
+    def _check_unit_layers(self, units: str | None, unit_layers: Sequence[int] | None) -> list[int]:
+        """The layers to give `units` of (none without units); a layer without such units is an error."""
+        config = self.config
+        if units is None:
+            return []
+        if units == "codebook":
+            if not hasattr(self, "heads"):
+                raise ValueError(
+                    f"Codebook units need the model with its codebook heads (AutoModelForPreTraining), got "
+                    f"{type(self).__name__}."
+                )
+            unit_layers = [config.default_unit_layer] if unit_layers is None else list(unit_layers)
+            for layer in unit_layers:
+                if layer not in config.codebook_layers:
+                    raise ValueError(
+                        f"Layer {layer} has no codebook head; layers with one: {list(config.codebook_layers)}."
+                    )
+            return unit_layers
+        if units == "kmeans":
+            if self.base_model.kmeans is None:
+                raise ValueError("This model has no k-means centroids: fit them with `spidr-hf kmeans`.")
+            unit_layers = [config.kmeans_layer] if unit_layers is None else list(unit_layers)
+            for layer in unit_layers:
+                if layer != config.kmeans_layer:
+                    raise ValueError(f"The k-means centroids are of layer {config.kmeans_layer}, not {layer}.")
+            return unit_layers
+        raise ValueError(f"`units` must be one of {UNIT_KINDS} (or None), got {units!r}.")
+
     def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor | int) -> torch.Tensor:
         """Number of frames for inputs of `input_lengths` samples."""
         return conv_output_lengths(torch.as_tensor(input_lengths), self.config.conv_kernel, self.config.conv_stride)
@@ -620,11 +748,8 @@ class SpidrModel(SpidrPreTrainedModel):
         k-means units `(batch, frames)`: the nearest centroid of each frame's layer result at `config.kmeans_layer`
         (the encoder stops there). Padded frames are -1.
         """
-        if self.kmeans is None:
-            raise ValueError("This model has no k-means centroids: fit them with `spidr-hf kmeans`.")
-        layer = self.config.kmeans_layer
-        output = self(input_values, attention_mask, num_layers=layer, output_layer_results=True)
-        return self._fill_padding(self.kmeans(output.layer_results[layer - 1]), attention_mask)
+        (_, units), _ = self._padded_representations(input_values, attention_mask, (), "layer_results", "kmeans", None)
+        return self._fill_padding(units[self.config.kmeans_layer], attention_mask)
 
     def freeze_feature_encoder(self) -> None:
         """Stop gradients to the convolutional feature encoder and the feature projection."""
@@ -1020,13 +1145,9 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
             output_layer_results=output_layer_results or config.objective == "spidr",
             output_attentions=output_attentions,
         )
-        # SpidR heads read the layer results of their layers, DinoSR heads the final output
-        if config.objective == "spidr":
-            head_inputs = student.layer_results[config.codebook_layers[0] - 1 :]
-        else:
-            head_inputs = [student.last_hidden_state] * len(self.heads)
-        # Under autocast the heads still run in bf16; in a model loaded in bf16 they read the features in fp32
-        logits = tuple(head(x.to(head.weight.dtype)) for head, x in zip(self.heads, head_inputs, strict=False))
+        # The heads of the layers that ran (all of them for DinoSR, whose heads read the final output)
+        ran = len(student.layer_results) if config.objective == "spidr" else config.num_hidden_layers
+        logits = tuple(self._head_logits(student, layer) for layer in config.codebook_layers if layer <= ran)
         loss = {}
         if return_loss:
             loss = self._loss(logits, mask, student.extract_features, frame_mask, num_items_in_batch)
@@ -1097,19 +1218,30 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
 
     @torch.no_grad()
     def get_units(
-        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, layer: int = 6
+        self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None, layer: int | None = None
     ) -> torch.LongTensor:
         """
-        Discrete units `(batch, frames)`: argmax of the codebook head of encoder `layer` (1-based; the paper's best is
-        layer 6). Padded frames are -1. SpidR stops the encoder after `layer`.
+        Discrete units `(batch, frames)`: argmax of the codebook head of encoder `layer` (1-based; by default
+        `config.default_unit_layer`, the paper's best, 6). Padded frames are -1. SpidR stops the encoder after `layer`.
         """
-        if layer not in self.config.codebook_layers:
-            raise ValueError(
-                f"Layer {layer} has no codebook head; layers with one: {list(self.config.codebook_layers)}."
-            )
-        num_layers = layer if self.config.objective == "spidr" else None
-        logits = self(input_values, attention_mask, return_loss=False, num_layers=num_layers).logits
-        return self._fill_padding(logits[self.config.codebook_layers.index(layer)].argmax(-1), attention_mask)
+        layer = self.config.default_unit_layer if layer is None else layer
+        (_, units), _ = self._padded_representations(
+            input_values, attention_mask, (), "layer_results", "codebook", [layer]
+        )
+        return self._fill_padding(units[layer], attention_mask)
+
+    def _head_logits(self, student_output: SpidrModelOutput, layer: int) -> torch.Tensor:
+        """
+        The logits `(batch, frames, codebook_size)` of the codebook head of `layer`: SpidR heads read their layer's
+        result, DinoSR heads the final output. Under autocast the heads run in bf16; in a model loaded in bf16 they
+        read the features in fp32 (the heads are kept in fp32).
+        """
+        head = self.heads[self.config.codebook_layers.index(layer)]
+        if self.config.objective == "spidr":
+            features = student_output.layer_results[layer - 1]
+        else:
+            features = student_output.last_hidden_state
+        return head(features.to(head.weight.dtype))
 
 
 def _perplexity(probs: torch.Tensor) -> torch.Tensor:
@@ -1118,10 +1250,13 @@ def _perplexity(probs: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "REPRESENTATIONS",
+    "UNIT_KINDS",
     "SpidrCodebookHealth",
     "SpidrCodebookStatistics",
     "SpidrForPreTraining",
     "SpidrModel",
     "SpidrPreTrainedModel",
+    "SpidrRepresentations",
     "compute_span_mask",
 ]

@@ -32,12 +32,10 @@ from .feature_extraction_spidr import (
     tensor_to_numpy,
 )
 
-DEFAULT_LAYER = 6  # the paper's best layer for SpidR
 # SpidR was pretrained on crops of at most 20 s, so a 20 s chunk never shows the model a longer context than it learned
 # on. Every kept frame has at least 2 s of context on both sides (the positional convolutions reach 0.9 s).
 DEFAULT_CHUNK_LENGTH_S = 20.0
 DEFAULT_STRIDE_LENGTH_S = 2.0
-REPRESENTATIONS = ("layer_results", "hidden_states")
 
 
 def _torchcodec() -> tuple[type, type]:
@@ -204,8 +202,19 @@ class _SpidrChunkPipeline(ChunkPipeline):
 
     @staticmethod
     def _stitch(chunk_outputs: list[dict[str, Any]], key: str) -> torch.Tensor:
-        """Concatenate the kept frames of each chunk (outputs come unbatched, each with a leading dimension of 1)."""
-        return torch.cat([output[key][0, output["keep_from"] : output["keep_to"]] for output in chunk_outputs])
+        """
+        Concatenate the kept frames of each chunk. `_forward` gives a list of per-item tensors; a batched pipeline
+        hands each chunk on as one item with a leading dimension of 1: `[0]` is the chunk's frames either way.
+        """
+        return torch.cat([output[key][0][output["keep_from"] : output["keep_to"]] for output in chunk_outputs])
+
+    def _chunk_output(self, model_inputs: dict[str, Any], key: str, values: list[torch.Tensor]) -> dict[str, Any]:
+        return {
+            key: values,
+            "keep_from": model_inputs["keep_from"],
+            "keep_to": model_inputs["keep_to"],
+            "is_last": model_inputs["is_last"],
+        }
 
     def _frame_seconds(self) -> float:
         return self.model.config.inputs_to_logits_ratio / self.feature_extractor.sampling_rate
@@ -239,7 +248,7 @@ class SpidrFeaturesPipeline(_SpidrChunkPipeline):
 
     Call arguments:
         sampling_rate (`int`): sampling rate of raw arrays (resampled to 16 kHz if different).
-        layer (`int`, defaults to 6): encoder layer, 1-based.
+        layer (`int`, defaults to `config.default_feature_layer`, 6 for SpidR base): encoder layer, 1-based.
         representation (`str`, defaults to `"layer_results"`): `"layer_results"` (feed-forward output of the layer,
             the paper's features) or `"hidden_states"` (residual stream after the layer; layer 0 is the encoder input).
         chunk_length_s, stride_length_s (`float`, defaults to 20 and 2): chunking of long recordings.
@@ -251,29 +260,12 @@ class SpidrFeaturesPipeline(_SpidrChunkPipeline):
         return self._split_parameters(kwargs, ("layer", "representation"), ())
 
     def _forward(
-        self, model_inputs: dict[str, Any], layer: int = DEFAULT_LAYER, representation: str = "layer_results"
+        self, model_inputs: dict[str, Any], layer: int | None = None, representation: str = "layer_results"
     ) -> dict[str, Any]:
-        if representation not in REPRESENTATIONS:
-            raise ValueError(f"`representation` must be one of {REPRESENTATIONS}, got {representation!r}.")
-        num_layers = self.model.config.num_hidden_layers
-        first_layer = 1 if representation == "layer_results" else 0
-        if not first_layer <= layer <= num_layers:
-            raise ValueError(f"`layer` must be in [{first_layer}, {num_layers}] for {representation}, got {layer}.")
-        # A full SpidrForPreTraining passed by hand works too: its `base_model` is the student network. The encoder
-        # stops after the layer asked for (at least one layer runs, also for the encoder input, layer 0).
-        outputs = self.model.base_model(
-            **self._model_inputs(model_inputs),
-            num_layers=max(layer, 1),
-            output_layer_results=representation == "layer_results",
-            output_hidden_states=representation == "hidden_states",
-        )
-        values = outputs.layer_results[layer - 1] if representation == "layer_results" else outputs.hidden_states[layer]
-        return {
-            "features": values,
-            "keep_from": model_inputs["keep_from"],
-            "keep_to": model_inputs["keep_to"],
-            "is_last": model_inputs["is_last"],
-        }
+        # A full SpidrForPreTraining passed by hand works too: `represent` runs its student network
+        layer = self.model.config.default_feature_layer if layer is None else layer
+        output = self.model.represent(**self._model_inputs(model_inputs), layers=[layer], representation=representation)
+        return self._chunk_output(model_inputs, "features", output.features[layer])
 
     def postprocess(self, chunk_outputs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         return {"features": self._stitch(chunk_outputs, "features").float().numpy()}
@@ -287,7 +279,8 @@ class SpidrUnitsPipeline(_SpidrChunkPipeline):
     Call arguments:
         sampling_rate (`int`): sampling rate of raw arrays (resampled to 16 kHz if different).
         units (`str`, defaults to `"codebook"`): `"codebook"` or `"kmeans"`.
-        layer (`int`, defaults to 6): encoder layer with a codebook head, 1-based (k-means units: the centroids' layer).
+        layer (`int`, defaults to `config.default_unit_layer`, 6 for SpidR base): encoder layer with a codebook head,
+            1-based (k-means units: the centroids' layer).
         deduplicate (`bool`, defaults to `False`): merge runs of the same unit into one (as spoken LMs use them).
         return_timestamps (`bool`, defaults to `False`): also return each unit's start and end in seconds.
         chunk_length_s, stride_length_s (`float`, defaults to 20 and 2): chunking of long recordings.
@@ -301,30 +294,10 @@ class SpidrUnitsPipeline(_SpidrChunkPipeline):
     def _forward(
         self, model_inputs: dict[str, Any], layer: int | None = None, units: str = "codebook"
     ) -> dict[str, Any]:
-        if units == "kmeans":
-            student = self.model.base_model
-            if student.kmeans is None:
-                raise ValueError("This model has no k-means centroids: fit them with `spidr-hf kmeans`.")
-            if layer not in (None, student.config.kmeans_layer):
-                raise ValueError(f"The k-means centroids are of layer {student.config.kmeans_layer}, not {layer}.")
-            values = student.get_kmeans_units(**self._model_inputs(model_inputs))
-        elif units == "codebook":
-            if not hasattr(self.model, "get_units"):
-                raise ValueError(
-                    f"Codebook units need the model with its codebook heads (AutoModelForPreTraining), got "
-                    f"{type(self.model).__name__}."
-                )
-            values = self.model.get_units(
-                **self._model_inputs(model_inputs), layer=DEFAULT_LAYER if layer is None else layer
-            )
-        else:
-            raise ValueError(f"`units` must be 'codebook' or 'kmeans', got {units!r}.")
-        return {
-            "units": values,
-            "keep_from": model_inputs["keep_from"],
-            "keep_to": model_inputs["keep_to"],
-            "is_last": model_inputs["is_last"],
-        }
+        unit_layers = None if layer is None else [layer]  # None: the default codebook layer, or the centroids' layer
+        output = self.model.represent(**self._model_inputs(model_inputs), units=units, unit_layers=unit_layers)
+        (values,) = output.units.values()
+        return self._chunk_output(model_inputs, "units", values)
 
     def postprocess(
         self, chunk_outputs: list[dict[str, Any]], deduplicate: bool = False, return_timestamps: bool = False

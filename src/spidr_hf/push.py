@@ -10,7 +10,7 @@ from huggingface_hub import CommitInfo, HfApi, get_token
 from huggingface_hub.errors import HFValidationError, HTTPError
 from huggingface_hub.utils import validate_repo_id
 
-from .model_card import CardOptions, official_checkpoints
+from .model_card import CardOptions
 from .release import assemble_release
 
 
@@ -70,24 +70,6 @@ def upload_release(
         )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", type=Path, help="saved SpidrForPreTraining folder (spidr-hf convert or training)")
-    parser.add_argument("--repo-id", required=True, help="Hub repository, ORG/NAME")
-    parser.add_argument("--private", action="store_true", help="create the repository private")
-    parser.add_argument("--revision", help="branch to push to (created if needed); default: main")
-    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of pushing directly")
-    parser.add_argument("--dry-run", type=Path, metavar="OUT", help="write and check the folder at OUT, upload nothing")
-    parser.add_argument("--evaluation", type=Path, help="spidr-hf evaluate JSON: figures for the card and model-index")
-    parser.add_argument(
-        "--official",
-        choices=sorted(official_checkpoints()),
-        help="the model is this converted official checkpoint: use its card (source, license, published figures)",
-    )
-    parser.add_argument("--license", help="Hub license id of the weights (required unless --official)")
-    parser.add_argument("--dataset", action="append", default=[], help="Hub id of a training dataset (repeatable)")
-    parser.add_argument("--base-model", help="Hub id of the model this one was trained from")
-
-
 def check_hub_ids(option: str, ids: list[str]) -> None:
     """Hub ids for the card's metadata (`--dataset`, `--base-model`), checked before the work: the Hub refuses a card
     with an invalid one only at upload."""
@@ -100,23 +82,23 @@ def check_hub_ids(option: str, ids: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     repo_id = check_repo_id(args.repo_id)
-    check_hub_ids("--dataset", args.dataset)
+    check_hub_ids("--train-dataset", args.train_dataset)
     check_hub_ids("--base-model", [args.base_model] if args.base_model else [])
     options = CardOptions(
         repo_id=repo_id,
         official=args.official,
         license=args.license,
-        datasets=tuple(args.dataset),
+        datasets=tuple(args.train_dataset),
         base_model=args.base_model,
         evaluation=args.evaluation,
     )
     if args.dry_run is not None:
-        folder = assemble_release(args.model_dir, args.dry_run, options)
+        folder = assemble_release(Path(args.model), args.dry_run, options)
         print(f"Wrote and checked {folder}; dry run, nothing uploaded.")
         return 0
     api = hub_api()  # before assembling, so that a missing token fails fast
     with tempfile.TemporaryDirectory(prefix="spidr-release-") as scratch:
-        folder = assemble_release(args.model_dir, Path(scratch) / "release", options)
+        folder = assemble_release(Path(args.model), Path(scratch) / "release", options)
         commit = upload_release(api, folder, repo_id, args.private, args.revision, args.create_pr)
     print(f"Uploaded {repo_id}: {commit.pr_url if args.create_pr else commit.commit_url}")
     return 0

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 from huggingface_hub import ModelCard
-from transformers import AutoConfig
 from transformers.dynamic_module_utils import custom_object_save
 
 from . import release_check
-from .configuration_spidr import SAMPLING_RATE, SpidrConfig
+from .configuration_spidr import SAMPLING_RATE
 from .feature_extraction_spidr import SpidrFeatureExtractor
+from .loading import load
 from .model_card import CardOptions, official_entry, recommended_layer, render_model_card
 from .modeling_spidr import SpidrForPreTraining
 from .pipeline_spidr import SpidrFeaturesPipeline, SpidrUnitsPipeline, custom_pipelines
@@ -28,23 +28,8 @@ CHECK_TIMEOUT_S = 900
 
 def load_source(model_dir: Path) -> tuple[SpidrForPreTraining, SpidrFeatureExtractor]:
     """The full model (heads and codebooks included) and the feature extractor of a saved folder."""
-    try:
-        config = AutoConfig.from_pretrained(model_dir)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{model_dir} is not a saved model folder: {error}") from error
-    if not isinstance(config, SpidrConfig):
-        raise ValueError(f"{model_dir} holds a {type(config).__name__}, not a SpidR/DinoSR model.")
-    model, info = SpidrForPreTraining.from_pretrained(model_dir, output_loading_info=True)
-    if info["missing_keys"]:
-        missing = sorted(info["missing_keys"])
-        raise ValueError(
-            f"{model_dir} lacks {len(missing)} weights of the full model (e.g. {missing[:3]}): push a folder saved "
-            "from SpidrForPreTraining (`spidr-hf convert` or a training run), which has the codebook heads."
-        )
-    # The feature extractor has no learned state: training runs that saved none use the default one
-    if (model_dir / "preprocessor_config.json").is_file():
-        return model.eval(), SpidrFeatureExtractor.from_pretrained(model_dir)
-    return model.eval(), SpidrFeatureExtractor()
+    loaded = load(model_dir, "full", require_heads=True)
+    return loaded.model.eval(), loaded.feature_extractor
 
 
 def save_hub_ready(model, feature_extractor: SpidrFeatureExtractor, folder: str | os.PathLike) -> None:

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import AutoConfig, HfArgumentParser
+from transformers import HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_spidr import SpidrConfig
 from .data import DataArguments
+from .errors import ConfigError
+from .loading import load
 from .modeling_spidr import SpidrForPreTraining
 from .trainer import SpidrTrainingArguments
 
@@ -42,15 +44,15 @@ def parse_config(
 ) -> tuple[ModelArguments, DataArguments, SpidrTrainingArguments]:
     """
     Read `CONFIG [--key=value ...]` into the three argument dataclasses: dotted keys reach into `model_config`,
-    values are read as JSON, or else as strings. Exits with `usage` when the config file is not first (`--help`).
+    values are read as JSON, or else as strings. A `ConfigError` with `usage` when the config file is not first.
     """
     if not argv or argv[0].startswith("-"):
-        raise SystemExit(usage)
+        raise ConfigError(f"the config file comes first: {usage}")
     values = read_config_file(Path(argv[0]))
     for override in argv[1:]:
         key, separator, raw = override.removeprefix("--").partition("=")
         if not separator:
-            raise SystemExit(f"Overrides take the form --key=value, got {override!r}.")
+            raise ConfigError(f"Overrides take the form --key=value, got {override!r}.")
         target = values
         *parents, leaf = key.split(".")
         for parent in parents:
@@ -58,7 +60,10 @@ def parse_config(
         target[leaf] = _parse_override(raw)
     check_value_types(values, (ModelArguments, DataArguments, SpidrTrainingArguments))
     parser = HfArgumentParser((ModelArguments, DataArguments, SpidrTrainingArguments))
-    return parser.parse_dict(values, allow_extra_keys=False)
+    try:
+        return parser.parse_dict(values, allow_extra_keys=False)
+    except ValueError as error:  # a value TrainingArguments or a dataclass refuses: the user's, in one line
+        raise ConfigError(" ".join(str(error).split())) from error
 
 
 def check_value_types(values: dict[str, Any], classes: tuple[type, ...], prefix: str = "") -> None:
@@ -120,12 +125,12 @@ def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     own override (its `model_config` entries one by one), so that a recipe variant states only what it changes.
     """
     if not path.is_file():
-        raise SystemExit(f"Config file {path} not found.")
+        raise ConfigError(f"Config file {path} not found.")
     if path.resolve() in seen:
-        raise SystemExit(f"Config file {path} extends itself (through {' -> '.join(map(str, seen))}).")
+        raise ConfigError(f"Config file {path} extends itself (through {' -> '.join(map(str, seen))}).")
     values = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text()) or {}
     if not isinstance(values, dict):
-        raise SystemExit(f"Config file {path} must hold a mapping of option names to values.")
+        raise ConfigError(f"Config file {path} must hold a mapping of option names to values.")
     base = values.pop("extends", None)
     if base is None:
         return values
@@ -152,23 +157,13 @@ def build_model(model_args: ModelArguments) -> SpidrForPreTraining:
             raise ValueError(f"Unknown model_config key {key!r}{hint}")
     check_value_types(model_args.model_config, (SpidrConfig,), prefix="model_config.")
     if model_args.init_from:
-        return _load_init_model(model_args.init_from)
+        # Weights the folder lacks (the heads of a student-only folder) start at their initialisation
+        return load(model_args.init_from, "full").model
     if model_args.objective == "dinosr":
         config = SpidrConfig.dinosr_base(**model_args.model_config)
     else:
         config = SpidrConfig(**{"objective": model_args.objective, **model_args.model_config})
     return SpidrForPreTraining(config)
-
-
-def _load_init_model(init_from: str) -> SpidrForPreTraining:
-    """The `init_from` model; one line if it cannot be loaded or is not SpidR/DinoSR."""
-    try:
-        config = AutoConfig.from_pretrained(init_from)
-        if not isinstance(config, SpidrConfig):
-            raise ValueError(f"init_from {init_from} is a {type(config).__name__}, not a SpidR/DinoSR model")
-        return SpidrForPreTraining.from_pretrained(init_from)
-    except OSError as error:  # no such folder or Hub repo, or missing files; transformers' messages span lines
-        raise ValueError(f"Cannot load init_from {init_from}: {' '.join(str(error).split())}") from error
 
 
 def complete_training_arguments(

@@ -11,31 +11,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers.utils import FEATURE_EXTRACTOR_NAME
 
-from ..configuration_spidr import SpidrConfig
-from ..feature_extraction_spidr import SpidrFeatureExtractor
+from ..clustering import fit_kmeans, kmeans_training_frames
+from ..errors import SpidrError
+from ..loading import DTYPES, LoadedModel, check_device, in_dtype, load
+from ..modeling_spidr import UNIT_KINDS
+from ..representations import ModelRepresentations
 from .abx import abx_error
-from .features import (
-    LogMelRepresentations,
-    ModelRepresentations,
-    Utterance,
-    batches,
-    fit_kmeans,
-    kmeans_training_frames,
-    load_random_audio,
-    load_split,
-)
-from .items import FRAME_RATE, ITEM_FILE, AbxItem, frame_span, num_frames, read_item_file
+from .features import LogMelRepresentations, Utterance, batches, load_random_audio, load_split
+from .items import FRAME_RATE, HOP_SAMPLES, ITEM_FILE, WINDOW_SAMPLES, AbxItem, frame_span, num_frames, read_item_file
 from .schema import EvaluationReport, EvaluationResult, Representation, Row, System
 from .standard import describe_set, draw_kmeans_audio, load_item_set
 from .units_quality import LABEL_RATE, UNIT_RATE, cooccurrence, frame_labels, units_quality
 
 logger = logging.getLogger(__name__)
 
-UNIT_KINDS = ("codebook", "kmeans")
-# dtypes a model may run in; whatever the dtype, features are compared and saved in float32
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPLIT = "dev"
 
 
@@ -129,151 +119,171 @@ def check_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     return sorted(set(layers))
 
 
-def check_source(
+class EvaluationSource:
+    """What a model is evaluated on: dev utterances with their ABX items, and audio to fit k-means on."""
+
+    name: str  # the report's `dataset`
+    split: str  # the report's `split`
+
+    def load(self, max_utterances: int | None, seed: int) -> tuple[list[Utterance], list[AbxItem]]:
+        raise NotImplementedError
+
+    def kmeans_audio(self, dev: Sequence[Utterance], max_seconds: float, seed: int) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+class CorpusSource(EvaluationSource):
+    """A `spidr-hf corpus` folder (or a dataset saved the same way): its dev split and dev.item, k-means on train."""
+
+    def __init__(self, dataset_dir: str | os.PathLike) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        self.name, self.split = str(dataset_dir), SPLIT
+
+    def load(self, max_utterances: int | None, seed: int) -> tuple[list[Utterance], list[AbxItem]]:
+        return load_split(self.dataset_dir, SPLIT, max_utterances, seed), read_item_file(self.dataset_dir / ITEM_FILE)
+
+    def kmeans_audio(self, dev: Sequence[Utterance], max_seconds: float, seed: int) -> list[np.ndarray]:
+        return load_random_audio(self.dataset_dir, "train", max_seconds, seed)
+
+
+class ItemSetSource(EvaluationSource):
+    """A ZeroSpeech-layout set: an ABX item file, the audio folder it names files of, optional alignments."""
+
+    def __init__(
+        self,
+        item_file: str | os.PathLike,
+        audio_dir: str | os.PathLike,
+        alignments: str | os.PathLike | None,
+        kmeans_audio_dir: str | os.PathLike | None,
+    ) -> None:
+        self.item_file, self.audio_dir = item_file, audio_dir
+        self.alignments, self.kmeans_audio_dir = alignments, kmeans_audio_dir
+        self.name, self.split = describe_set(item_file, audio_dir)
+
+    def load(self, max_utterances: int | None, seed: int) -> tuple[list[Utterance], list[AbxItem]]:
+        return load_item_set(self.item_file, self.audio_dir, self.alignments, max_utterances, seed)
+
+    def kmeans_audio(self, dev: Sequence[Utterance], max_seconds: float, seed: int) -> list[np.ndarray]:
+        return draw_kmeans_audio(dev, self.kmeans_audio_dir, max_seconds, seed)
+
+
+def evaluation_source(
     dataset: str | os.PathLike | None,
     item_file: str | os.PathLike | None,
     audio_dir: str | os.PathLike | None,
     alignments: str | os.PathLike | None,
     kmeans_audio_dir: str | os.PathLike | None,
-) -> None:
+) -> EvaluationSource:
     """What to evaluate on: a corpus folder, or an item file with its audio folder (and their options), not both."""
     standard = [item_file, audio_dir, alignments, kmeans_audio_dir]
     if dataset is not None and any(value is not None for value in standard):
-        raise ValueError(
-            "Evaluate either on a corpus folder (--dataset) or on a ZeroSpeech-layout set (--item, --audio, "
-            "--alignments, --kmeans-audio), not both"
+        raise SpidrError(
+            "Evaluate either on a corpus folder (dataset) or on a ZeroSpeech-layout set (item file, audio folder, "
+            "alignments, k-means audio), not both"
         )
-    if dataset is None and (item_file is None or audio_dir is None):
-        raise ValueError(
+    if dataset is not None:
+        return CorpusSource(dataset)
+    if item_file is None or audio_dir is None:
+        raise SpidrError(
             "Evaluate on a corpus folder (--dataset DIR) or on an ABX item file and its audio (--item FILE --audio DIR)"
         )
+    return ItemSetSource(item_file, audio_dir, alignments, kmeans_audio_dir)
 
 
-def load_model(name: str | os.PathLike, units: Sequence[str] | None, dtype: str = "float32"):
+@dataclass(frozen=True)
+class KMeansPlan:
     """
-    (model, student, feature extractor, unit kinds). The model is the SpidrForPreTraining (with the codebook heads)
-    when codebook units are evaluated, else the student SpidrModel, loaded in `dtype` (a key of `DTYPES`).
-    `units=None` picks codebook units when the checkpoint has trained heads, k-means otherwise, and k-means units
-    too when the model stores k-means centroids (`spidr-hf kmeans`).
+    Decided before any work: which layers' k-means units come from the model's stored centroids, and how many units
+    each (kind, layer) has (k-means clusters to fit; layer None: log-mel).
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
+    stored: dict[int, StoredKMeans]
+    num_units: dict[tuple[str, int | None], int]
+
+
+def plan_kmeans(
+    student,
+    unit_kinds: Sequence[str],
+    layers: Sequence[int],
+    codebook_layers: Sequence[int],
+    settings: Settings,
+    refit: bool,
+) -> KMeansPlan:
+    stored = {}
+    config = student.config
+    if "kmeans" in unit_kinds and student.kmeans is not None and not refit:
+        if config.kmeans_layer not in layers:
+            logger.warning("The model's k-means centroids are of layer %d, which is not evaluated", config.kmeans_layer)
+        else:
+            stored = {config.kmeans_layer: StoredKMeans(student.kmeans)}
+            if config.kmeans_num_clusters != settings.num_clusters:
+                logger.warning(
+                    "Layer %d's k-means units are the model's %d stored centroids (and its random initialisation's "
+                    "k-means has as many), not %d clusters; --refit-kmeans fits every layer",
+                    config.kmeans_layer,
+                    config.kmeans_num_clusters,
+                    settings.num_clusters,
+                )
+    num_units = {("codebook", layer): config.codebook_size for layer in codebook_layers}
+    num_units |= {("kmeans", layer): settings.num_clusters for layer in [*layers, None]}
+    num_units |= {("kmeans", layer): kmeans.num_clusters for layer, kmeans in stored.items()}
+    most_clusters = max(num_units["kmeans", layer] for layer in layers)
+    if "kmeans" in unit_kinds and settings.kmeans_frames < most_clusters:  # found now, not after the model's scores
+        raise SpidrError(f"kmeans_frames ({settings.kmeans_frames}) must be at least the clusters ({most_clusters})")
+    return KMeansPlan(stored, num_units)
+
+
+def check_frame_geometry(config) -> None:
+    """The ABX items, alignments and log-mel baseline are on 20 ms frames of a 25 ms window: so must the model be."""
+    if (config.inputs_to_logits_ratio, config.receptive_field) != (HOP_SAMPLES, WINDOW_SAMPLES):
+        raise SpidrError(
+            f"The model's frames ({config.frame_rate:g} Hz, {config.receptive_field}-sample receptive field) are not "
+            f"the evaluation's ({FRAME_RATE} Hz, {WINDOW_SAMPLES} samples): its ABX tokens would be misaligned"
+        )
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Before any work: the report folder can be written and holds no earlier report, unless it may be replaced."""
+    from .report import RESULTS_FILE  # matplotlib only when a report is written
+
+    if output.exists() and not output.is_dir():
+        raise SpidrError(f"The report folder {output} is a file; the report needs a folder")
+    if (output / RESULTS_FILE).exists() and not overwrite:
+        raise SpidrError(
+            f"{output} already holds a report ({RESULTS_FILE}); pass --overwrite to replace it, or choose another "
+            "folder"
+        )
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SpidrError(f"Cannot create the report folder {output}: {error.strerror}") from error
+    if not os.access(output, os.W_OK):
+        raise SpidrError(f"Cannot write the report into {output}: permission denied")
+
+
+def load_for_units(
+    name: str | os.PathLike, units: Sequence[str] | None, dtype: str = "float32"
+) -> tuple[LoadedModel, list[str]]:
+    """
+    The model to evaluate and the unit kinds to evaluate: the full model (with the codebook heads) when codebook
+    units are evaluated, else the student, loaded in `dtype`. `units=None` picks codebook units when the checkpoint has
+    trained heads, k-means otherwise, and k-means units too when the model stores k-means centroids.
+    """
     unknown = set(units or ()) - set(UNIT_KINDS)
     if unknown:
-        raise ValueError(f"Unknown unit kind(s) {sorted(unknown)}: choose among {list(UNIT_KINDS)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}: choose among {list(DTYPES)}")
-    try:
-        local_files_only = _use_local_files_only(name)
-    except ValueError as error:
-        raise ValueError(f"Cannot load the model {name}: {error}") from error
-    try:
-        config = AutoConfig.from_pretrained(name, local_files_only=local_files_only)
-        if not isinstance(config, SpidrConfig):
-            raise ValueError(f"it is a {type(config).__name__}, not SpidR/DinoSR")
-        feature_extractor = _load_feature_extractor(name, local_files_only)
-        if units is not None and "codebook" not in units:
-            model = AutoModel.from_pretrained(name, dtype=DTYPES[dtype], local_files_only=local_files_only)
-            return model, model, feature_extractor, list(units)
-        model, info = AutoModelForPreTraining.from_pretrained(
-            name, dtype=DTYPES[dtype], output_loading_info=True, local_files_only=local_files_only
-        )
-    except (OSError, ValueError) as error:  # missing folder or files, not a SpidR model: one line
-        raise ValueError(f"Cannot load the model {name}: {error}") from error
-    has_heads = not any(key.startswith("heads.") for key in info["missing_keys"])
+        raise SpidrError(f"Unknown unit kind(s) {sorted(unknown)}: choose among {list(UNIT_KINDS)}")
+    if units is not None and "codebook" not in units:
+        return load(name, "student", dtype=dtype), list(units)
+    loaded = load(name, "as_saved", dtype=dtype)
     if units is None:
-        units = ["codebook"] if has_heads else []
-        if not has_heads or model.spidr.kmeans is not None:
+        units = ["codebook"] if loaded.has_heads else []
+        if not loaded.has_heads or loaded.student.kmeans is not None:
             units.append("kmeans")
-    elif not has_heads:
-        raise ValueError(f"{name} has no trained codebook heads: evaluate k-means units (--units kmeans) instead")
-    if "codebook" in units:
-        return model, model.spidr, feature_extractor, list(units)
-    return model.spidr, model.spidr, feature_extractor, list(units)
-
-
-def in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """`model` cast to `dtype` as `from_pretrained(dtype=...)` loads it: the modules it keeps in fp32 stay so."""
-    model.to(dtype)
-    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
-    for name, module in model.named_modules():  # the teacher, the codebooks, the student's k-means centroids
-        if name.split(".")[-1] in keep:
-            module.float()
-    return model
-
-
-def check_device(device: str | None) -> str:
-    """`device`, or cuda when available else cpu; one line if torch does not know it or this machine lacks it."""
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"Unknown device {device!r}: use e.g. cpu, cuda or cuda:1") from error
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Device {device!r}: CUDA is not available on this machine; use --device cpu")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise ValueError(f"Device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"Device {device!r}: MPS is not available on this machine; use --device cpu")
-    return device
-
-
-def _use_local_files_only(name: str | os.PathLike) -> bool:
-    """
-    Whether `name` must be loaded from the local cache; fails in one line, and fast, when it is neither a folder nor a
-    model the Hub has or the cache holds (transformers would retry an unreachable Hub for about 50 s first).
-    """
-    from huggingface_hub import is_offline_mode, model_info, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
-    from huggingface_hub.utils import validate_repo_id
-
-    if Path(name).is_dir():
-        return False
-    if Path(name).exists():
-        raise ValueError("it is a file; pass a model folder or a Hub model id")
-    try:
-        validate_repo_id(str(name))
-    except HFValidationError as error:
-        raise ValueError("it is neither a model folder nor a Hub model id") from error
-    is_cached = isinstance(try_to_load_from_cache(str(name), "config.json"), str)
-    if is_offline_mode():
-        if not is_cached:
-            raise ValueError("it is not a model folder, and offline (HF_HUB_OFFLINE) there is no cached copy of it")
-        return True
-    try:
-        model_info(str(name), timeout=10)
-    except GatedRepoError:  # it exists: loading tells how to get access
-        return False
-    except RepositoryNotFoundError as error:
-        raise ValueError("it is neither a model folder nor a model on the Hub that you can access") from error
-    except Exception as error:  # the Hub cannot be reached: DNS, proxy, timeout, server error
-        if is_cached:
-            logger.warning("The Hub cannot be reached (%s); using the cached copy of %s", error, name)
-            return True
-        raise ValueError(
-            f"it is not a model folder and the Hub cannot be reached to download it ({type(error).__name__}: "
-            f"{error}); check the name and the connection"
-        ) from error
-    return False
-
-
-def _load_feature_extractor(name: str | os.PathLike, local_files_only: bool) -> SpidrFeatureExtractor:
-    """The folder's feature extractor, or the default one if it has none (it has no learned state, as `push` knows)."""
-    from huggingface_hub import try_to_load_from_cache
-    from transformers import AutoFeatureExtractor
-
-    try:
-        return AutoFeatureExtractor.from_pretrained(name, local_files_only=local_files_only)
-    except OSError:
-        if Path(name).is_dir():
-            has_file = Path(name, FEATURE_EXTRACTOR_NAME).is_file()
-        else:
-            has_file = isinstance(try_to_load_from_cache(str(name), FEATURE_EXTRACTOR_NAME), str)
-        if has_file:  # present but unreadable: say so
-            raise
-        logger.warning("%s has no %s; using the default SpidrFeatureExtractor", name, FEATURE_EXTRACTOR_NAME)
-        return SpidrFeatureExtractor()
+    elif not loaded.has_heads:
+        raise SpidrError(f"{name} has no trained codebook heads: evaluate k-means units (--units kmeans) instead")
+    if "codebook" not in units:
+        loaded = LoadedModel(loaded.student, loaded.feature_extractor, loaded.has_heads)
+    return loaded, list(units)
 
 
 def evaluate_model(
@@ -297,6 +307,7 @@ def evaluate_model(
     dtype: str = "float32",
     refit_kmeans: bool = False,
     output_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> EvaluationReport:
     """
     ABX (layer results and units) and unit quality, for the model, its random initialisation and log-mel features, on
@@ -306,7 +317,7 @@ def evaluate_model(
     `alignments`: a folder of Praat TextGrid files with a "phones" tier, or a `file start end phone` TSV/CSV.
 
     Returns the figures as an `EvaluationReport`; with `output_dir`, also writes it as results.json with PNG plots
-    there.
+    there (checked before any work: a folder with an earlier report is refused unless `overwrite`).
 
     Args:
         layers: 1-based layers to evaluate (all by default).
@@ -326,55 +337,29 @@ def evaluate_model(
         dtype: "float32" or "bfloat16", the dtype the model and its random initialisation run in; features are
             cast to float32 after the forward pass, so ABX and k-means work in float32 either way.
     """
-    check_source(dataset, item_file, audio_dir, alignments, kmeans_audio_dir)
+    source = evaluation_source(dataset, item_file, audio_dir, alignments, kmeans_audio_dir)
     settings = Settings(num_clusters, kmeans_frames, batch_size, max_size_group, max_x_across, seed)
     device = check_device(device)
     if max_utterances is not None and max_utterances < 1:
-        raise ValueError(f"max_utterances must be positive, got {max_utterances}")
-    model_obj, student, feature_extractor, unit_kinds = load_model(model, units, dtype)
+        raise SpidrError(f"max_utterances must be positive, got {max_utterances}")
+    if output_dir is not None:
+        check_output(Path(output_dir), overwrite)
+    loaded, unit_kinds = load_for_units(model, units, dtype)
+    model_obj, student, feature_extractor = loaded.model, loaded.student, loaded.feature_extractor
+    check_frame_geometry(student.config)
     layers = check_layers(layers, student.config.num_hidden_layers)
     codebook_layers = []
     if "codebook" in unit_kinds:
         codebook_layers = [layer for layer in layers if layer in student.config.codebook_layers]
         if not codebook_layers:
-            raise ValueError(
+            raise SpidrError(
                 f"None of layers {layers} has a codebook head (layers with one: {list(student.config.codebook_layers)})"
             )
-    stored_kmeans = {}
-    if "kmeans" in unit_kinds and student.kmeans is not None and not refit_kmeans:
-        stored_layer, stored_clusters = student.config.kmeans_layer, student.config.kmeans_num_clusters
-        if stored_layer not in layers:
-            logger.warning("The model's k-means centroids are of layer %d, which is not evaluated", stored_layer)
-        else:
-            stored_kmeans = {stored_layer: StoredKMeans(student.kmeans)}
-            if stored_clusters != settings.num_clusters:
-                logger.warning(
-                    "Layer %d's k-means units are the model's %d stored centroids (and its random initialisation's "
-                    "k-means has as many), not %d clusters; --refit-kmeans fits every layer",
-                    stored_layer,
-                    stored_clusters,
-                    settings.num_clusters,
-                )
-    num_units = {("codebook", layer): student.config.codebook_size for layer in codebook_layers}
-    num_units |= {("kmeans", layer): settings.num_clusters for layer in [*layers, None]}
-    num_units |= {("kmeans", layer): kmeans.num_clusters for layer, kmeans in stored_kmeans.items()}
-    most_clusters = max(num_units["kmeans", layer] for layer in layers)
-    if "kmeans" in unit_kinds and settings.kmeans_frames < most_clusters:  # found now, not after the model's scores
-        raise ValueError(f"--kmeans-frames ({settings.kmeans_frames}) must be at least the clusters ({most_clusters})")
-    kmeans_seconds = settings.kmeans_frames / FRAME_RATE + 1
+    plan = plan_kmeans(student, unit_kinds, layers, codebook_layers, settings, refit_kmeans)
+    dev, items = source.load(max_utterances, settings.seed)
     kmeans_audio = []
-    if dataset is not None:
-        dataset_dir = Path(dataset)
-        dataset_name, split = str(dataset), SPLIT
-        dev = load_split(dataset_dir, SPLIT, max_utterances, settings.seed)
-        items = read_item_file(dataset_dir / ITEM_FILE)
-        if "kmeans" in unit_kinds:
-            kmeans_audio = load_random_audio(dataset_dir, "train", kmeans_seconds, settings.seed)
-    else:
-        dataset_name, split = describe_set(item_file, audio_dir)
-        dev, items = load_item_set(item_file, audio_dir, alignments, max_utterances, settings.seed)
-        if "kmeans" in unit_kinds:
-            kmeans_audio = draw_kmeans_audio(dev, kmeans_audio_dir, kmeans_seconds, settings.seed)
+    if "kmeans" in unit_kinds:
+        kmeans_audio = source.kmeans_audio(dev, settings.kmeans_frames / student.config.frame_rate + 1, settings.seed)
     tokens = dev_tokens(dev, items, subset=max_utterances is not None)
     torch.manual_seed(settings.seed)
     # Drawn in float32 then cast, as the model was: the same random weights whatever the dtype
@@ -392,19 +377,19 @@ def evaluate_model(
             dev,
             tokens,
             kmeans_audio,
-            num_units,
+            plan.num_units,
             settings,
-            stored_kmeans=stored_kmeans if system == "model" else {},
+            stored_kmeans=plan.stored if system == "model" else {},
         )
         results += system_results
         cooccurrences.update(system_cooccurrences)
     report = EvaluationReport(
         model=str(model),
-        dataset=dataset_name,
-        split=split,
+        dataset=source.name,
+        split=source.split,
         num_abx_tokens=len(tokens.utterance),
         results=results,
-        stored_kmeans_layer=next(iter(stored_kmeans), None),
+        stored_kmeans_layer=next(iter(plan.stored), None),
     )
     if output_dir is not None:
         from .report import write_report  # matplotlib only when a report is written

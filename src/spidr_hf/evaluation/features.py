@@ -1,7 +1,7 @@
-"""Evaluation inputs: aligned utterances from a corpus, model layer results and codebook units, log-mel features."""
+"""Evaluation inputs: aligned utterances from a corpus, and the log-mel baseline features."""
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +10,10 @@ import torch
 from tqdm import tqdm
 from transformers.audio_utils import mel_filter_bank
 
+from ..audio import draw_audio
 from ..configuration_spidr import SAMPLING_RATE
 from ..pipeline_spidr import load_audio
+from ..representations import Representations
 from .items import HOP_SAMPLES, WINDOW_SAMPLES
 
 REQUIRED_COLUMNS = ("audio", "id", "speaker", "phones")
@@ -70,17 +72,6 @@ def load_random_audio(dataset_dir: str | os.PathLike, split: str, max_seconds: f
     return draw_audio(len(dataset), lambda index: _utterance(dataset[index]).audio, max_seconds, seed)
 
 
-def draw_audio(count: int, load: Callable[[int], np.ndarray], max_seconds: float, seed: int) -> list[np.ndarray]:
-    """Audio of randomly drawn items among `count` (`load(index)`), until they add up to `max_seconds` (or all are)."""
-    audios, seconds = [], 0.0
-    for index in np.random.default_rng(seed).permutation(count).tolist():
-        audios.append(load(index))
-        seconds += len(audios[-1]) / SAMPLING_RATE
-        if seconds >= max_seconds:
-            break
-    return audios
-
-
 def _utterance(row: dict) -> Utterance:
     phones = row["phones"]
     if not isinstance(phones, list) or not all(isinstance(p, dict) and p.keys() >= _PHONE_KEYS for p in phones):
@@ -115,53 +106,6 @@ def batches(utterances: Sequence[Utterance], batch_size: int) -> Iterator[list[i
     order = sorted(range(len(utterances)), key=lambda index: -len(utterances[index].audio))
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
-
-
-@dataclass
-class Representations:
-    """Per-utterance frame features `(frames, dim)` by layer, and codebook units `(frames,)` by layer."""
-
-    features: dict[int | None, list[torch.Tensor]]
-    units: dict[int, list[torch.Tensor]]
-
-
-class ModelRepresentations:
-    """Layer results (and codebook-head units) of a SpidR model, computed in padded batches."""
-
-    def __init__(self, model, feature_extractor, layers: Sequence[int], codebook_layers: Sequence[int], device):
-        """`model` is a SpidrModel, or a SpidrForPreTraining when `codebook_layers` is not empty."""
-        self.model = model.to(device).eval()
-        self.feature_extractor = feature_extractor
-        self.layers = list(layers)
-        self.codebook_layers = list(codebook_layers)
-        self.device = device
-
-    def _layers_to_run(self, with_units: bool) -> int | None:
-        """The encoder stops after the last layer needed (DinoSR heads read the final output: all of them)."""
-        if not with_units or not self.codebook_layers:
-            return max(self.layers)
-        if self.model.config.objective == "dinosr":
-            return None
-        return max([*self.layers, *self.codebook_layers])
-
-    @torch.no_grad()
-    def __call__(self, audios: Sequence[np.ndarray], with_units: bool = True) -> Representations:
-        inputs = self.feature_extractor(list(audios), sampling_rate=SAMPLING_RATE, return_tensors="pt").to(self.device)
-        lengths = self.model._get_feat_extract_output_lengths(inputs["attention_mask"].sum(-1)).tolist()
-        num_layers = self._layers_to_run(with_units)
-        if with_units and self.codebook_layers:  # features and units from one forward pass
-            output = self.model(**inputs, return_loss=False, num_layers=num_layers, output_layer_results=True)
-        else:
-            output = self.model.base_model(**inputs, num_layers=num_layers, output_layer_results=True)
-        features = {
-            layer: [output.layer_results[layer - 1][b, :length].float().cpu() for b, length in enumerate(lengths)]
-            for layer in self.layers
-        }
-        units = {}
-        for layer in self.codebook_layers if with_units else ():
-            logits = output.logits[self.model.config.codebook_layers.index(layer)]
-            units[layer] = [logits[b, :length].argmax(-1).cpu() for b, length in enumerate(lengths)]
-        return Representations(features, units)
 
 
 def log_mel(audio: np.ndarray) -> torch.Tensor:
@@ -202,27 +146,3 @@ class LogMelRepresentations:
 
     def __call__(self, audios: Sequence[np.ndarray], with_units: bool = True) -> Representations:
         return Representations({None: [log_mel(audio) for audio in audios]}, {})
-
-
-def kmeans_training_frames(
-    representations, audios: Sequence[np.ndarray], max_frames: int, batch_size: int, desc: str
-) -> dict[int | None, np.ndarray]:
-    """Up to `max_frames` frames of each layer of the representations of `audios`, for fitting k-means."""
-    frames: dict[int | None, list[np.ndarray]] = {layer: [] for layer in representations.layers}
-    for start in tqdm(range(0, len(audios), batch_size), desc=desc):
-        output = representations(audios[start : start + batch_size], with_units=False)
-        for layer in representations.layers:
-            frames[layer] += [features.numpy() for features in output.features[layer]]
-    return {layer: np.concatenate(chunks)[:max_frames] for layer, chunks in frames.items()}
-
-
-def fit_kmeans(frames: np.ndarray, num_clusters: int, seed: int):
-    """scikit-learn MiniBatchKMeans with `num_clusters` clusters (HuBERT and SpidR's unit recipe)."""
-    from sklearn.cluster import MiniBatchKMeans
-
-    if len(frames) < num_clusters:
-        raise ValueError(
-            f"k-means needs at least as many training frames as clusters ({num_clusters}), got {len(frames)}: use "
-            "more audio or fewer clusters"
-        )
-    return MiniBatchKMeans(n_clusters=num_clusters, random_state=seed).fit(frames)

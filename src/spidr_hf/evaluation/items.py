@@ -6,14 +6,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from ..configuration_spidr import SAMPLING_RATE, SpidrConfig
+from ..configuration_spidr import SAMPLING_RATE
 
 ITEM_FILE = "dev.item"  # name of a corpus folder's item file, for its dev split
 ITEM_HEADER = "#file onset offset #phone prev-phone next-phone speaker"
 SILENCE = "pau"  # flite's silence phone; never an ABX token, but a valid context
-# Front end shared by SpidR and the log-mel baseline: the default feature encoder's window (receptive field, 400
-# samples = 25 ms) and hop (320 samples = 20 ms), no padding
-WINDOW_SAMPLES, HOP_SAMPLES = SpidrConfig().receptive_field, SpidrConfig().inputs_to_logits_ratio
+# The evaluation's frames, on which ABX items, alignments and the log-mel baseline are read: a 25 ms window (400
+# samples) every 20 ms (320 samples), no padding, as SpidR base's feature encoder gives them. A model with other frames
+# is refused (`evaluator.check_frame_geometry`), not read at these indices
+WINDOW_SAMPLES, HOP_SAMPLES = 400, 320
 FRAME_RATE = SAMPLING_RATE // HOP_SAMPLES  # SpidR frames per second; frame j is centred at (j + 0.5) / FRAME_RATE s
 _EPS = 1e-6  # item times are decimal strings; keep a centre that lies exactly on a boundary inside the token
 

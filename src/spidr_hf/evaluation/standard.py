@@ -14,22 +14,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..audio import audio_files, draw_audio, draw_folder_audio, name_some
 from ..configuration_spidr import SAMPLING_RATE
-from ..data import AUDIO_SUFFIXES, audio_files
 from ..pipeline_spidr import load_audio
-from .features import Utterance, check_alignment, draw_audio
+from .features import Utterance, check_alignment
 from .items import AbxItem, read_item_file
 
 TABLE_HEADER = ("file", "start", "end", "phone")
 PHONE_TIER = "phones"  # MFA's phone tier; with several speakers MFA 1 names it "SPEAKER - phones"
 # MFA writes silences as empty intervals: they get this label, so that every frame has a phone
 EMPTY_INTERVAL = "sil"
-MAX_NAMED = 5  # ids named in an error about missing or unreadable files
-
-
-def _first(names: Sequence[str]) -> str:
-    more = f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else ""
-    return ", ".join(names[:MAX_NAMED]) + more
 
 
 def describe_set(item_file: str | os.PathLike, audio_dir: str | os.PathLike) -> tuple[str, str]:
@@ -46,12 +40,12 @@ def find_audio(audio_dir: str | os.PathLike, ids: Sequence[str]) -> dict[str, Pa
     if missing:
         raise ValueError(
             f"{len(missing)} of the {len(ids)} audio files named in the item file are not in {audio_dir}: "
-            f"{_first(missing)}"
+            f"{name_some(missing)}"
         )
     ambiguous = [file_id for file_id in ids if len(by_stem[file_id]) > 1]
     if ambiguous:
         example = ", ".join(str(path) for path in by_stem[ambiguous[0]])
-        raise ValueError(f"Several audio files in {audio_dir} have the name of {_first(ambiguous)} (e.g. {example})")
+        raise ValueError(f"Several audio files in {audio_dir} have the name of {name_some(ambiguous)} (e.g. {example})")
     return {file_id: by_stem[file_id][0] for file_id in ids}
 
 
@@ -65,7 +59,7 @@ def decode_all(paths: dict[str, Path], desc: str) -> dict[str, np.ndarray]:
             failures.append((file_id, error))
     if failures:
         raise ValueError(
-            f"Cannot read {len(failures)} audio file(s) named in the item file: {_first([i for i, _ in failures])} "
+            f"Cannot read {len(failures)} audio file(s) named in the item file: {name_some([i for i, _ in failures])} "
             f"({failures[0][1]})"
         )
     return audios
@@ -97,7 +91,7 @@ def load_item_set(
         aligned = read_alignments(alignments, ids)
         unaligned = [file_id for file_id in ids if file_id not in aligned]
         if unaligned:
-            raise ValueError(f"{alignments} has no alignment of {len(unaligned)} file(s): {_first(unaligned)}")
+            raise ValueError(f"{alignments} has no alignment of {len(unaligned)} file(s): {name_some(unaligned)}")
         phones = {file_id: aligned[file_id] for file_id in ids}
     utterances = [Utterance(file_id, speakers[file_id], audios[file_id], phones[file_id]) for file_id in ids]
     for utterance in utterances:
@@ -237,11 +231,3 @@ def draw_kmeans_audio(
     if kmeans_dir is None:
         return draw_audio(len(utterances), lambda index: utterances[index].audio, max_seconds, seed)
     return draw_folder_audio(kmeans_dir, max_seconds, seed, "the k-means folder")
-
-
-def draw_folder_audio(folder: str | os.PathLike, max_seconds: float, seed: int, name: str = "") -> list[np.ndarray]:
-    """Randomly drawn audio files under `folder`, decoded, up to `max_seconds`; `name` says what the folder is for."""
-    paths = audio_files(folder)
-    if not paths:
-        raise ValueError(f"No audio files ({' '.join(AUDIO_SUFFIXES)}) in {name + ' ' if name else ''}{folder}")
-    return draw_audio(len(paths), lambda index: load_audio(paths[index], None, SAMPLING_RATE), max_seconds, seed)

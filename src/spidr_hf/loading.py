@@ -1,0 +1,171 @@
+"""
+Loading a SpidR/DinoSR model for a command or a training run: one `load` for a local folder or a Hub id, the student
+network or the full pretraining model, in a dtype, with its feature extractor (the default one when the folder has
+none) and one-line errors.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoConfig
+from transformers.utils import FEATURE_EXTRACTOR_NAME
+
+from .configuration_spidr import SpidrConfig
+from .errors import ModelLoadError, SpidrError
+from .feature_extraction_spidr import SpidrFeatureExtractor
+from .modeling_spidr import SpidrForPreTraining, SpidrModel
+
+logger = logging.getLogger(__name__)
+
+# dtypes a model may run in; whatever the dtype, features are compared and saved in float32
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# What to load: the student network (`AutoModel`), the full pretraining model (`AutoModelForPreTraining`: heads,
+# teacher, codebooks), or the folder's own kind (the full model, or the student of a folder saved without heads)
+Part = Literal["student", "full", "as_saved"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: SpidrModel | SpidrForPreTraining
+    feature_extractor: SpidrFeatureExtractor
+    has_heads: bool  # the folder holds trained codebook heads (False for a student-only folder)
+
+    @property
+    def student(self) -> SpidrModel:
+        return self.model.base_model
+
+    @property
+    def config(self) -> SpidrConfig:
+        return self.model.config
+
+
+def load(
+    source: str | os.PathLike,
+    part: Part = "as_saved",
+    *,
+    dtype: str = "float32",
+    device: str | None = None,
+    require_heads: bool = False,
+) -> LoadedModel:
+    """
+    Load the model of a folder or Hub id, in `dtype` (a key of `DTYPES`); on `device` (checked, see `check_device`)
+    and in eval mode when given. `require_heads`: a folder without trained codebook heads is an error.
+    """
+    if dtype not in DTYPES:
+        raise SpidrError(f"Unknown dtype {dtype!r}: choose among {list(DTYPES)}")
+    if device is not None:
+        device = check_device(device)
+    try:
+        local_files_only = _use_local_files_only(source)
+        config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
+        if not isinstance(config, SpidrConfig):
+            raise ValueError(f"it is a {type(config).__name__}, not SpidR/DinoSR")
+        feature_extractor = _load_feature_extractor(source, local_files_only)
+        options = {"dtype": DTYPES[dtype], "local_files_only": local_files_only}
+        if part == "student":
+            model, has_heads = SpidrModel.from_pretrained(source, **options), False
+        else:
+            model, info = SpidrForPreTraining.from_pretrained(source, output_loading_info=True, **options)
+            missing = sorted(info["missing_keys"])
+            has_heads = not any(key.startswith("heads.") for key in missing)
+            if require_heads and missing:
+                raise ModelLoadError(
+                    f"{source} lacks {len(missing)} weights of the full model (e.g. {missing[:3]}): use a folder saved "
+                    "from SpidrForPreTraining (`spidr-hf convert` or a training run), which has the codebook heads."
+                )
+            if part == "as_saved" and any(key.startswith(("heads.", "teacher.")) for key in missing):
+                model = model.spidr  # a student-only folder: its weights are the pretraining model's student
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError) as error:  # missing folder or files, not a SpidR model: one line
+        raise ModelLoadError(f"Cannot load the model {source}: {' '.join(str(error).split())}") from error
+    if device is not None:
+        model = model.to(device).eval()
+    return LoadedModel(model, feature_extractor, has_heads)
+
+
+def in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`model` cast to `dtype` as `from_pretrained(dtype=...)` loads it: the modules it keeps in fp32 stay so."""
+    model.to(dtype)
+    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    for name, module in model.named_modules():  # the teacher, the codebooks, the student's k-means centroids
+        if name.split(".")[-1] in keep:
+            module.float()
+    return model
+
+
+def check_device(device: str | None) -> str:
+    """`device`, or cuda when available else cpu; one line if torch does not know it or this machine lacks it."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise SpidrError(f"Unknown device {device!r}: use e.g. cpu, cuda or cuda:1") from error
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise SpidrError(f"Device {device!r}: CUDA is not available on this machine; use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise SpidrError(f"Device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise SpidrError(f"Device {device!r}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def _use_local_files_only(name: str | os.PathLike) -> bool:
+    """
+    Whether `name` must be loaded from the local cache; fails in one line, and fast, when it is neither a folder nor a
+    model the Hub has or the cache holds (transformers would retry an unreachable Hub for about 50 s first).
+    """
+    from huggingface_hub import is_offline_mode, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    if Path(name).is_dir():
+        return False
+    if Path(name).exists():
+        raise ValueError("it is a file; pass a model folder or a Hub model id")
+    try:
+        validate_repo_id(str(name))
+    except HFValidationError as error:
+        raise ValueError("it is neither a model folder nor a Hub model id") from error
+    is_cached = isinstance(try_to_load_from_cache(str(name), "config.json"), str)
+    if is_offline_mode():
+        if not is_cached:
+            raise ValueError("it is not a model folder, and offline (HF_HUB_OFFLINE) there is no cached copy of it")
+        return True
+    try:
+        model_info(str(name), timeout=10)
+    except GatedRepoError:  # it exists: loading tells how to get access
+        return False
+    except RepositoryNotFoundError as error:
+        raise ValueError("it is neither a model folder nor a model on the Hub that you can access") from error
+    except Exception as error:  # the Hub cannot be reached: DNS, proxy, timeout, server error
+        if is_cached:
+            logger.warning("The Hub cannot be reached (%s); using the cached copy of %s", error, name)
+            return True
+        raise ValueError(
+            f"it is not a model folder and the Hub cannot be reached to download it ({type(error).__name__}: "
+            f"{error}); check the name and the connection"
+        ) from error
+    return False
+
+
+def _load_feature_extractor(name: str | os.PathLike, local_files_only: bool) -> SpidrFeatureExtractor:
+    """The folder's feature extractor, or the default one if it has none (it has no learned state)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return SpidrFeatureExtractor.from_pretrained(name, local_files_only=local_files_only)
+    except OSError:
+        if Path(name).is_dir():
+            has_file = Path(name, FEATURE_EXTRACTOR_NAME).is_file()
+        else:
+            has_file = isinstance(try_to_load_from_cache(str(name), FEATURE_EXTRACTOR_NAME), str)
+        if has_file:  # present but unreadable: say so
+            raise
+        logger.warning("%s has no %s; using the default SpidrFeatureExtractor", name, FEATURE_EXTRACTOR_NAME)
+        return SpidrFeatureExtractor()
