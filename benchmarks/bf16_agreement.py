@@ -10,8 +10,10 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from spidr_hf.evaluation.evaluator import check_device, load_model
-from spidr_hf.evaluation.features import ModelRepresentations, fit_kmeans, load_split
+from spidr_hf.clustering import fit_kmeans
+from spidr_hf.evaluation.features import load_split
+from spidr_hf.loading import check_device, load
+from spidr_hf.representations import ModelRepresentations
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     audios = [utterance.audio for utterance in load_split(args.dataset, "dev", args.utterances, seed=0)]
     outputs = {}
     for dtype in ("float32", "bfloat16"):
-        model, _, feature_extractor, _ = load_model(args.model, ["codebook"], dtype)
+        loaded = load(args.model, "full", dtype=dtype)
+        model, feature_extractor = loaded.model, loaded.feature_extractor
         representations = ModelRepresentations(model, feature_extractor, args.layers, args.layers, device)
         outputs[dtype] = [representations(audios[start : start + 8]) for start in range(0, len(audios), 8)]
     for layer in args.layers:

@@ -178,8 +178,8 @@ def test_missing_tools_say_how_to_install(tmp_path, monkeypatch, capsys):
         (["--speakers", "1"], "--speakers must be between 2"),
         (["--speakers", "13"], "--speakers must be between 2"),
         (["--speakers", "2", "--dev-speakers", "2"], "--dev-speakers"),
-        (["--hours", "0"], "--hours must be a positive number"),
-        (["--hours", "nan"], "--hours must be a positive number"),
+        (["--hours", "0"], "argument --hours: must be a positive number"),
+        (["--hours", "nan"], "argument --hours: must be a positive number"),
         (["--hours", "100"], "ask for fewer"),
     ],
 )

@@ -1,5 +1,6 @@
 """`spidr-hf extract`: features and units of audio files on disk, as the pipelines and the model give them."""
 
+import json
 import os
 from pathlib import Path
 
@@ -202,7 +203,7 @@ def test_user_errors(source_dir, audio_dir, tmp_path, capsys):
     assert "no codebook head" in run_cli(
         capsys, source_dir, audio_dir, tmp_path / "out", "--units", "codebook", "--layer", "1"
     )
-    assert "--layer must be in [1, 4]" in run_cli(capsys, source_dir, audio_dir, tmp_path / "out", "--layer", "0")
+    assert "layer must be in [1, 4]" in run_cli(capsys, source_dir, audio_dir, tmp_path / "out", "--layer", "0")
     manifest = tmp_path / "list.txt"
     manifest.write_text("a.wav\nmissing.wav\n")
     assert "missing.wav" in run_cli(capsys, source_dir, manifest, tmp_path / "out")
@@ -355,10 +356,10 @@ def test_kmeans_units_default_to_the_centroids_layer(kmeans_dir, audio_dir, tmp_
         inputs = SpidrFeatureExtractor()(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")
         assert units[str(Path(name).with_suffix(""))] == model.get_kmeans_units(**inputs)[0].tolist()
     assert len({unit for values in units.values() for unit in values}) > 1
-    # Other extractions keep the default layer 6 (beyond the tiny model's 4 layers)
-    with pytest.raises(SystemExit):
-        main(["extract", str(kmeans_dir), str(audio_dir), str(tmp_path / "features")])
-    assert "--layer must be in [1, 4], got 6" in capsys.readouterr().err
+    # Other extractions take the default feature layer: the paper's 6, clamped to the tiny model's 4 layers
+    assert main(["extract", str(kmeans_dir), str(audio_dir), str(tmp_path / "features")]) == 0
+    settings = json.loads((tmp_path / "features" / "extract.json").read_text())["settings"]
+    assert settings["layer"] == 4
 
 
 def test_manifest_messages(source_dir, audio_dir, tmp_path, capsys):

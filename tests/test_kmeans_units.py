@@ -73,8 +73,17 @@ def kmeans_dir(source_dir, corpus, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("kmeans") / "model"
     shutil.copytree(source_dir, folder)
     before = load_file(folder / "model.safetensors")
-    arguments = ["kmeans", str(folder), "--dataset", str(corpus), "--layer", str(LAYER), "--clusters", str(CLUSTERS)]
-    assert main([*arguments, "--frames", "2000", "--device", "cpu"]) == 0
+    arguments = [
+        "kmeans",
+        str(folder),
+        "--dataset",
+        str(corpus),
+        "--layer",
+        str(LAYER),
+        "--num-clusters",
+        str(CLUSTERS),
+    ]
+    assert main([*arguments, "--kmeans-frames", "2000", "--device", "cpu"]) == 0
     after = load_file(folder / "model.safetensors")
     # Every other weight is unchanged; the centroids are new
     assert set(after) - set(before) == {"spidr.kmeans.centroids"}
@@ -213,7 +222,7 @@ def test_kmeans_command_on_a_student_only_folder_keeps_it_student_only(source_di
     SpidrForPreTraining.from_pretrained(source_dir).spidr.save_pretrained(folder)
     shutil.copy(source_dir / "preprocessor_config.json", folder)
     before = load_file(folder / "model.safetensors")
-    arguments = ["--layer", str(LAYER), "--clusters", str(CLUSTERS), "--frames", "2000", "--device", "cpu"]
+    arguments = ["--layer", str(LAYER), "--num-clusters", str(CLUSTERS), "--kmeans-frames", "2000", "--device", "cpu"]
     assert main(["kmeans", str(folder), "--dataset", str(corpus), *arguments]) == 0
     after = load_file(folder / "model.safetensors")
     assert set(after) - set(before) == {"kmeans.centroids"}  # no heads, teacher or codebooks appear
@@ -229,7 +238,7 @@ def test_kmeans_command_cut_between_files_leaves_a_whole_model(source_dir, corpu
     import spidr_hf.kmeans
 
     replace = os.replace
-    arguments = ["--layer", str(LAYER), "--clusters", str(CLUSTERS), "--frames", "2000", "--device", "cpu"]
+    arguments = ["--layer", str(LAYER), "--num-clusters", str(CLUSTERS), "--kmeans-frames", "2000", "--device", "cpu"]
     audio = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
     inputs = units_inputs(audio)
     old_units = SpidrForPreTraining.from_pretrained(source_dir).eval().get_units(**inputs, layer=LAYER)[0]
@@ -276,9 +285,13 @@ def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
 
     assert "no config.json" in error(str(tmp_path), "--dataset", str(corpus))
     assert "--layer must be in [1, 4]" in error(str(source_dir), "--dataset", str(corpus), "--layer", "7")
-    assert "--clusters must be at least 2" in error(str(source_dir), "--dataset", str(corpus), "--clusters", "1")
-    frames = ["--clusters", "8", "--frames", "5"]
-    assert "--frames (5) must be at least --clusters (8)" in error(str(source_dir), "--dataset", str(corpus), *frames)
+    assert "--num-clusters must be at least 2" in error(
+        str(source_dir), "--dataset", str(corpus), "--num-clusters", "1"
+    )
+    frames = ["--num-clusters", "8", "--kmeans-frames", "5"]
+    assert "--kmeans-frames (5) must be at least --num-clusters (8)" in error(
+        str(source_dir), "--dataset", str(corpus), *frames
+    )
     # The corpus' train split (about 2000 frames) has too few frames: found after the model ran, so progress bars come
     # first, and the error is the one last line
     with pytest.raises(SystemExit):
@@ -288,9 +301,9 @@ def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
                 str(source_dir),
                 "--dataset",
                 str(corpus),
-                "--clusters",
+                "--num-clusters",
                 "5000",
-                "--frames",
+                "--kmeans-frames",
                 "9000",
                 "--layer",
                 "2",

@@ -504,7 +504,7 @@ def test_config_file_and_overrides(tmp_path):
     assert training_args.max_steps == 7 and data_args.pad is True and training_args.save_strategy == "no"
     assert model_args.model_config["num_hidden_layers"] == 3
     assert build_model(model_args).config.num_hidden_layers == 3
-    with pytest.raises(SystemExit, match="--key=value"):
+    with pytest.raises(ValueError, match="--key=value"):
         parse_config([str(path), "--max_steps", "7"])
     with pytest.raises(ValueError):
         parse_config([str(path), "--not_an_option=1"])
@@ -599,8 +599,8 @@ def test_config_files_extend_others(tmp_path):
     # model_config entries are overridden one by one
     assert model_args.model_config == {**base["model_config"], "codebook_restart_after": 4}
     (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
-    with pytest.raises(SystemExit, match="extends itself"):
+    with pytest.raises(ValueError, match="extends itself"):
         parse_config([str(tmp_path / "loop.yaml")])
     (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
-    with pytest.raises(SystemExit, match=r"missing\.yaml not found"):
+    with pytest.raises(ValueError, match=r"missing\.yaml not found"):
         parse_config([str(tmp_path / "orphan.yaml")])

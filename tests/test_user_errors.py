@@ -229,7 +229,7 @@ def bert_folder(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ("bert", "it is a BertConfig, not SpidR/DinoSR"),
+        ("bert", "it is a BertConfig, not a SpidR/DinoSR model"),
         ("someone/no-such-model", "it is not a model folder, and offline (HF_HUB_OFFLINE) there is no cached copy"),
         ("not a model id!", "it is neither a model folder nor a Hub model id"),
     ],
@@ -419,7 +419,7 @@ def test_data_arguments_out_of_range(change, message):
     assert one_line(str(error.value))
 
 
-@pytest.mark.parametrize(("option", "value"), [("--dataset", "not a dataset id!"), ("--base-model", "a//b")])
+@pytest.mark.parametrize(("option", "value"), [("--train-dataset", "not a dataset id!"), ("--base-model", "a//b")])
 def test_push_refuses_invalid_card_hub_ids_before_any_work(source_dir, tmp_path, capsys, option, value):
     arguments = ["push", str(source_dir), "--repo-id", "me/model", "--license", "mit", option, value]
     error = run_cli([*arguments, "--dry-run", str(tmp_path / "out")], capsys)

@@ -17,7 +17,7 @@ from .audio import draw_folder_audio
 from .clustering import fit_kmeans, kmeans_training_frames
 from .errors import SpidrError
 from .evaluation.features import load_random_audio  # a corpus split's audio
-from .loading import DTYPES, check_device, in_dtype, load
+from .loading import DTYPES, check_device, in_dtype, load, load_config
 from .release import save_hub_ready
 from .representations import ModelRepresentations
 
@@ -43,14 +43,20 @@ def fit_centroids(
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.num_clusters < 2:
+        raise SpidrError(f"--num-clusters must be at least 2, got {args.num_clusters}")
     if args.num_clusters > args.kmeans_frames:
         raise SpidrError(
             f"--kmeans-frames ({args.kmeans_frames}) must be at least --num-clusters ({args.num_clusters}): k-means "
             "needs a frame a cluster"
         )
     model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        raise SpidrError(f"{model_dir} is not a saved model folder (no config.json)")
+    if not model_dir.is_dir():
+        raise SpidrError(f"{model_dir} is not a saved model folder (no config.json): k-means writes into a folder")
+    config = load_config(model_dir).config  # the options are checked before the weights load
+    layer = config.default_feature_layer if args.layer is None else args.layer
+    if not 1 <= layer <= config.num_hidden_layers:
+        raise SpidrError(f"--layer must be in [1, {config.num_hidden_layers}], got {layer}")
     output = Path(args.output) if args.output is not None else model_dir
     if args.output is not None and output.exists() and not output.is_dir():
         raise SpidrError(f"--output {output} is a file: choose a new or empty folder (or leave --output out: in place)")
@@ -60,10 +66,6 @@ def run(args: argparse.Namespace) -> int:
     # The folder's own kind: a pretraining folder keeps its heads, teacher and codebooks, a student-only folder stays
     # student-only. Loaded in float32 whatever --dtype: the weights are written back as they were
     loaded = load(model_dir, "as_saved")
-    config = loaded.config
-    layer = config.default_feature_layer if args.layer is None else args.layer
-    if not 1 <= layer <= config.num_hidden_layers:
-        raise SpidrError(f"--layer must be in [1, {config.num_hidden_layers}], got {layer}")
     max_seconds = args.kmeans_frames / config.frame_rate + 1
     if args.dataset is not None:
         audios = load_random_audio(args.dataset, args.split, max_seconds, args.seed)

@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 from transformers import AutoConfig
-from transformers.utils import FEATURE_EXTRACTOR_NAME
+from transformers.utils import CONFIG_NAME, FEATURE_EXTRACTOR_NAME
 
 from .configuration_spidr import SpidrConfig
 from .errors import ModelLoadError, SpidrError
@@ -59,11 +59,8 @@ def load(
         raise SpidrError(f"Unknown dtype {dtype!r}: choose among {list(DTYPES)}")
     if device is not None:
         device = check_device(device)
+    local_files_only = load_config(source).local_files_only
     try:
-        local_files_only = _use_local_files_only(source)
-        config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
-        if not isinstance(config, SpidrConfig):
-            raise ValueError(f"it is a {type(config).__name__}, not SpidR/DinoSR")
         feature_extractor = _load_feature_extractor(source, local_files_only)
         options = {"dtype": DTYPES[dtype], "local_files_only": local_files_only}
         if part == "student":
@@ -86,6 +83,28 @@ def load(
     if device is not None:
         model = model.to(device).eval()
     return LoadedModel(model, feature_extractor, has_heads)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: SpidrConfig
+    local_files_only: bool  # whether the model comes from the local Hub cache (offline, or the Hub unreachable)
+
+
+def load_config(source: str | os.PathLike) -> LoadedConfig:
+    """The config of a folder or Hub id, read before its weights: a command checks its options against it first."""
+    if Path(source).is_dir() and not Path(source, CONFIG_NAME).is_file():
+        raise ModelLoadError(f"Cannot load the model {source}: it is not a saved model folder (no {CONFIG_NAME})")
+    try:
+        local_files_only = _use_local_files_only(source)
+        config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"Cannot load the model {source}: {' '.join(str(error).split())}") from error
+    if not isinstance(config, SpidrConfig):
+        raise ModelLoadError(
+            f"Cannot load the model {source}: it is a {type(config).__name__}, not a SpidR/DinoSR model"
+        )
+    return LoadedConfig(config, local_files_only)
 
 
 def in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
