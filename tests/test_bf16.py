@@ -100,7 +100,11 @@ def test_bf16_moves_abx_little(trained_dir, corpus):
     for key, value in scores["float32"].items():
         if key[1] == "kmeans" and key[2] != LAYERS[-1]:
             continue
-        assert abs(scores["bfloat16"][key] - value) <= (0.2 if key[1] == "layer_results" else 5.0), key
+        assert abs(scores["bfloat16"][key] - value) <= (0.2 if key[1] == "layer_results" else 5.0), (
+            key,
+            value,
+            scores["bfloat16"][key],
+        )
 
 
 def test_evaluate_cli_in_bf16(trained_dir, corpus, tmp_path, capsys):

@@ -316,3 +316,11 @@ def test_an_earlier_report_is_kept_unless_overwrite_is_asked(corpus_dir, model_d
         "pnmi.png",
     ]
     assert (output / "pnmi.png").read_bytes() != b"earlier"
+
+
+def test_a_model_with_other_frames_is_refused_not_misaligned(corpus_dir, tmp_path):
+    """ABX items and alignments are read on 20 ms frames: a model with 10 ms frames would be scored at wrong indices."""
+    torch.manual_seed(0)
+    SpidrForPreTraining(tiny_config(conv_stride=(5, 2, 2, 2, 2, 2, 1))).save_pretrained(tmp_path / "model")  # 10 ms
+    with pytest.raises(ValueError, match="its ABX tokens would be misaligned"):
+        evaluate_model(tmp_path / "model", corpus_dir, layers=[4], units=["kmeans"])
