@@ -175,9 +175,9 @@ def test_missing_tools_say_how_to_install(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--speakers", "1"], "--speakers must be between 2"),
-        (["--speakers", "13"], "--speakers must be between 2"),
-        (["--speakers", "2", "--dev-speakers", "2"], "--dev-speakers"),
+        (["--speakers", "1"], "speakers must be between 2"),
+        (["--speakers", "13"], "speakers must be between 2"),
+        (["--speakers", "2", "--dev-speakers", "2"], "dev speakers must be at least 1"),
         (["--hours", "0"], "argument --hours: must be a positive number"),
         (["--hours", "nan"], "argument --hours: must be a positive number"),
         (["--hours", "100"], "ask for fewer"),

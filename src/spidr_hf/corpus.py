@@ -313,11 +313,11 @@ def build_corpus(
     from datasets import Dataset, DatasetDict
 
     if not math.isfinite(hours) or hours <= 0:
-        raise ValueError(f"--hours must be a positive number, got {hours}")
+        raise ValueError(f"hours must be a positive number, got {hours}")
     if not 2 <= num_speakers <= len(SPEAKERS):
-        raise ValueError(f"--speakers must be between 2 and {len(SPEAKERS)}, got {num_speakers}")
+        raise ValueError(f"speakers must be between 2 and {len(SPEAKERS)}, got {num_speakers}")
     if not 1 <= dev_speakers < num_speakers:
-        raise ValueError(f"--dev-speakers must be at least 1 and fewer than --speakers ({num_speakers})")
+        raise ValueError(f"dev speakers must be at least 1 and fewer than the speakers ({num_speakers})")
     out_dir = Path(out_dir)
     _check_destination(out_dir)
     flite = find_flite()

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -346,6 +346,14 @@ class StreamingBatches(TorchIterableDataset):
             yield buffer
 
 
+class SkippedFiles(NamedTuple):
+    """Files a batch left out, by reason; a batch carries them as the tensor `num_skipped` in this order."""
+
+    unreadable: int
+    too_short: int
+    invalid: int  # NaN or infinite samples
+
+
 class SpeechCollator:
     """
     Turn a list of `SpeechItem`s into model inputs: drop failed or too-short items (counted in `num_skipped`),
@@ -377,7 +385,7 @@ class SpeechCollator:
                 except ValueError as error:  # NaN or infinite samples
                     skipped["invalid"] += 1
                     logger.warning("Skipping invalid audio: %s", error)
-        counts = torch.tensor([skipped["unreadable"], skipped["too_short"], skipped["invalid"]])
+        counts = torch.tensor(SkippedFiles(skipped["unreadable"], skipped["too_short"], skipped["invalid"]))
         if not utterances:
             return {"num_skipped": counts}
         generator = torch.Generator().manual_seed(items[0].seed)

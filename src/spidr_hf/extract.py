@@ -28,6 +28,7 @@ from .configuration_spidr import SAMPLING_RATE, SpidrConfig
 from .errors import AudioError, SpidrError
 from .loading import DTYPES, check_device, load
 from .modeling_spidr import UNIT_KINDS
+from .pipeline_spidr import run_starts
 
 DEFAULT_UNITS_FILE = "units.txt"
 DEFAULT_BATCH_SECONDS = 200.0
@@ -146,7 +147,7 @@ def extract(
                 if units_out is not None and file.id not in done_units:
                     values = batch_units[index]
                     if deduplicate:
-                        values = values[np.flatnonzero(np.diff(values, prepend=-1))]
+                        values = values[run_starts(values)]
                     units_out.write(format_units(file.id, values, units_path))
                     units_out.flush()
             progress.update(len(batch))

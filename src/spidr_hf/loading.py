@@ -126,11 +126,11 @@ def check_device(device: str | None) -> str:
     except RuntimeError as error:
         raise SpidrError(f"Unknown device {device!r}: use e.g. cpu, cuda or cuda:1") from error
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise SpidrError(f"Device {device!r}: CUDA is not available on this machine; use --device cpu")
+        raise SpidrError(f"Device {device!r}: CUDA is not available on this machine; use cpu")
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise SpidrError(f"Device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise SpidrError(f"Device {device!r}: MPS is not available on this machine; use --device cpu")
+        raise SpidrError(f"Device {device!r}: MPS is not available on this machine; use cpu")
     return device
 
 

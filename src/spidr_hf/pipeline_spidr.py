@@ -123,6 +123,11 @@ def load_audio(inputs: Any, sampling_rate: int | None, target_rate: int) -> np.n
     return audio if sampling_rate == target_rate else resample(audio, sampling_rate, target_rate)
 
 
+def run_starts(units: np.ndarray) -> np.ndarray:
+    """Index of the first frame of every run of equal units: `units[run_starts(units)]` merges each run into one."""
+    return np.flatnonzero(np.diff(units, prepend=-1))
+
+
 def plan_chunks(
     num_samples: int, chunk_samples: int, stride_samples: int, hop: int, receptive_field: int
 ) -> list[tuple[int, int, int, int]]:
@@ -305,7 +310,7 @@ class SpidrUnitsPipeline(_SpidrChunkPipeline):
         units = self._stitch(chunk_outputs, "units").numpy()
         starts = np.arange(len(units))
         if deduplicate:
-            starts = np.flatnonzero(np.diff(units, prepend=-1))  # first frame of every run
+            starts = run_starts(units)
         result = {"units": units[starts]}
         if return_timestamps:
             ends = np.append(starts[1:], len(units))

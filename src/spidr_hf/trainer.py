@@ -7,6 +7,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -17,11 +18,21 @@ from transformers.dynamic_module_utils import custom_object_save
 
 from .codebook_init import KMEANS_FRAMES_PER_CODEWORD, kmeans_codewords, set_codewords, teacher_target_frames
 from .configuration_spidr import SAMPLING_RATE
-from .data import PretrainingData
+from .data import PretrainingData, SkippedFiles
 from .modeling_spidr import SpidrCodebookHealth, SpidrCodebookStatistics, SpidrForPreTraining
 from .pipeline_spidr import SpidrFeaturesPipeline, custom_pipelines
 
 logger = logging.getLogger(__name__)
+
+
+class LogSums(NamedTuple):
+    """What the training logs average or add up between two logs."""
+
+    target_perplexity: torch.Tensor
+    prediction_perplexity: torch.Tensor
+    forwards: torch.Tensor  # training forward passes, to average the perplexities over
+    audio_seconds: torch.Tensor
+
 
 # The paper's learning-rate schedule, the `lr_scheduler_type` of SpidrTrainingArguments by default
 TRI_STAGE = "tri_stage"
@@ -261,8 +272,9 @@ class SpidrTrainer(Trainer):
         self.data = data
         self.update_callback = SpidrUpdateCallback(self)
         self.add_callback(self.update_callback)
-        self._log_sums = torch.zeros(4, device=self.args.device)  # target ppl, prediction ppl, forwards, audio seconds
-        self._skipped = torch.zeros(3, dtype=torch.long, device=self.args.device)
+        # Sums since the last log, kept on the device (one transfer a log): `LogSums` and `SkippedFiles` in order
+        self._log_sums = torch.zeros(len(LogSums._fields), device=self.args.device)
+        self._skipped = torch.zeros(len(SkippedFiles._fields), dtype=torch.long, device=self.args.device)
         self._last_log_time = time.perf_counter()
 
     # ---- data ----
@@ -313,12 +325,13 @@ class SpidrTrainer(Trainer):
             with torch.no_grad():
                 audio = inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["input_values"].numel()
                 self._log_sums += torch.stack(
-                    [
-                        outputs.target_perplexity.float(),
-                        outputs.prediction_perplexity.float(),
-                        torch.ones((), device=self._log_sums.device),
-                        torch.as_tensor(audio, device=self._log_sums.device, dtype=torch.float32) / SAMPLING_RATE,
-                    ]
+                    LogSums(
+                        target_perplexity=outputs.target_perplexity.float(),
+                        prediction_perplexity=outputs.prediction_perplexity.float(),
+                        forwards=torch.ones((), device=self._log_sums.device),
+                        audio_seconds=torch.as_tensor(audio, device=self._log_sums.device, dtype=torch.float32)
+                        / SAMPLING_RATE,
+                    )
                 )
         return (loss, outputs) if return_outputs else loss
 
@@ -410,16 +423,16 @@ class SpidrTrainer(Trainer):
     # ---- logging ----
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: add the SpidR figures gathered since the last one
-            sums = self.accelerator.reduce(self._log_sums.clone(), reduction="sum")
-            skipped = self.accelerator.reduce(self._skipped.clone(), reduction="sum")
-            forwards = max(sums[2].item(), 1.0)
+            sums = LogSums(*self.accelerator.reduce(self._log_sums.clone(), reduction="sum").tolist())
+            skipped = SkippedFiles(*self.accelerator.reduce(self._skipped.clone(), reduction="sum").tolist())
+            forwards = max(sums.forwards, 1.0)
             elapsed = time.perf_counter() - self._last_log_time
-            logs["target_perplexity"] = sums[0].item() / forwards
-            logs["prediction_perplexity"] = sums[1].item() / forwards
+            logs["target_perplexity"] = sums.target_perplexity / forwards
+            logs["prediction_perplexity"] = sums.prediction_perplexity / forwards
             logs["teacher_decay"] = self.update_callback.last_decay
-            logs["audio_seconds_per_second"] = sums[3].item() / elapsed
+            logs["audio_seconds_per_second"] = sums.audio_seconds / elapsed
             logs["audio_hours_seen"] = self.state.num_input_tokens_seen / SAMPLING_RATE / 3600
-            logs["skipped_unreadable"], logs["skipped_too_short"], logs["skipped_invalid"] = skipped.tolist()
+            logs |= {f"skipped_{reason}": count for reason, count in skipped._asdict().items()}
             logs.update(self.update_callback.health_logs(self.model.config, self.state.global_step))
             self._log_sums.zero_()
             self._last_log_time = time.perf_counter()

@@ -280,7 +280,7 @@ def load_for_units(
         if not loaded.has_heads or loaded.student.kmeans is not None:
             units.append("kmeans")
     elif not loaded.has_heads:
-        raise SpidrError(f"{name} has no trained codebook heads: evaluate k-means units (--units kmeans) instead")
+        raise SpidrError(f"{name} has no trained codebook heads: evaluate k-means units instead")
     if "codebook" not in units:
         loaded = LoadedModel(loaded.student, loaded.feature_extractor, loaded.has_heads)
     return loaded, list(units)
