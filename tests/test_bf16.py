@@ -95,12 +95,15 @@ def test_bf16_moves_abx_little(trained_dir, corpus):
     assert reports["float32"].stored_kmeans_layer == reports["bfloat16"].stored_kmeans_layer == LAYERS[-1]
     # ABX errors are in percent. Unit ABX on this corpus's few tokens moves with a few flipped frames (measured up to
     # 2.1 points for codebook units and the stored k-means centroids; on the quickstart's trained model at most 0.16,
-    # see the README). k-means units fitted by each run are left out: each fits its own k-means on its own features,
-    # and on this tiny corpus the two fits' ABX differ by up to 18 points
+    # see docs/bf16.md). Layer results moved at most 0.2 points on a CPU with avx512_bf16, but 2.8 (layer 4, within:
+    # 47.7 -> 44.9, near chance on this tiny model's 100-odd tokens) on a 2-core AMD EPYC with AVX2 and no AVX-512,
+    # whose bf16 kernels round elsewhere; the features' cosine stays above 0.999 on both (test above). k-means units
+    # fitted by each run are left out: each fits its own k-means on its own features, and on this tiny corpus the two
+    # fits' ABX differ by up to 18 points
     for key, value in scores["float32"].items():
         if key[1] == "kmeans" and key[2] != LAYERS[-1]:
             continue
-        assert abs(scores["bfloat16"][key] - value) <= (0.2 if key[1] == "layer_results" else 5.0), (
+        assert abs(scores["bfloat16"][key] - value) <= (3.5 if key[1] == "layer_results" else 5.0), (
             key,
             value,
             scores["bfloat16"][key],

@@ -170,7 +170,7 @@ def test_evaluate_scores_the_stored_kmeans_units_the_pipeline_gives(kmeans_dir, 
     assert refit.stored_kmeans_layer is None
     assert model_kmeans(refit)["active_codewords"] > CLUSTERS  # its own 16 clusters
     # Too few k-means frames for the stored clusters: found before any work
-    with pytest.raises(ValueError, match=rf"--kmeans-frames \(4\) must be at least the clusters \({CLUSTERS}\)"):
+    with pytest.raises(ValueError, match=rf"kmeans_frames \(4\) must be at least the clusters \({CLUSTERS}\)"):
         evaluate_model(kmeans_dir, corpus, units=["kmeans"], **{**options, "num_clusters": 2, "kmeans_frames": 4})
 
 
