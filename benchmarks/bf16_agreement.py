@@ -10,8 +10,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from spidr_hf.aligned_speech import load_split
 from spidr_hf.clustering import fit_kmeans
-from spidr_hf.evaluation.features import load_split
 from spidr_hf.loading import check_device, load
 from spidr_hf.representations import ModelRepresentations
 

@@ -9,11 +9,11 @@ from conftest import TINY_CONFIG
 from transformers import pipeline
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
+from spidr_hf.aligned_speech import load_split
 from spidr_hf.cli import main
 from spidr_hf.clustering import fit_kmeans
 from spidr_hf.configuration_spidr import SAMPLING_RATE
 from spidr_hf.evaluation import evaluate_model
-from spidr_hf.evaluation.features import load_split
 from spidr_hf.loading import load
 from spidr_hf.representations import ModelRepresentations
 

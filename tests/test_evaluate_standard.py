@@ -12,10 +12,10 @@ import pytest
 import torch
 from torchcodec.encoders import AudioEncoder
 
+from spidr_hf.aligned_speech import load_split
 from spidr_hf.cli import main
 from spidr_hf.configuration_spidr import SAMPLING_RATE
 from spidr_hf.evaluation import evaluate_model
-from spidr_hf.evaluation.features import load_split
 from spidr_hf.evaluation.items import ITEM_FILE
 from spidr_hf.evaluation.standard import read_alignments
 

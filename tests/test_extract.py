@@ -411,8 +411,8 @@ def test_bfloat16_is_close_to_float32(source_dir, audio_dir, tmp_path):
 @pytest.mark.slow
 def test_extracted_features_give_the_abx_of_the_model(source_dir, corpus, tmp_path):
     """Read back, `extract`'s features and units give the ABX of the same model's outputs computed in memory."""
+    from spidr_hf.aligned_speech import load_split
     from spidr_hf.evaluation.abx import abx_error
-    from spidr_hf.evaluation.features import load_split
     from spidr_hf.evaluation.items import FRAME_RATE, ITEM_FILE, frame_span, read_item_file
     from spidr_hf.representations import ModelRepresentations
 

@@ -18,11 +18,11 @@ from sklearn.cluster import KMeans
 from transformers import pipeline
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining, SpidrModel
+from spidr_hf.aligned_speech import load_split
 from spidr_hf.cli import main
 from spidr_hf.evaluation import evaluate_model
 from spidr_hf.evaluation.abx import abx_error
 from spidr_hf.evaluation.evaluator import dev_tokens
-from spidr_hf.evaluation.features import load_split
 from spidr_hf.evaluation.items import ITEM_FILE, read_item_file
 from spidr_hf.evaluation.report import format_table
 from spidr_hf.evaluation.units_quality import LABEL_RATE, UNIT_RATE, frame_labels, units_quality

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from transformers.utils import CONFIG_NAME
 
+from .aligned_speech import load_random_audio
 from .audio import draw_folder_audio
 from .clustering import fit_kmeans, kmeans_training_frames
 from .errors import SpidrError
-from .evaluation.features import load_random_audio  # a corpus split's audio
 from .loading import DTYPES, check_device, in_dtype, load, load_config
 from .release import save_hub_ready
 from .representations import ModelRepresentations

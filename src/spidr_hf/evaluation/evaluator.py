@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..aligned_speech import Utterance, load_random_audio, load_split
 from ..clustering import fit_kmeans, kmeans_training_frames
 from ..errors import SpidrError
 from ..loading import DTYPES, LoadedModel, check_device, in_dtype, load
 from ..modeling_spidr import UNIT_KINDS
 from ..representations import ModelRepresentations
 from .abx import abx_error
-from .features import LogMelRepresentations, Utterance, batches, load_random_audio, load_split
+from .features import LogMelRepresentations, batches
 from .items import FRAME_RATE, HOP_SAMPLES, ITEM_FILE, WINDOW_SAMPLES, AbxItem, frame_span, num_frames, read_item_file
 from .schema import EvaluationReport, EvaluationResult, Representation, Row, System
 from .standard import describe_set, draw_kmeans_audio, load_item_set
