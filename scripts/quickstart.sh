@@ -12,7 +12,14 @@ echo "== 1/4 Built-in corpus: synthetic speech with exact phone alignments"
 spidr-hf corpus "$corpus" --hours 0.5
 
 echo "== 2/4 Pretraining a small SpidR (training/configs/quickstart_cpu.yaml)"
-python training/train.py training/configs/quickstart_cpu.yaml --dataset="$corpus" --output_dir="$model"
+# The config trains under bf16 autocast: 1.3x faster than float32 on a CPU with bf16 instructions, but about 10x
+# slower on one without (measured on a 2-core AVX2 AMD EPYC: 12 s per step against 1.1 s), which then trains in float32
+precision=()
+if ! grep -qwE "avx512_bf16|amx_bf16" /proc/cpuinfo 2>/dev/null; then
+    echo "(this CPU has no bf16 instructions: training in float32)"
+    precision=(--bf16=false)
+fi
+python training/train.py training/configs/quickstart_cpu.yaml --dataset="$corpus" --output_dir="$model" "${precision[@]}"
 
 echo "== 3/4 ABX and PNMI of the trained model, its random initialisation and log-mel features"
 spidr-hf evaluate "$model" --dataset "$corpus" --units codebook kmeans --num-clusters 64 --output "$work/evaluation" \
