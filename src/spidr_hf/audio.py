@@ -69,7 +69,9 @@ def decode(path: str | os.PathLike) -> np.ndarray:
     try:
         return load_audio(path, None, SAMPLING_RATE)
     except (RuntimeError, ValueError, OSError) as error:
-        raise AudioError(f"Could not decode {path}: {first_line(error)}") from error
+        prefix, message = f"Could not decode {path}: ", first_line(error)
+        # The pipeline's decoder already says so for files FFmpeg cannot open: not twice
+        raise AudioError(message if message.startswith(prefix) else prefix + message) from error
 
 
 def first_line(error: BaseException) -> str:
@@ -92,4 +94,4 @@ def draw_folder_audio(folder: str | os.PathLike, max_seconds: float, seed: int, 
     paths = audio_files(folder)
     if not paths:
         raise AudioError(f"No audio files ({' '.join(AUDIO_SUFFIXES)}) in {name + ' ' if name else ''}{folder}")
-    return draw_audio(len(paths), lambda index: load_audio(paths[index], None, SAMPLING_RATE), max_seconds, seed)
+    return draw_audio(len(paths), lambda index: decode(paths[index]), max_seconds, seed)
