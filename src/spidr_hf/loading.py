@@ -60,26 +60,25 @@ def load(
     if device is not None:
         device = check_device(device)
     local_files_only = load_config(source).local_files_only
+    missing = []
     try:
         feature_extractor = _load_feature_extractor(source, local_files_only)
         options = {"dtype": DTYPES[dtype], "local_files_only": local_files_only}
         if part == "student":
-            model, has_heads = SpidrModel.from_pretrained(source, **options), False
+            model = SpidrModel.from_pretrained(source, **options)
         else:
             model, info = SpidrForPreTraining.from_pretrained(source, output_loading_info=True, **options)
             missing = sorted(info["missing_keys"])
-            has_heads = not any(key.startswith("heads.") for key in missing)
-            if require_heads and missing:
-                raise ModelLoadError(
-                    f"{source} lacks {len(missing)} weights of the full model (e.g. {missing[:3]}): use a folder saved "
-                    "from SpidrForPreTraining (`spidr-hf convert` or a training run), which has the codebook heads."
-                )
-            if part == "as_saved" and any(key.startswith(("heads.", "teacher.")) for key in missing):
-                model = model.spidr  # a student-only folder: its weights are the pretraining model's student
-    except ModelLoadError:
-        raise
-    except (OSError, ValueError) as error:  # missing folder or files, not a SpidR model: one line
+    except (OSError, ValueError) as error:  # missing or unreadable files: one line
         raise ModelLoadError(f"Cannot load the model {source}: {' '.join(str(error).split())}") from error
+    has_heads = part != "student" and not any(key.startswith("heads.") for key in missing)
+    if require_heads and missing:
+        raise ModelLoadError(
+            f"{source} lacks {len(missing)} weights of the full model (e.g. {missing[:3]}): use a folder saved "
+            "from SpidrForPreTraining (`spidr-hf convert` or a training run), which has the codebook heads."
+        )
+    if part == "as_saved" and any(key.startswith(("heads.", "teacher.")) for key in missing):
+        model = model.spidr  # a student-only folder: its weights are the pretraining model's student
     if device is not None:
         model = model.to(device).eval()
     return LoadedModel(model, feature_extractor, has_heads)
