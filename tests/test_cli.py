@@ -117,3 +117,13 @@ def test_which_errors_are_the_users():
         SpidrConfig(objective="hubert")  # raised by the model files, which ship as remote code
     assert is_user_error(config_error.value)
     assert is_user_error(SpidrError("x")) and not is_user_error(RuntimeError("x"))
+
+
+def test_push_names_an_unknown_official_checkpoint_before_any_work(tmp_path, capsys):
+    """`--official` takes a name of model_cards/official.toml; a wrong one is refused before the model is looked at."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", str(tmp_path / "no-model"), "--repo-id", "o/n", "--official", "spidr-large", "--dry-run", "x"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "Unknown official checkpoint 'spidr-large'; known: [" in message and "spidr-base" in message
+    assert message.count("\n") == 1 and not (tmp_path / "x").exists()

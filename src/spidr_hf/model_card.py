@@ -125,8 +125,11 @@ class CardOptions:
     evaluation: Path | None = None  # results.json of `spidr-hf evaluate`
 
     def __post_init__(self) -> None:
-        if self.license is not None:  # checked here so that `push` fails before any work
+        # Checked here so that `push` fails before any work (the model's config is checked against it later)
+        if self.license is not None:
             check_license_id(self.license)
+        if self.official is not None:
+            official_checkpoint(self.official)
 
 
 def official_checkpoints() -> dict[str, dict[str, Any]]:
@@ -134,14 +137,19 @@ def official_checkpoints() -> dict[str, dict[str, Any]]:
     return tomllib.loads(_card_file("official.toml"))
 
 
+def official_checkpoint(name: str) -> dict[str, Any]:
+    """The card entry of the official checkpoint `name`; an unknown name is a one-line error listing the known ones."""
+    checkpoints = official_checkpoints()
+    if name not in checkpoints:
+        raise ValueError(f"Unknown official checkpoint {name!r}; known: {sorted(checkpoints)}.")
+    return checkpoints[name]
+
+
 def official_entry(name: str | None, config: SpidrConfig) -> dict[str, Any] | None:
     """The card entry `name` (None for none), checked against the model's config."""
     if name is None:
         return None
-    checkpoints = official_checkpoints()
-    if name not in checkpoints:
-        raise ValueError(f"Unknown official checkpoint {name!r}; known: {sorted(checkpoints)}.")
-    entry = checkpoints[name]
+    entry = official_checkpoint(name)
     mismatches = {
         key: (getattr(config, key), value)
         for key, value in entry["expected_config"].items()

@@ -71,8 +71,8 @@ def upload_release(
 
 
 def check_hub_ids(option: str, ids: list[str]) -> None:
-    """Hub ids for the card's metadata (`--dataset`, `--base-model`), checked before the work: the Hub refuses a card
-    with an invalid one only at upload."""
+    """Hub ids for the card's metadata (`--train-dataset`, `--base-model`), checked before the work: the Hub refuses a
+    card with an invalid one only at upload."""
     for hub_id in ids:
         try:
             validate_repo_id(hub_id)
