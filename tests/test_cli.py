@@ -12,6 +12,7 @@ from spidr_hf import extract as extract_module
 from spidr_hf import kmeans as kmeans_module
 from spidr_hf.cli import main
 from spidr_hf.configuration_spidr import OBJECTIVES
+from spidr_hf.corpus import build_corpus
 from spidr_hf.errors import SpidrError, is_user_error
 from spidr_hf.evaluation import evaluate_model
 from spidr_hf.loading import DTYPES
@@ -51,6 +52,10 @@ def test_the_command_lines_vocabulary_is_the_librarys():
     assert evaluate_defaults["kmeans_frames"].default == spidr_hf_cli.DEFAULT_EVALUATE_KMEANS_FRAMES
     assert spidr_hf_cli.DEFAULT_KMEANS_FRAMES == kmeans_module.DEFAULT_FRAMES
     assert spidr_hf_cli.DEFAULT_BATCH_SIZE == kmeans_module.DEFAULT_BATCH_SIZE
+    corpus_defaults = inspect.signature(build_corpus).parameters
+    assert corpus_defaults["hours"].default == spidr_hf_cli.DEFAULT_CORPUS_HOURS
+    assert corpus_defaults["num_speakers"].default == spidr_hf_cli.DEFAULT_SPEAKERS
+    assert corpus_defaults["dev_speakers"].default == spidr_hf_cli.DEFAULT_DEV_SPEAKERS
 
 
 def parse(*argv: str):

@@ -23,6 +23,7 @@ DEFAULT_BATCH_SIZE = 8  # spidr_hf.evaluation.evaluate_model, spidr_hf.kmeans.fi
 DEFAULT_NUM_CLUSTERS = 256
 DEFAULT_EVALUATE_KMEANS_FRAMES = 30_000  # spidr_hf.evaluation.evaluate_model
 DEFAULT_KMEANS_FRAMES = 100_000  # spidr_hf.kmeans.DEFAULT_FRAMES: 2000 s at 50 Hz, for a few hundred centroids
+DEFAULT_CORPUS_HOURS, DEFAULT_SPEAKERS, DEFAULT_DEV_SPEAKERS = 1.0, 8, 2  # spidr_hf.corpus.build_corpus
 
 
 class DeprecatedAlias(argparse.Action):
@@ -38,8 +39,6 @@ class DeprecatedAlias(argparse.Action):
             FutureWarning,
             stacklevel=2,
         )
-        if self.nargs == 0:
-            values = True
         if isinstance(getattr(namespace, self.dest, None), list) and not isinstance(values, list):
             values = [*getattr(namespace, self.dest), values]
         setattr(namespace, self.dest, values)
@@ -140,11 +139,24 @@ def corpus_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "out_dir", metavar="OUT_DIR", type=Path, help="output folder (re-running resumes and reuses finished wavs)"
     )
-    parser.add_argument("--hours", type=positive_float, default=1.0, help="hours of speech in all (default: 1)")
     parser.add_argument(
-        "--speakers", type=int, default=8, help="number of speakers, 2 to the number of flite voices (default: 8)"
+        "--hours",
+        type=positive_float,
+        default=DEFAULT_CORPUS_HOURS,
+        help=f"hours of speech in all (default: {DEFAULT_CORPUS_HOURS:g})",
     )
-    parser.add_argument("--dev-speakers", type=int, default=2, help="speakers held out for dev (default: 2)")
+    parser.add_argument(
+        "--speakers",
+        type=int,
+        default=DEFAULT_SPEAKERS,
+        help=f"number of speakers, 2 to the number of flite voices (default: {DEFAULT_SPEAKERS})",
+    )
+    parser.add_argument(
+        "--dev-speakers",
+        type=int,
+        default=DEFAULT_DEV_SPEAKERS,
+        help=f"speakers held out for dev (default: {DEFAULT_DEV_SPEAKERS})",
+    )
     add_seed(parser, "the sentence draw")
     parser.add_argument("--num-workers", type=int, default=None, help="parallel flite processes (default: all cores)")
 
