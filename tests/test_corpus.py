@@ -211,3 +211,32 @@ def test_a_folder_of_other_files_is_never_overwritten(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["corpus", str(tmp_path / "file"), "--hours", "0.005"])
     assert "is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == "mine"
+
+
+def test_an_interrupted_resynthesis_never_pairs_old_audio_with_a_new_alignment(tmp_path, monkeypatch):
+    """A kill between the alignment's rename and the wav's must not leave an earlier text's wav passing as done."""
+    import os
+
+    from spidr_hf import atomic_files
+
+    flite = corpus.find_flite()
+    speaker = corpus.SPEAKERS[0]
+    corpus.synthesize(flite, tmp_path, corpus.PlannedUtterance("u1", speaker, "An earlier sentence."))
+    later = corpus.PlannedUtterance("u1", speaker, "Another sentence, longer than the first one.")
+    assert not corpus._is_done(tmp_path, later)
+
+    real_replace = os.replace
+
+    def killed_before_the_wav(source, target):
+        if str(target).endswith(".wav"):
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(atomic_files.os, "replace", killed_before_the_wav)
+    with pytest.raises(KeyboardInterrupt):
+        corpus.synthesize(flite, tmp_path, later)
+    assert not corpus._is_done(tmp_path, later)  # redone by the next run, not kept with the earlier text's audio
+    monkeypatch.setattr(atomic_files.os, "replace", real_replace)
+    corpus.synthesize(flite, tmp_path, later)
+    assert corpus._is_done(tmp_path, later)
+    assert sorted(path.name for path in (tmp_path / speaker.name).iterdir()) == ["u1.json", "u1.wav"]

@@ -235,7 +235,7 @@ def test_kmeans_command_cut_between_files_leaves_a_whole_model(source_dir, corpu
     Files are replaced one by one: cut before any of them, the folder loads as the old model (no centroids, the same
     units) or with the new centroids; never with a config that names centroids the weights lack.
     """
-    import spidr_hf.kmeans
+    from spidr_hf import atomic_files
 
     replace = os.replace
     arguments = ["--layer", str(LAYER), "--num-clusters", str(CLUSTERS), "--kmeans-frames", "2000", "--device", "cpu"]
@@ -254,7 +254,7 @@ def test_kmeans_command_cut_between_files_leaves_a_whole_model(source_dir, corpu
             replaced.append(Path(destination).name)
             replace(source, destination)
 
-        monkeypatch.setattr(spidr_hf.kmeans.os, "replace", replace_until_cut)
+        monkeypatch.setattr(atomic_files.os, "replace", replace_until_cut)
         try:
             main(["kmeans", str(folder), "--dataset", str(corpus), *arguments])
             finished = True

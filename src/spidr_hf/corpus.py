@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .atomic_files import write_atomically, write_text_atomically
 from .configuration_spidr import SAMPLING_RATE
 from .evaluation.items import ITEM_FILE, SILENCE, items_from_alignment, num_frames, write_item_file
 
@@ -253,19 +254,21 @@ def _is_done(wav_dir: Path, utterance: PlannedUtterance) -> bool:
 def synthesize(flite: str, wav_dir: Path, utterance: PlannedUtterance) -> None:
     """Write the utterance's wav and its alignment JSON; each file appears only once complete (atomic renames)."""
     wav_path, json_path = _paths(wav_dir, utterance)
-    wav_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_wav, tmp_json = wav_path.with_suffix(".tmp.wav"), json_path.with_suffix(".tmp.json")
+    # An earlier run's wav goes first: beside the new alignment it would pass for this text's audio
+    wav_path.unlink(missing_ok=True)
     options = utterance.speaker.flite_options()
-    result = subprocess.run(
-        [flite, *options, "-psdur", "-t", utterance.text, "-o", str(tmp_wav)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"flite failed on {utterance.id} ({result.returncode}): {result.stderr.strip()}")
-    phones = phone_alignment(parse_psdur(result.stdout), _wav_duration(tmp_wav))
-    record = {"text": utterance.text, "flite_options": options, "phones": phones}
-    tmp_json.write_text(json.dumps(record))
-    tmp_json.replace(json_path)
-    tmp_wav.replace(wav_path)  # last: the wav exists only with its alignment
+
+    def synthesize_into(partial_wav: Path) -> None:
+        result = subprocess.run(
+            [flite, *options, "-psdur", "-t", utterance.text, "-o", str(partial_wav)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"flite failed on {utterance.id} ({result.returncode}): {result.stderr.strip()}")
+        phones = phone_alignment(parse_psdur(result.stdout), _wav_duration(partial_wav))
+        record = {"text": utterance.text, "flite_options": options, "phones": phones}
+        write_text_atomically(json_path, json.dumps(record))
+
+    write_atomically(wav_path, synthesize_into)  # the wav is renamed last: it exists only with its alignment
 
 
 def _row(wav_dir: Path, utterance: PlannedUtterance) -> dict:

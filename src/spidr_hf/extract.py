@@ -14,7 +14,7 @@ import argparse
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .atomic_files import write_atomically, write_text_atomically
 from .audio import AUDIO_SUFFIXES, audio_files, decode, file_seconds, name_some
 from .configuration_spidr import SAMPLING_RATE, SpidrConfig
 from .errors import AudioError, SpidrError
@@ -32,7 +33,6 @@ from .pipeline_spidr import run_starts
 
 DEFAULT_UNITS_FILE = "units.txt"
 DEFAULT_BATCH_SECONDS = 200.0
-PARTIAL_SUFFIX = ".partial"  # a `.pt` being written; renamed once complete
 SETTINGS_FILE = "extract.json"  # OUTPUT's record of the settings its outputs were written with
 SETTINGS_WRITER = "spidr-hf extract"
 
@@ -143,7 +143,7 @@ def extract(
             )
             for index, file in enumerate(batch):
                 if features and not feature_path(output, file).is_file():
-                    save_atomically(feature_path(output, file), functools.partial(torch.save, batch_features[index]))
+                    write_atomically(feature_path(output, file), functools.partial(torch.save, batch_features[index]))
                 if units_out is not None and file.id not in done_units:
                     values = batch_units[index]
                     if deduplicate:
@@ -277,7 +277,7 @@ def write_settings(output: Path, model: str | os.PathLike, settings: dict) -> No
     """Written aside, then renamed: the record is never cut off."""
     record = {"written_by": SETTINGS_WRITER, "model_as_given": str(model), "settings": settings}
     text = json.dumps(record, indent=2) + "\n"
-    save_atomically(output / SETTINGS_FILE, lambda partial: partial.write_text(text, encoding="utf-8"))
+    write_text_atomically(output / SETTINGS_FILE, text)
 
 
 def check_output(output: Path, settings: dict, units_path: Path | None) -> None:
@@ -371,17 +371,6 @@ def forward(
 
 def feature_path(output: Path, file: AudioFile) -> Path:
     return output / f"{file.id}.pt"
-
-
-def save_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """`write` a side file, then rename it: `path` exists only complete, even if the run is killed meanwhile."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def read_unit_ids(path: Path) -> tuple[set[str], int]:

@@ -6,14 +6,13 @@ store the centroids with the model's weights, where the `spidr-units` pipeline (
 
 import argparse
 import copy
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers.utils import CONFIG_NAME
 
 from .aligned_speech import load_random_audio
+from .atomic_files import replace_in_folder
 from .audio import draw_folder_audio
 from .clustering import fit_kmeans, kmeans_training_frames
 from .errors import SpidrError
@@ -91,12 +90,9 @@ def run(args: argparse.Namespace) -> int:
 
 def write_model(model, feature_extractor, folder: Path) -> None:
     """
-    Save into `folder`: beside an existing folder's other files (checkpoints, card), the weights, config and code
-    are replaced file by file with os.replace once all are written, config.json last: a run interrupted before it
-    leaves the old config, which does not know the new weights' centroids and loads the model as it was.
+    Save into `folder`, beside an existing folder's other files (checkpoints, card): the weights, config and code
+    replace the old ones once all are written, config.json last, so that a run interrupted before it leaves the old
+    config, which does not know the new weights' centroids and loads the model as it was.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as scratch:
-        save_hub_ready(model, feature_extractor, scratch)
-        for path in sorted(Path(scratch).iterdir(), key=lambda path: path.name == CONFIG_NAME):
-            os.replace(path, folder / path.name)
+    with replace_in_folder(folder, last=CONFIG_NAME) as staging:
+        save_hub_ready(model, feature_extractor, staging)

@@ -4,7 +4,6 @@ then checked by loading the folder in a fresh interpreter that cannot import `sp
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from huggingface_hub import ModelCard
 from transformers.dynamic_module_utils import custom_object_save
 
 from . import release_check
+from .atomic_files import new_folder
 from .configuration_spidr import SAMPLING_RATE
 from .feature_extraction_spidr import SpidrFeatureExtractor
 from .loading import load
@@ -45,28 +45,11 @@ def write_release_folder(
     model: SpidrForPreTraining, feature_extractor: SpidrFeatureExtractor, card: ModelCard | None, destination: Path
 ) -> Path:
     """Write weights, configs, code files (pipelines included) and the card as README.md; all or nothing."""
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise ValueError(f"{destination} exists and is not an empty folder; choose a new one.")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=f".{destination.name}.") as staging:
+    with new_folder(destination) as staging:
         save_hub_ready(model, feature_extractor, staging)
         if card is not None:
-            card.save(Path(staging) / "README.md")
-        _permissions_from_umask(Path(staging))
-        if destination.exists():
-            destination.rmdir()
-        shutil.move(staging, destination)
-        Path(staging).mkdir()  # the context manager removes it again
+            card.save(staging / "README.md")
     return destination
-
-
-def _permissions_from_umask(folder: Path) -> None:
-    """The modes a plain mkdir and open would give, where the private temporary folder and files gave 0700/0600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def probe_signal() -> np.ndarray:

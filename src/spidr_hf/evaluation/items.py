@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from ..atomic_files import write_text_atomically
 from ..configuration_spidr import SAMPLING_RATE
 
 ITEM_FILE = "dev.item"  # name of a corpus folder's item file, for its dev split
@@ -64,7 +65,7 @@ def write_item_file(path: str | os.PathLike, items: Iterable[AbxItem]) -> None:
     lines += [
         f"{i.file} {i.onset:.4f} {i.offset:.4f} {i.phone} {i.prev_phone} {i.next_phone} {i.speaker}" for i in items
     ]
-    Path(path).write_text("\n".join(lines) + "\n")
+    write_text_atomically(path, "\n".join(lines) + "\n")
 
 
 def read_item_file(path: str | os.PathLike) -> list[AbxItem]:

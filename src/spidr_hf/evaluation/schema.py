@@ -15,6 +15,8 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Self, get_args
 
+from ..atomic_files import write_text_atomically
+
 System = Literal["model", "random_init", "log_mel"]
 Representation = Literal["layer_results", "codebook", "kmeans", "log_mel"]
 Metric = Literal[
@@ -141,7 +143,7 @@ class EvaluationReport:
 
     def dump(self, path: str | Path) -> None:
         """Write the report as results.json (indented, one field a line)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text_atomically(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def table(self) -> dict[Row, dict[Metric, float]]:
         """metric -> value for each (system, representation, layer), rows in the order they were measured."""
