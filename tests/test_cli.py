@@ -17,6 +17,7 @@ from spidr_hf.errors import SpidrError, is_user_error
 from spidr_hf.evaluation import evaluate_model
 from spidr_hf.loading import DTYPES
 from spidr_hf.modeling_spidr import UNIT_KINDS
+from spidr_hf.units_output import UNITS_FORMATS
 
 
 def test_parsing_and_help_import_neither_torch_nor_transformers():
@@ -45,7 +46,10 @@ def test_the_command_lines_vocabulary_is_the_librarys():
     assert tuple(DTYPES) == spidr_hf_cli.DTYPES
     assert spidr_hf_cli.OBJECTIVES == OBJECTIVES
     extract_defaults = inspect.signature(extract_module.extract).parameters
-    assert extract_defaults["batch_seconds"].default == spidr_hf_cli.DEFAULT_BATCH_SECONDS
+    assert extract_defaults["batch_seconds"].default is None  # the device decides
+    assert spidr_hf_cli.ACCELERATOR_BATCH_SECONDS == extract_module.ACCELERATOR_BATCH_SECONDS
+    assert spidr_hf_cli.CPU_BATCH_SECONDS == extract_module.CPU_BATCH_SECONDS
+    assert spidr_hf_cli.UNITS_FORMATS == UNITS_FORMATS
     evaluate_defaults = inspect.signature(evaluate_model).parameters
     assert evaluate_defaults["batch_size"].default == spidr_hf_cli.DEFAULT_BATCH_SIZE
     assert evaluate_defaults["num_clusters"].default == spidr_hf_cli.DEFAULT_NUM_CLUSTERS

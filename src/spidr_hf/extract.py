@@ -1,13 +1,17 @@
 """
-`spidr-hf extract`: features (one `.pt` per audio file) and/or discrete units (one line per file) of a whole folder or
-manifest of audio files, as fastabx, ZeroSpeech tools and unit language models read them.
+`spidr-hf extract`: features (one `.pt` per audio file) and/or discrete units (txt, jsonl or a parquet dataset) of a
+whole folder or manifest of audio files, as fastabx, ZeroSpeech tools, unit language models and `datasets` read them;
+in one process, or split over the processes of torchrun / accelerate launch, SLURM array tasks or any `--shard K/N`
+jobs, with the same outputs whatever the split.
 
-Files go through the model in padded batches of similar durations (padded batches give the outputs of single files),
-each file whole, in one pass. The encoder stops after the layer asked for. A run can be interrupted and started again:
-finished files are skipped, a `.pt` appears only once complete (written aside, then renamed) and a units line is one
-write, so a cut-off last line is dropped on resume. The settings that shape the outputs are recorded in
-OUTPUT/extract.json before any output: a rerun resumes only with the same settings, and touches no output (`.pt` or
-units file) that a record does not say it wrote.
+The files are grouped once into padded batches of similar durations (the same batches whatever the split, so that a
+file's features are bitwise the same), and the batches are split among the shards, balanced by duration. Each
+process decodes in DataLoader workers while the model runs, and saves features on a writer thread. A run can be
+interrupted (even by SIGKILL) and started again: finished files are skipped, a batch with a missing output runs again
+whole, a `.pt` appears only once complete and units are kept per shard until the whole job is done (`units_output`).
+The settings that shape the outputs (model and weights hash, input, layer, batching...) are recorded in
+OUTPUT/extract.json before any output: a rerun or another shard resumes only with the same settings, and touches no
+output that a record does not say it wrote. Locks keep two runs from doing one shard at once.
 """
 
 import argparse
@@ -15,7 +19,8 @@ import functools
 import json
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,14 +32,20 @@ from .atomic_files import write_atomically, write_text_atomically
 from .audio import AUDIO_SUFFIXES, audio_files, decode, file_seconds, name_some
 from .configuration_spidr import SAMPLING_RATE, SpidrConfig
 from .errors import AudioError, SpidrError
-from .loading import DTYPES, check_device, load
+from .file_locks import exclusive_lock, is_locked
+from .loading import DTYPES, check_device, load, weights_hash
 from .modeling_spidr import UNIT_KINDS
-from .pipeline_spidr import run_starts
+from .sharding import Process, Shard, balanced_split, parse_shard, process_device, this_process
+from .units_output import UNITS_FORMATS, UnitsOutput, check_ids, default_units_path, units_format_of, write_dataset_card
 
-DEFAULT_UNITS_FILE = "units.txt"
-DEFAULT_BATCH_SECONDS = 200.0
+# Padded audio per forward pass: large batches keep an accelerator busy; on CPU the convolutional encoder's first
+# activations (512 channels at 3.2 kHz) outgrow the caches, and 20 s ran faster than 200 s (benchmarks/extract_bench.py)
+ACCELERATOR_BATCH_SECONDS = 200.0
+CPU_BATCH_SECONDS = 20.0
 SETTINGS_FILE = "extract.json"  # OUTPUT's record of the settings its outputs were written with
 SETTINGS_WRITER = "spidr-hf extract"
+SHARD_LOCKS = ".extract-shards"  # one lock file per shard, held while the shard runs (OUTPUT itself: the job's lock)
+MAX_PENDING_WRITES = 2  # batches whose features may wait for the writer thread
 
 
 @dataclass(frozen=True)
@@ -54,10 +65,14 @@ def run(args: argparse.Namespace) -> int:
         features=args.features or args.units is None,
         units=args.units,
         units_file=args.units_file,
+        units_format=args.units_format,
         deduplicate=args.deduplicate,
         batch_seconds=args.batch_seconds,
         device=args.device,
         dtype=args.dtype,
+        shard=args.shard,
+        num_workers=args.num_workers,
+        compile=args.compile,
     )
     return 0
 
@@ -72,16 +87,24 @@ def extract(
     features: bool = True,
     units: str | None = None,
     units_file: str | os.PathLike | None = None,
+    units_format: str | None = None,
     deduplicate: bool = False,
-    batch_seconds: float = DEFAULT_BATCH_SECONDS,
+    batch_seconds: float | None = None,
     device: str | None = None,
     dtype: str = "float32",
+    shard: str | None = None,
+    num_workers: int | None = None,
+    compile: bool = False,
 ) -> None:
     """
     Write the features of `layer` of every audio file of `input` (a folder, an audio file or a manifest) to
-    `output`/<id>.pt (float32 `(frames, dim)` at 50 Hz) and/or its `units` to `units_file`; files already written are
-    skipped. `layer=None`: the layer of the model's k-means centroids for k-means units, else `DEFAULT_LAYER`. The
-    settings are recorded in `output`/extract.json; a rerun into the same `output` must ask for the same settings.
+    `output`/<id>.pt (float32 `(frames, dim)` at 50 Hz) and/or its `units` to `units_file` (`units_format`: txt, jsonl
+    or parquet; default from the file's suffix, else txt); files already written are skipped. `layer=None`: the layer
+    of the model's k-means centroids for k-means units, else the model's default feature layer. `batch_seconds=None`:
+    `ACCELERATOR_BATCH_SECONDS` on an accelerator, `CPU_BATCH_SECONDS` on CPU. `shard`: "K/N" or "slurm" (this job's
+    part; launched by torchrun or accelerate, each process does its part of that). `num_workers`: decoding processes
+    (None: one per spare core, at most 4). The settings are recorded in `output`/extract.json; a rerun or another
+    shard into the same `output` must ask for the same settings.
     """
     if not features and units is None:
         raise SpidrError("Nothing to extract: ask for features and/or units")
@@ -89,19 +112,21 @@ def extract(
         raise SpidrError(f"Unknown unit kind {units!r}: choose among {list(UNIT_KINDS)}")
     if dtype not in DTYPES:
         raise SpidrError(f"Unknown dtype {dtype!r}: choose among {list(DTYPES)}")
-    if not batch_seconds > 0:
+    if batch_seconds is not None and not batch_seconds > 0:
         raise SpidrError(f"batch_seconds must be positive, got {batch_seconds}")
+    if num_workers is not None and num_workers < 0:
+        raise SpidrError(f"num_workers must be 0 or more, got {num_workers}")
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise SpidrError(f"The output {output} is a file: pass a folder")
-    units_path = None
+    process = this_process(parse_shard(shard))
+    units_out = None
     if units is not None:
-        units_path = Path(units_file) if units_file is not None else output / DEFAULT_UNITS_FILE
-        if units_path.is_dir():
-            raise SpidrError(f"The units file {units_path} is a folder: pass a file")
-        if units_path.resolve() == (output / SETTINGS_FILE).resolve():
-            raise SpidrError(f"The units file cannot be {units_path}, the settings record of the output folder")
-    device = check_device(device)
+        units_format = units_format_of(units_file, units_format)
+        units_path = Path(units_file) if units_file is not None else default_units_path(output, units_format)
+        check_units_path(units_path, units_format, output)
+        units_out = UnitsOutput(units_path, units_format, deduplicate)
+    device = process_device(check_device(device), process)
     loaded = load(model, "full" if units == "codebook" else "student", dtype=dtype)
     network, feature_extractor = loaded.model, loaded.feature_extractor
     if units == "kmeans" and network.base_model.kmeans is None:
@@ -112,45 +137,129 @@ def extract(
     if units == "kmeans" and layer != network.config.kmeans_layer:
         kmeans_layer = network.config.kmeans_layer
         raise SpidrError(f"The k-means centroids of {model} are of layer {kmeans_layer}, not {layer}")
-    settings = output_settings(model, layer, hidden_states, features, units, deduplicate, dtype, output, units_path)
+    if batch_seconds is None:
+        batch_seconds = CPU_BATCH_SECONDS if torch.device(device).type == "cpu" else ACCELERATOR_BATCH_SECONDS
+    settings = output_settings(
+        model, input, layer, hidden_states, features, units, units_out, dtype, batch_seconds, weights_hash(network),
+        output,
+    )  # fmt: skip
     # Checked before reading the input (durations take a while on large sets), written only once it is known good
-    check_output(output, settings, units_path)
+    check_output(output, settings, units_out)
     files = find_audio(Path(input))
     check_durations(files, network.config.receptive_field)
+    if units_out is not None:
+        check_ids([file.id for file in files], units_out.format)
 
-    done_units: set[str] = set()
-    complete_bytes = 0
-    if units_path is not None:
-        done_units, complete_bytes = read_unit_ids(units_path)
-    todo = [
-        file
-        for file in files
-        if (features and not feature_path(output, file).is_file()) or (units_path and file.id not in done_units)
-    ]
-    network = network.to(device).eval()
+    # The batches of the whole job, then this shard's share of them: a file is in the same batch whatever the split
+    batches = list(length_batches(files, batch_seconds))
+    owners = balanced_split([len(batch) * batch[0].seconds for batch in batches], process.shard.count)
+    mine = [batch for batch, owner in zip(batches, owners, strict=True) if owner == process.shard.index]
     output.mkdir(parents=True, exist_ok=True)
-    if read_settings(output) != settings:  # before any output, so that every output is covered by a record
-        write_settings(output, model, settings)
-    if units_path is not None:
-        units_path.parent.mkdir(parents=True, exist_ok=True)
-        drop_cut_off_line(units_path, complete_bytes)
-    progress = tqdm(total=len(todo), desc="Extracting", unit="file")
-    with progress, open(units_path, "a", encoding="utf-8") if units_path else nullcontext() as units_out:
-        for batch in length_batches(todo, batch_seconds):
-            audios = [decode_checked(file, network.config.receptive_field) for file in batch]
-            batch_features, batch_units = forward(
-                network, feature_extractor, audios, layer, hidden_states, units, device
+    with shard_lock(output, process.shard):
+        with exclusive_lock(output):
+            check_output(output, settings, units_out)  # again, now that no other process can write the record
+            if read_settings(output) != settings:  # before any output, so that every output is covered by a record
+                write_settings(output, model, settings)
+        done_units = units_out.done_ids() if units_out is not None else set()
+
+        def missing(file: AudioFile) -> bool:
+            return (features and not feature_path(output, file).is_file()) or (
+                units_out is not None and file.id not in done_units
             )
-            for index, file in enumerate(batch):
-                if features and not feature_path(output, file).is_file():
-                    write_atomically(feature_path(output, file), functools.partial(torch.save, batch_features[index]))
-                if units_out is not None and file.id not in done_units:
-                    values = batch_units[index]
-                    if deduplicate:
-                        values = values[run_starts(values)]
-                    units_out.write(format_units(file.id, values, units_path))
-                    units_out.flush()
-            progress.update(len(batch))
+
+        todo = [batch for batch in mine if any(missing(file) for file in batch)]
+        network = network.to(device).eval()
+        if compile:
+            network.base_model.compile(dynamic=True)
+        progress = tqdm(
+            total=sum(len(batch) for batch in todo),
+            desc="Extracting" if process.shard.count == 1 else f"Extracting shard {process.shard}",
+            unit="file",
+            disable=process.local_rank not in (None, 0),  # one bar a machine
+        )
+        writer = FeatureWriter()
+        if units_out is not None:
+            units_out.open(process.shard)
+        try:
+            with progress:
+                for batch, inputs in decoded_batches(todo, feature_extractor, network.config, device, num_workers):
+                    batch_features, batch_units = forward(network, inputs, layer, hidden_states, units, device)
+                    saves = []
+                    for index, file in enumerate(batch):
+                        if features and not feature_path(output, file).is_file():
+                            saves.append((feature_path(output, file), batch_features[index]))
+                        if units_out is not None and file.id not in done_units:
+                            units_out.write(file.id, batch_units[index])
+                    writer.submit(saves)
+                    progress.update(len(batch))
+            writer.finish()
+        finally:
+            writer.close()
+            if units_out is not None:
+                units_out.close()
+    if units_out is not None:
+        finish_units(output, units_out, files, process.shard, units_facts(network, units))
+
+
+def check_units_path(units_path: Path, units_format: str, output: Path) -> None:
+    if units_format == "parquet":
+        if units_path.exists() and not units_path.is_dir():
+            raise SpidrError(f"The parquet units folder {units_path} is a file: pass a folder")
+    elif units_path.is_dir():
+        raise SpidrError(f"The units file {units_path} is a folder: pass a file")
+    if units_path.resolve() == (output / SETTINGS_FILE).resolve():
+        raise SpidrError(f"The units file cannot be {units_path}, the settings record of the output folder")
+    if units_path.suffix == ".pt":  # it could be, or become, a file's features
+        raise SpidrError(f"The units file cannot be {units_path}: .pt files are the features' names")
+
+
+@contextmanager
+def shard_lock(output: Path, shard: Shard) -> Iterator[None]:
+    """
+    Hold this shard's lock for the run: a second run of the same shard (or of a shard of another split, whose files
+    would overlap) is refused while this one runs.
+    """
+    folder = output / SHARD_LOCKS
+    busy = f"Another spidr-hf extract is running shard {shard} into {output}: wait for it to finish"
+    try:
+        with exclusive_lock(folder / shard.name, wait=False, busy_message=busy, remove_after=True):
+            others = [path for path in folder.iterdir() if not path.name.endswith(f"-of-{shard.count:05d}")]
+            running = [path.name for path in others if is_locked(path)]
+            if running:
+                index, count = running[0].split("-of-")
+                raise SpidrError(
+                    f"A spidr-hf extract of another split (shard {int(index)}/{int(count)}) is running into {output}: "
+                    f"its files overlap this shard's ({shard}); run every shard of a job with the same N"
+                )
+            yield
+    except BlockingIOError as error:
+        raise SpidrError(str(error)) from None
+
+
+def finish_units(output: Path, units_out: UnitsOutput, files: Sequence[AudioFile], shard: Shard, facts: dict) -> None:
+    """The last process to finish assembles the job's units (txt/jsonl) and the dataset card (parquet)."""
+    with exclusive_lock(output):
+        done = units_out.done_ids()
+        remaining = sum(file.id not in done for file in files)
+        if remaining:
+            print(f"Shard {shard} is done; {remaining} files' units remain for the other shards of {output}")
+            return
+        units_out.assemble([file.id for file in files])
+        if units_out.format == "parquet":
+            write_dataset_card(output, units_out, read_settings(output), facts)
+
+
+def units_facts(model, units: str) -> dict:
+    """What a units dataset's card says of its units beyond the settings: how many there are, their frame rate and,
+    for k-means units, which centroids."""
+    config = model.config
+    if units == "kmeans":
+        return {
+            "num_units": config.kmeans_num_clusters,
+            "centroids_sha256": weights_hash(model.base_model.kmeans),
+            "frame_rate": config.frame_rate,
+        }
+    return {"num_units": config.codebook_size, "frame_rate": config.frame_rate}
 
 
 def check_layer(config: SpidrConfig, layer: int, hidden_states: bool, codebook: bool) -> None:
@@ -223,31 +332,39 @@ def check_durations(files: Sequence[AudioFile], receptive_field: int) -> None:
 
 def output_settings(
     model: str | os.PathLike,
+    input: str | os.PathLike,
     layer: int,
     hidden_states: bool,
     features: bool,
     units: str | None,
-    deduplicate: bool,
+    units_out: UnitsOutput | None,
     dtype: str,
+    batch_seconds: float,
+    weights_sha256: str,
     output: Path,
-    units_path: Path | None,
 ) -> dict:
     """
-    The settings that shape the outputs, as recorded in OUTPUT/extract.json and compared on a rerun. Settings that
-    do not apply are None (the representation without features, deduplication without units), so that they cannot
-    refuse a rerun; a model folder is its resolved path and a units file inside OUTPUT is relative to it, so that a
-    rerun from another working folder, or of a moved OUTPUT, still matches.
+    The settings that shape the outputs, as recorded in OUTPUT/extract.json and compared on a rerun and by every
+    shard. Settings that do not apply are None (the representation without features, deduplication without units), so
+    that they cannot refuse a rerun; the model folder and the input are resolved paths and a units file inside OUTPUT
+    is relative to it, so that a rerun from another working folder, or of a moved OUTPUT, still matches. The weights'
+    hash tells a model re-fitted or retrained in place from the one the outputs came from; the batching decides which
+    files share a forward pass (and so the last bits of their features) and which shard does which file.
     """
     model_path = Path(model)
     return {
         "model": str(model_path.resolve()) if model_path.is_dir() else str(model),
+        "weights_sha256": weights_sha256,
+        "input": str(Path(input).resolve()),
         "layer": layer,
         "representation": ("hidden_states" if hidden_states else "layer_results") if features else None,
         "features": features,
         "units": units,
-        "deduplicate": deduplicate if units is not None else None,
+        "deduplicate": units_out.deduplicate if units_out is not None else None,
         "dtype": dtype,
-        "units_file": recorded_units_file(output, units_path) if units_path is not None else None,
+        "batch_seconds": batch_seconds,
+        "units_format": units_out.format if units_out is not None else None,
+        "units_file": recorded_units_file(output, units_out.path) if units_out is not None else None,
     }
 
 
@@ -280,7 +397,7 @@ def write_settings(output: Path, model: str | os.PathLike, settings: dict) -> No
     write_text_atomically(output / SETTINGS_FILE, text)
 
 
-def check_output(output: Path, settings: dict, units_path: Path | None) -> None:
+def check_output(output: Path, settings: dict, units_out: UnitsOutput | None) -> None:
     """
     Refuse an OUTPUT whose outputs were written with other settings, and any output file that no record says that
     extract wrote (a user's file given as --units-file, `.pt` files of another program or of a spidr-hf without
@@ -299,9 +416,10 @@ def check_output(output: Path, settings: dict, units_path: Path | None) -> None:
             f"{output} holds outputs of other settings ({changes}): use another output folder, or the same settings"
         )
     # No record, or the record of a run that wrote nothing yet (it is replaced): any output there is not ours
-    if units_path is not None and units_path.exists():
+    if units_out is not None and units_out.exists():
         raise SpidrError(
-            f"{units_path} exists and was not written by spidr-hf extract into {output}: choose another --units-file"
+            f"{units_out.path} exists and was not written by spidr-hf extract into {output}: choose another "
+            "--units-file"
         )
     if output.is_dir() and holds_features(output):
         raise SpidrError(
@@ -311,9 +429,12 @@ def check_output(output: Path, settings: dict, units_path: Path | None) -> None:
 
 
 def has_outputs(output: Path, recorded: dict) -> bool:
-    units_file = recorded.get("units_file")
-    if isinstance(units_file, str) and (output / units_file).exists():  # `/` keeps an absolute path as is
-        return True
+    units_file, units_format = recorded.get("units_file"), recorded.get("units_format")
+    if isinstance(units_file, str):  # records of spidr-hf 0.1 have no units_format: the suffix said it
+        units_format = units_format if units_format in UNITS_FORMATS else units_format_of(units_file, None)
+        # `/` keeps an absolute path as is
+        if UnitsOutput(output / units_file, units_format, bool(recorded.get("deduplicate"))).exists():
+            return True
     return holds_features(output)
 
 
@@ -343,21 +464,60 @@ def length_batches(files: Sequence[AudioFile], batch_seconds: float) -> Iterator
         yield batch
 
 
+class DecodedBatches(torch.utils.data.Dataset):
+    """Batches of files, decoded and padded by the feature extractor (in DataLoader workers)."""
+
+    def __init__(self, batches: Sequence[list[AudioFile]], feature_extractor, min_samples: int):
+        self.batches = batches
+        self.feature_extractor = feature_extractor
+        self.min_samples = min_samples
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> tuple[int, dict[str, torch.Tensor] | str]:
+        try:
+            audios = [decode_checked(file, self.min_samples) for file in self.batches[index]]
+        except AudioError as error:  # returned, not raised: a worker's exception would arrive with its traceback
+            return index, str(error)
+        inputs = self.feature_extractor(audios, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+        return index, {"input_values": inputs["input_values"], "attention_mask": inputs["attention_mask"]}
+
+
+def default_num_workers(process: Process) -> int:
+    """One decoding process per spare core of this process's share of the machine, at most 4 (0 on one core)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if process.local_rank is not None else 1
+    return max(0, min(4, cores // processes - 1))
+
+
+def decoded_batches(
+    batches: Sequence[list[AudioFile]], feature_extractor, config: SpidrConfig, device: str, num_workers: int | None
+) -> Iterator[tuple[list[AudioFile], dict[str, torch.Tensor]]]:
+    """`batches` in order, decoded ahead of the model by `num_workers` processes, in pinned memory for CUDA."""
+    if num_workers is None:
+        num_workers = default_num_workers(this_process())
+    loader = torch.utils.data.DataLoader(
+        DecodedBatches(batches, feature_extractor, config.receptive_field),
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+        prefetch_factor=2 if num_workers else None,
+    )
+    for index, inputs in loader:
+        if isinstance(inputs, str):
+            raise AudioError(inputs)
+        yield batches[index], inputs
+
+
 @torch.no_grad()
 def forward(
-    model,
-    feature_extractor,
-    audios: Sequence[np.ndarray],
-    layer: int,
-    hidden_states: bool,
-    units: str | None,
-    device: str,
+    model, inputs: dict[str, torch.Tensor], layer: int, hidden_states: bool, units: str | None, device: str
 ) -> tuple[list[torch.Tensor], list[np.ndarray]]:
     """Per-file features `(frames, dim)` (float32, on CPU) and units of one padded batch, in one pass."""
-    inputs = feature_extractor(list(audios), sampling_rate=SAMPLING_RATE, return_tensors="pt")
     output = model.represent(
-        inputs["input_values"].to(device, model.dtype),
-        inputs["attention_mask"].to(device),
+        inputs["input_values"].to(device, model.dtype, non_blocking=True),
+        inputs["attention_mask"].to(device, non_blocking=True),
         layers=[layer],
         representation="hidden_states" if hidden_states else "layer_results",
         units=units,
@@ -369,55 +529,41 @@ def forward(
     return features, unit_values
 
 
+class FeatureWriter:
+    """
+    Saves features on one thread beside the model, at most `MAX_PENDING_WRITES` batches behind it. After a failed
+    save nothing more is written, and the error is raised in the caller's thread at its next `submit` or `finish`.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-writer")
+        self._pending: list[Future] = []
+        self._failed = False
+
+    def submit(self, saves: Sequence[tuple[Path, torch.Tensor]]) -> None:
+        self._pending.append(self._executor.submit(self._save_all, saves))
+        while len(self._pending) > MAX_PENDING_WRITES or (self._pending and self._pending[0].done()):
+            self._pending.pop(0).result()
+
+    def _save_all(self, saves: Sequence[tuple[Path, torch.Tensor]]) -> None:
+        if self._failed:
+            return
+        try:
+            for path, tensor in saves:
+                write_atomically(path, functools.partial(torch.save, tensor))
+        except BaseException:
+            self._failed = True
+            raise
+
+    def finish(self) -> None:
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def close(self) -> None:
+        """Wait for the save under way (a partial file is removed by its own cleanup) and drop the rest."""
+        self._failed = True
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
 def feature_path(output: Path, file: AudioFile) -> Path:
     return output / f"{file.id}.pt"
-
-
-def read_unit_ids(path: Path) -> tuple[set[str], int]:
-    """
-    Ids of the complete lines of a units file, and their length in bytes: a last line cut off by an interrupted run
-    is not counted (`drop_cut_off_line` removes it before the file is appended to). Read only, and only when the
-    settings record says extract wrote the file; a line it cannot have written is an error naming the line.
-    """
-    if not path.is_file():
-        return set(), 0
-    content = path.read_bytes()
-    complete = content[: content.rfind(b"\n") + 1]
-    try:
-        lines = complete.decode("utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise SpidrError(f"{path} is not UTF-8 text: {error}") from error
-    ids = set()
-    for number, line in enumerate(lines, start=1):
-        if line:
-            ids.add(unit_line_id(line, path, number))
-    return ids, len(complete)
-
-
-def unit_line_id(line: str, path: Path, number: int) -> str:
-    if path.suffix == ".jsonl":
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if not (isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("units"), list)):
-            raise SpidrError(f'{path}, line {number}: not a {{"id", "units"}} JSON line of spidr-hf extract')
-        return row["id"]
-    id, tab, _ = line.partition("\t")
-    if not id or not tab:
-        raise SpidrError(f"{path}, line {number}: not an 'id<TAB>units' line of spidr-hf extract")
-    return id
-
-
-def drop_cut_off_line(path: Path, complete_bytes: int) -> None:
-    """Remove what follows the last complete line (a line cut off by an interrupted run: it is written again)."""
-    if path.is_file() and path.stat().st_size > complete_bytes:
-        with open(path, "r+b") as file:
-            file.truncate(complete_bytes)
-
-
-def format_units(id: str, units: np.ndarray, path: Path) -> str:
-    values = [int(unit) for unit in units]
-    if path.suffix == ".jsonl":
-        return json.dumps({"id": id, "units": values}) + "\n"
-    return f"{id}\t{' '.join(map(str, values))}\n"

@@ -4,6 +4,7 @@ network or the full pretraining model, in a dtype, with its feature extractor (t
 none) and one-line errors.
 """
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -114,6 +115,19 @@ def in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
         if name.split(".")[-1] in keep:
             module.float()
     return model
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """
+    SHA-256 of a module's weights (names, dtypes, shapes and values, in name order): what an output's records name to
+    say which weights made it, the same whatever folder or Hub revision they were loaded from.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_device(device: str | None) -> str:

@@ -18,7 +18,9 @@ from pathlib import Path
 UNIT_KINDS = ("codebook", "kmeans")  # spidr_hf.modeling_spidr.UNIT_KINDS
 DTYPES = ("float32", "bfloat16")  # spidr_hf.loading.DTYPES
 OBJECTIVES = ("spidr", "dinosr")  # spidr_hf.configuration_spidr.OBJECTIVES
-DEFAULT_BATCH_SECONDS = 200.0  # spidr_hf.extract.extract
+# spidr_hf.extract.ACCELERATOR_BATCH_SECONDS, CPU_BATCH_SECONDS
+ACCELERATOR_BATCH_SECONDS, CPU_BATCH_SECONDS = 200.0, 20.0
+UNITS_FORMATS = ("txt", "jsonl", "parquet")  # spidr_hf.units_output.UNITS_FORMATS
 DEFAULT_BATCH_SIZE = 8  # spidr_hf.evaluation.evaluate_model, spidr_hf.kmeans.fit_centroids
 DEFAULT_NUM_CLUSTERS = 256
 DEFAULT_EVALUATE_KMEANS_FRAMES = 30_000  # spidr_hf.evaluation.evaluate_model
@@ -188,17 +190,35 @@ def extract_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--units-file",
-        help="units file (default OUTPUT/units.txt): 'id<TAB>u1 u2 ...' lines, or JSON lines "
-        '{"id": ..., "units": [...]} when it ends with .jsonl',
+        help="where the units go (default OUTPUT/units.txt, OUTPUT/units.jsonl, or the folder OUTPUT/units for "
+        "parquet)",
+    )
+    parser.add_argument(
+        "--units-format",
+        choices=UNITS_FORMATS,
+        help='txt: \'id<TAB>u1 u2 ...\' lines; jsonl: {"id": ..., "units": [...]} lines; parquet: a `datasets` '
+        "dataset (id, units, num_frames, and durations with --deduplicate) with a dataset card (default: from the "
+        "--units-file suffix, else txt)",
     )
     parser.add_argument("--deduplicate", action="store_true", help="merge runs of the same unit into one")
     parser.add_argument(
         "--batch-seconds",
         type=positive_float,
-        default=DEFAULT_BATCH_SECONDS,
-        help=f"padded audio per forward pass, in seconds (default {DEFAULT_BATCH_SECONDS:g}); files are batched by "
-        "duration, and longer files go alone",
+        help=f"padded audio per forward pass, in seconds (default {ACCELERATOR_BATCH_SECONDS:g} on a GPU, "
+        f"{CPU_BATCH_SECONDS:g} on CPU); files are batched by duration, and longer files go alone",
     )
+    parser.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="do part K (0-based) of N of the job, for independent jobs; 'slurm': the task of a SLURM job array. "
+        "Under torchrun or accelerate launch, each process does its part of that",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        help="processes decoding audio ahead of the model (default: one per spare core, at most 4)",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (pays off on long jobs)")
     add_device_and_dtype(parser)
 
 

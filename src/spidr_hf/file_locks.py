@@ -1,0 +1,56 @@
+"""
+Advisory locks (POSIX `flock`) that keep concurrent runs of one job from writing the same outputs: the kernel releases
+them when their process dies, even by SIGKILL, so that a lock never outlives its run.
+"""
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def exclusive_lock(
+    path: Path, *, wait: bool = True, busy_message: str = "", remove_after: bool = False
+) -> Iterator[None]:
+    """
+    Hold an exclusive lock on `path`: a folder, or a file (created if needed). Without `wait`, a lock held elsewhere
+    raises `BlockingIOError` carrying `busy_message`. `remove_after`: delete the lock file before releasing it, for
+    locks only ever taken without waiting (a waiter could be left holding the deleted file's lock).
+    """
+    if path.is_dir():
+        descriptor = os.open(path, os.O_RDONLY)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError as error:
+            raise BlockingIOError(busy_message or f"{path} is locked by another process") from error
+        try:
+            yield
+        finally:
+            if remove_after:  # only a SIGKILL leaves the file (unlocked: the next run takes it)
+                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # other shards' locks may still be there
+                    path.parent.rmdir()
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def is_locked(path: Path) -> bool:
+    """Whether another process holds a lock on `path` now."""
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False

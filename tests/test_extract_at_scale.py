@@ -1,0 +1,238 @@
+"""
+`spidr-hf extract` split over shards and processes: the outputs of one process whatever the split, resumable after a
+SIGKILL, refused when shards disagree, and units as a parquet `datasets` dataset.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_extract import run_cli, speech_like, write_audio
+
+from spidr_hf.cli import main
+from spidr_hf.extract import SHARD_LOCKS, extract
+from spidr_hf.file_locks import exclusive_lock
+from spidr_hf.sharding import Shard, balanced_split, parse_shard, this_process
+
+SECONDS = [2.1, 0.6, 1.4, 3.0, 0.9, 1.7, 0.8, 2.4, 1.1, 0.7]
+LAYER = ["--layer", "3"]
+
+
+@pytest.fixture(scope="module")
+def many_files(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("many")
+    for index, seconds in enumerate(SECONDS):
+        write_audio(folder / f"spk{index % 3}" / f"utt{index:02d}.wav", speech_like(seconds, index, 16000), 16000)
+    return folder
+
+
+def ids() -> list[str]:
+    return [f"spk{index % 3}/utt{index:02d}" for index in range(len(SECONDS))]
+
+
+def features_of(output: Path) -> dict[str, bytes]:
+    return {path.relative_to(output).with_suffix("").as_posix(): path.read_bytes() for path in output.rglob("*.pt")}
+
+
+def command(*argv) -> list[str]:
+    return [sys.executable, "-m", "spidr_hf", "extract", *map(str, argv)]
+
+
+def run(*argv, **kwargs) -> subprocess.CompletedProcess:
+    completed = subprocess.run(command(*argv), capture_output=True, text=True, **kwargs)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+@pytest.fixture(scope="module")
+def one_process(source_dir, many_files, tmp_path_factory) -> Path:
+    """The reference: one process, features and codebook units, 2 s batches (several files a batch)."""
+    output = tmp_path_factory.mktemp("one") / "out"
+    options = dict(layer=3, units="codebook", features=True, batch_seconds=4.0)
+    extract(source_dir, many_files, output, **options)
+    extract(source_dir, many_files, output.with_name("parquet"), **options, units_format="parquet", deduplicate=True)
+    return output
+
+
+def test_independent_shards_give_the_outputs_of_one_process(source_dir, many_files, one_process, tmp_path, capsys):
+    output = tmp_path / "out"
+    argv = [source_dir, many_files, output, *LAYER, "--features", "--units", "codebook", "--batch-seconds", "4"]
+    assert main(["extract", *map(str, argv), "--shard", "1/2"]) == 0
+    assert "units remain for the other shards" in capsys.readouterr().out
+    first = features_of(output)
+    assert 0 < len(first) < len(SECONDS)  # a part of the files
+    assert not (output / "units.txt").exists()  # the units file appears only whole
+    assert main(["extract", *map(str, argv), "--shard", "0/2"]) == 0
+    assert features_of(output) == features_of(one_process)  # every .pt bitwise
+    assert (output / "units.txt").read_bytes() == (one_process / "units.txt").read_bytes()  # same lines, input order
+    assert [line.split("\t")[0] for line in (output / "units.txt").read_text().splitlines()] == sorted(ids())
+    assert sorted(path.name for path in output.iterdir() if not path.is_dir()) == ["extract.json", "units.txt"]
+    assert not (output / SHARD_LOCKS).exists() and not (output / ".units.txt.parts").exists()
+
+
+def free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_give_the_outputs_of_one_process(source_dir, many_files, one_process, tmp_path):
+    from datasets import load_dataset
+
+    output = tmp_path / "out"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", free_port()]
+    argv = [source_dir, many_files, output, *LAYER, "--features", "--units", "codebook", "--batch-seconds", "4"]
+    argv += ["--units-format", "parquet", "--deduplicate", "--device", "cpu"]
+    completed = subprocess.run([*launcher, *command(*argv)[1:]], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert features_of(output) == features_of(one_process)
+    parquet_files = sorted(path.name for path in (output / "units").iterdir())
+    assert {name.split("-")[0] for name in parquet_files} == {"00000", "00001"}  # each process wrote its own
+    rows = load_dataset("parquet", data_files=f"{output}/**/*.parquet", split="train")
+    reference = load_dataset("parquet", data_files=f"{one_process.with_name('parquet')}/**/*.parquet", split="train")
+    by_id = {row["id"]: row for row in rows}
+    assert len(by_id) == len(rows) == len(SECONDS)  # each file once
+    assert by_id == {row["id"]: row for row in reference}
+
+
+def test_parquet_units_are_a_datasets_dataset_with_a_card(source_dir, many_files, one_process, tmp_path):
+    from datasets import Value, load_dataset
+
+    folder = one_process.with_name("parquet")
+    rows = load_dataset(str(folder), split="train")  # the card's YAML names the parquet files
+    assert rows.features["units"].feature == Value("int16") and rows.features["num_frames"] == Value("int32")
+    text_units = {
+        line.split("\t")[0]: [int(unit) for unit in line.split("\t")[1].split()]
+        for line in (one_process / "units.txt").read_text().splitlines()
+    }
+    for row in rows:
+        frames = np.repeat(row["units"], row["durations"])  # deduplicated runs expand to the frame units
+        assert len(frames) == row["num_frames"] == sum(row["durations"])
+        assert frames.tolist() == text_units[row["id"]]
+        assert all(a != b for a, b in zip(row["units"], row["units"][1:], strict=False))
+    card = (folder / "README.md").read_text()
+    settings = json.loads((folder / "extract.json").read_text())["settings"]
+    assert settings["weights_sha256"] in card and "unit_kind: codebook" in card and "frame_rate: 50" in card
+
+
+@pytest.mark.slow
+def test_a_killed_shard_resumes_to_the_uninterrupted_outputs(source_dir, many_files, one_process, tmp_path):
+    output = tmp_path / "out"
+    argv = [source_dir, many_files, output, *LAYER, "--features", "--units", "codebook", "--batch-seconds", "4"]
+    argv += ["--num-workers", "0", "--shard", "0/1"]
+    process = subprocess.Popen(command(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(output.rglob("*.pt")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = len(features_of(output))
+    if written == len(SECONDS) and (output / "units.txt").exists():
+        pytest.fail("the run finished before it could be killed: give it more work")
+    run(*argv)
+    assert features_of(output) == features_of(one_process)
+    assert (output / "units.txt").read_bytes() == (one_process / "units.txt").read_bytes()
+
+
+def test_shards_with_other_settings_are_refused(source_dir, many_files, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert main(["extract", str(source_dir), str(many_files), str(output), *LAYER, "--shard", "0/2"]) == 0
+    before = features_of(output)
+    message = run_cli(capsys, source_dir, many_files, output, "--layer", "2", "--shard", "1/2")
+    assert "holds outputs of other settings (layer: 3 -> 2)" in message
+    message = run_cli(capsys, source_dir, many_files, output, "--shard", "1/2", "--batch-seconds", "1")
+    assert "batch_seconds: 20.0 -> 1.0" in message
+    assert features_of(output) == before
+
+
+def test_a_shard_that_is_running_is_not_run_twice(source_dir, many_files, tmp_path, capsys):
+    output = tmp_path / "out"
+    output.mkdir()
+    argv = [source_dir, many_files, output]
+    with exclusive_lock(output / SHARD_LOCKS / Shard(1, 2).name):  # as a running `--shard 1/2` holds it
+        assert "Another spidr-hf extract is running shard 1/2 into" in run_cli(capsys, *argv, "--shard", "1/2")
+        # another split: its files would overlap
+        assert "another split (shard 1/2) is running" in run_cli(capsys, *argv, "--shard", "0/3")
+        # the other shard of the same split runs alongside
+        assert main(["extract", *map(str, argv), *LAYER, "--shard", "0/2"]) == 0
+    assert features_of(output)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("2/2", "--shard must be K/N with 0 <= K < N"),
+        ("-1/2", "--shard must be K/N"),
+        ("1", "--shard must be K/N"),
+        ("a/b", "--shard must be K/N"),
+        ("slurm", "--shard slurm needs SLURM_ARRAY_TASK_ID"),
+    ],
+)
+def test_a_bad_shard_is_a_one_line_error(source_dir, many_files, tmp_path, capsys, monkeypatch, value, message):
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    assert message in run_cli(capsys, source_dir, many_files, tmp_path / "out", f"--shard={value}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_slurm_arrays_and_launchers_pick_the_part():
+    assert parse_shard("slurm", {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}) == Shard(3, 4)
+    # --array=1-4 numbers its tasks from 1
+    slurm = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1"}
+    assert parse_shard("slurm", slurm) == Shard(0, 4)
+    torchrun = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    assert this_process(Shard(0, 1), torchrun).shard == Shard(1, 2)
+    assert this_process(Shard(2, 3), torchrun).shard == Shard(5, 6)  # rank 1 of 2 within array task 2 of 3
+    assert this_process(Shard(0, 1), {}).shard == Shard(0, 1)
+
+
+def test_the_split_is_balanced_and_covers_every_item():
+    costs = list(np.random.default_rng(0).uniform(1, 30, size=500))
+    parts = balanced_split(costs, 8)
+    totals = [sum(cost for cost, part in zip(costs, parts, strict=True) if part == index) for index in range(8)]
+    assert sorted(set(parts)) == list(range(8))
+    assert max(totals) - min(totals) <= max(costs)  # no part waits on another for more than one item
+    assert balanced_split(costs, 8) == parts
+    assert balanced_split([1.0, 1.0, 1.0], 5).count(0) == 1
+
+
+def test_names_every_format_can_hold_round_trip(source_dir, tmp_path, capsys):
+    folder = tmp_path / "audio"
+    names = ["tab\there", "form\x0cfeed", "next\x85line", "line\u2028sep"]
+    for index, name in enumerate(names):
+        write_audio(folder / f"{name}.wav", speech_like(0.8, index, 16000), 16000)
+    # A text line cannot hold a tab or a line break: refused up front, naming the file
+    assert "--units-format jsonl or parquet" in run_cli(
+        capsys, source_dir, folder, tmp_path / "txt", "--units", "codebook"
+    )
+    assert not (tmp_path / "txt").exists()
+    output = tmp_path / "jsonl"
+    argv = ["extract", str(source_dir), str(folder), str(output), *LAYER, "--units", "codebook"]
+    for _ in range(2):  # the rerun reads its own file back
+        assert main([*argv, "--units-format", "jsonl"]) == 0
+    rows = [json.loads(line) for line in (output / "units.jsonl").read_text(encoding="utf-8").split("\n")[:-1]]
+    assert sorted(row["id"] for row in rows) == sorted(names)
+
+
+def test_a_units_file_named_like_features_is_refused(source_dir, many_files, tmp_path, capsys):
+    units_file = tmp_path / "spk0" / "utt00.pt"
+    message = run_cli(capsys, source_dir, many_files, tmp_path, "--units", "codebook", "--units-file", units_file)
+    assert ".pt files are the features' names" in message
+    assert not list(tmp_path.rglob("*.pt"))
+
+
+def test_features_on_one_thread_equal_features_with_decoding_workers(source_dir, many_files, one_process, tmp_path):
+    for workers in (0, 2):
+        output = tmp_path / f"w{workers}"
+        extract(source_dir, many_files, output, layer=3, batch_seconds=4.0, num_workers=workers)
+        assert features_of(output) == features_of(one_process)
+    assert torch.load(next(output.rglob("*.pt"))).dtype == torch.float32
+    assert os.listdir(output)
