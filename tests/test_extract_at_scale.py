@@ -236,3 +236,56 @@ def test_features_on_one_thread_equal_features_with_decoding_workers(source_dir,
         assert features_of(output) == features_of(one_process)
     assert torch.load(next(output.rglob("*.pt"))).dtype == torch.float32
     assert os.listdir(output)
+
+
+@pytest.fixture
+def hub_api(monkeypatch):
+    from test_hub import RecordingHfApi
+
+    from spidr_hf import push as push_module
+
+    RecordingHfApi.instances = []
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setattr(push_module, "HfApi", RecordingHfApi)
+    return RecordingHfApi
+
+
+def test_push_units_uploads_the_parquet_files_and_a_card_in_one_commit(one_process, tmp_path, hub_api, capsys):
+    from datasets import load_dataset
+
+    folder = one_process.with_name("parquet")
+    dry_run = tmp_path / "dry"
+    assert main(["push-units", str(folder), "--repo-id", "me/units", "--dry-run", str(dry_run)]) == 0
+    assert not hub_api.instances  # a dry run needs no token and makes no call
+    rows = load_dataset(str(dry_run), split="train")
+    reference = load_dataset("parquet", data_files=f"{folder}/**/*.parquet", split="train")
+    assert sorted(rows["id"]) == sorted(reference["id"]) and rows.num_rows == len(SECONDS)
+    card = (dry_run / "README.md").read_text()
+    assert "path: data/*.parquet" in card and str(folder.parent) not in card  # no local path is published
+
+    assert main(["push-units", str(folder), "--repo-id", "me/units", "--private"]) == 0
+    api = hub_api.instances[0]
+    assert [name for name, _ in api.calls] == ["whoami", "create_repo", "upload_folder"]
+    assert api.calls[1][1]["repo_type"] == api.calls[2][1]["repo_type"] == "dataset"
+    assert api.uploaded == {
+        path.relative_to(dry_run).as_posix(): path.read_bytes() for path in dry_run.rglob("*") if path.is_file()
+    }
+    assert "Uploaded me/units" in capsys.readouterr().out
+
+
+def test_push_units_refuses_what_is_not_a_finished_parquet_extraction(
+    source_dir, many_files, one_process, tmp_path, hub_api, capsys
+):
+    def refused(*argv) -> str:
+        with pytest.raises(SystemExit):
+            main(["push-units", *map(str, argv)])
+        return capsys.readouterr().err
+
+    assert "holds no parquet units" in refused(one_process, "--repo-id", "me/units")
+    partial = tmp_path / "partial"
+    argv = [source_dir, many_files, partial, *LAYER, "--units", "codebook", "--units-format", "parquet"]
+    assert main(["extract", *map(str, argv), "--shard", "0/2"]) == 0
+    assert "is not finished" in refused(partial, "--repo-id", "me/units")
+    assert "not an output folder of spidr-hf extract" in refused(tmp_path, "--repo-id", "me/units")
+    assert "--repo-id must be ORG/NAME" in refused(one_process.with_name("parquet"), "--repo-id", "units")
+    assert not hub_api.instances

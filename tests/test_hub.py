@@ -399,7 +399,7 @@ class RecordingHfApi:
     def upload_folder(self, *args, **kwargs) -> CommitInfo:
         self._record("upload_folder", *args, **kwargs)
         folder = Path(self.calls[-1][1]["folder_path"])
-        self.uploaded = {p.name: p.read_bytes() for p in folder.iterdir()}
+        self.uploaded = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
         create_pr = self.calls[-1][1].get("create_pr")
         return CommitInfo(
             commit_url=f"https://huggingface.co/{REPO_ID}/commit/{'a' * 40}",
@@ -424,13 +424,14 @@ def test_push_uploads_the_checked_folder(source_dir, release_dir, recording_api,
     (api,) = recording_api.instances
     assert api.token == "hf_test_token"
     assert [name for name, _ in api.calls] == ["whoami", "create_repo", "create_branch", "upload_folder"]
-    assert api.calls[1][1] == {"repo_id": REPO_ID, "private": True, "exist_ok": True}
-    assert api.calls[2][1] == {"repo_id": REPO_ID, "branch": "v1", "exist_ok": True}
+    assert api.calls[1][1] == {"repo_id": REPO_ID, "private": True, "exist_ok": True, "repo_type": "model"}
+    assert api.calls[2][1] == {"repo_id": REPO_ID, "branch": "v1", "exist_ok": True, "repo_type": "model"}
     upload = api.calls[3][1]
     assert {k: v for k, v in upload.items() if k != "folder_path"} == {
         "repo_id": REPO_ID,
         "revision": "v1",
         "create_pr": False,
+        "repo_type": "model",
         "commit_message": "Upload SpidR model with spidr-hf",
     }
     assert set(api.uploaded) == RELEASE_FILES
@@ -450,7 +451,8 @@ def test_push_as_pull_request(release_dir, recording_api):
     commit = push_module.upload_release(api, release_dir, REPO_ID, private=False, revision=None, create_pr=True)
     assert commit.pr_url == f"https://huggingface.co/{REPO_ID}/discussions/7"
     assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
-    assert api.calls[0][1] == {"repo_id": REPO_ID, "private": None, "exist_ok": True}  # the account's default
+    # None: the account's default
+    assert api.calls[0][1] == {"repo_id": REPO_ID, "private": None, "exist_ok": True, "repo_type": "model"}
     assert api.calls[1][1]["create_pr"] is True and api.calls[1][1]["revision"] is None
 
 

@@ -36,7 +36,8 @@ from .file_locks import exclusive_lock, is_locked
 from .loading import DTYPES, check_device, load, weights_hash
 from .modeling_spidr import UNIT_KINDS
 from .sharding import Process, Shard, balanced_split, parse_shard, process_device, this_process
-from .units_output import UNITS_FORMATS, UnitsOutput, check_ids, default_units_path, units_format_of, write_dataset_card
+from .units_dataset import write_dataset_card
+from .units_output import UNITS_FORMATS, UnitsOutput, check_ids, default_units_path, units_format_of
 
 # Padded audio per forward pass: large batches keep an accelerator busy; on CPU the convolutional encoder's first
 # activations (512 channels at 3.2 kHz) outgrow the caches, and 20 s ran faster than 200 s (benchmarks/extract_bench.py)

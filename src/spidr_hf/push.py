@@ -50,15 +50,22 @@ def hub_api() -> HfApi:
 
 
 def upload_release(
-    api: HfApi, folder: Path, repo_id: str, private: bool, revision: str | None, create_pr: bool
+    api: HfApi,
+    folder: Path,
+    repo_id: str,
+    private: bool,
+    revision: str | None,
+    create_pr: bool,
+    repo_type: str = "model",
+    what: str = "model",
 ) -> CommitInfo:
     """Create the repository (and branch) if needed and upload `folder` as one commit."""
     with hub_step(f"Creating the repository {repo_id}", "; nothing was uploaded."):
         # None leaves a new repository's visibility to the account's default
-        api.create_repo(repo_id, private=private or None, exist_ok=True)
+        api.create_repo(repo_id, private=private or None, exist_ok=True, repo_type=repo_type)
     if revision is not None:
         with hub_step(f"Creating the branch {revision} of {repo_id}", "; nothing was uploaded."):
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
     # One commit: if it fails, the repository holds none of the files
     with hub_step(f"Uploading to {repo_id}", f"; nothing was committed to {repo_id}."):
         return api.upload_folder(
@@ -66,7 +73,8 @@ def upload_release(
             folder_path=folder,
             revision=revision,
             create_pr=create_pr,
-            commit_message="Upload SpidR model with spidr-hf",
+            repo_type=repo_type,
+            commit_message=f"Upload SpidR {what} with spidr-hf",
         )
 
 

@@ -82,7 +82,7 @@ class UnitsOutput:
     def done_ids(self) -> set[str]:
         """Ids whose units are written, by any shard of any run."""
         if self.format == "parquet":
-            return {id for table in self._parquet_tables(columns=["id"]) for id in table.column("id").to_pylist()}
+            return {id for table in self.parquet_tables(columns=["id"]) for id in table.column("id").to_pylist()}
         return set(self._complete_lines())
 
     def _complete_lines(self) -> dict[str, str]:
@@ -122,13 +122,13 @@ class UnitsOutput:
             raise SpidrError(f"{path}, line {number}: not an 'id<TAB>units' line of spidr-hf extract")
         return id
 
-    def _parquet_files(self) -> list[Path]:
+    def parquet_files(self) -> list[Path]:
         return sorted(self.path.glob("*.parquet")) if self.path.is_dir() else []
 
-    def _parquet_tables(self, columns: Sequence[str] | None = None):
+    def parquet_tables(self, columns: Sequence[str] | None = None):
         import pyarrow.parquet as pq
 
-        for path in self._parquet_files():
+        for path in self.parquet_files():
             try:
                 yield pq.read_table(path, columns=columns)
             except Exception as error:  # pyarrow raises several types for a file that is not parquet
@@ -181,7 +181,7 @@ class UnitsOutput:
 
         if not self._rows:
             return
-        taken = {path.name for path in self._parquet_files()}
+        taken = {path.name for path in self.parquet_files()}
         number = next(n for n in range(len(taken) + 1) if f"{self._shard.name}-{n:05d}.parquet" not in taken)
         fields = [("id", pa.string()), ("units", pa.list_(pa.int16())), ("num_frames", pa.int32())]
         if self.deduplicate:
@@ -218,64 +218,5 @@ class UnitsOutput:
 
     def num_rows(self) -> int:
         if self.format == "parquet":
-            return sum(table.num_rows for table in self._parquet_tables(columns=["id"]))
+            return sum(table.num_rows for table in self.parquet_tables(columns=["id"]))
         return len(self._complete_lines())
-
-
-CARD_FILE = "README.md"
-CARD_MARKER = "spidr_hf_units"  # the card's YAML key that says spidr-hf wrote it (and may write it again)
-
-
-def write_dataset_card(output: Path, units_out: UnitsOutput, settings: dict, facts: dict) -> None:
-    """
-    OUTPUT/README.md, a Hub dataset card for parquet units: a YAML header (the parquet files as the `train` split,
-    and what made the units) and a table of the same facts. A README.md that spidr-hf did not write is left alone.
-    """
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    path = output / CARD_FILE
-    if path.is_file():
-        try:
-            existing = DatasetCard.load(path).data.to_dict()
-        except Exception:  # not a card at all
-            existing = {}
-        if CARD_MARKER not in existing:
-            print(f"{path} exists and is not a units card of spidr-hf: left as it is, no card written")
-            return
-    source = {
-        "model": settings["model"],
-        "weights_sha256": settings["weights_sha256"],
-        "layer": settings["layer"],
-        "unit_kind": settings["units"],
-        **facts,
-        "deduplicated": settings["deduplicate"],
-        "files": units_out.num_rows(),
-    }
-    data = DatasetCardData(tags=["audio", "speech", "discrete-units", "spidr"], **{CARD_MARKER: source})
-    if units_out.path.resolve().is_relative_to(output.resolve()):
-        relative = units_out.path.resolve().relative_to(output.resolve()).as_posix()
-        files = [{"split": "train", "path": f"{relative}/*.parquet"}]
-        data.configs = [{"config_name": "default", "data_files": files}]
-    rows = "\n".join(f"| {key} | {value} |" for key, value in source.items())
-    columns = "`id`, `units` (int16), `num_frames`"
-    if units_out.deduplicate:
-        columns += ", `durations` (frames per unit)"
-    content = f"""---
-{data.to_yaml()}
----
-
-# Discrete speech units
-
-Units of every audio file of `{settings["input"]}`, one row per file ({columns}), written by `spidr-hf extract`.
-
-| | |
-|---|---|
-{rows}
-
-```python
-from datasets import load_dataset
-
-units = load_dataset("parquet", data_files="{output}/**/*.parquet", split="train")
-```
-"""
-    write_text_atomically(path, content)

@@ -304,11 +304,7 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def push_arguments(parser: argparse.ArgumentParser) -> None:
     add_model(parser, "a saved SpidrForPreTraining model (spidr-hf convert or training)")
-    parser.add_argument("--repo-id", required=True, help="Hub repository, ORG/NAME")
-    parser.add_argument("--private", action="store_true", help="create the repository private")
-    parser.add_argument("--revision", help="branch to push to (created if needed); default: main")
-    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of pushing directly")
-    parser.add_argument("--dry-run", type=Path, metavar="OUT", help="write and check the folder at OUT, upload nothing")
+    add_hub_upload(parser, "release")
     parser.add_argument("--evaluation", type=Path, help="spidr-hf evaluate JSON: figures for the card and model-index")
     parser.add_argument(
         "--official",
@@ -322,6 +318,24 @@ def push_arguments(parser: argparse.ArgumentParser) -> None:
     # --dataset names a corpus folder in every other command
     deprecated_alias(parser, "--dataset", "--train-dataset")
     parser.add_argument("--base-model", help="Hub id of the model this one was trained from")
+
+
+def add_hub_upload(parser: argparse.ArgumentParser, what: str) -> None:
+    """The options of an upload to the Hub, the same for every command that uploads."""
+    parser.add_argument("--repo-id", required=True, help="Hub repository, ORG/NAME")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--revision", help="branch to push to (created if needed); default: main")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of pushing directly")
+    parser.add_argument(
+        "--dry-run", type=Path, metavar="OUT", help=f"write and check the {what} folder at OUT, upload nothing"
+    )
+
+
+def push_units_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "output", type=Path, help="the OUTPUT folder of a finished `spidr-hf extract --units-format parquet`"
+    )
+    add_hub_upload(parser, "dataset")
 
 
 # sub-command -> (module whose `run(args)` does the work, one-line help, arguments)
@@ -339,8 +353,13 @@ SUBCOMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]
     "corpus": ("spidr_hf.corpus", "synthesize the built-in phone-aligned speech corpus with flite", corpus_arguments),
     "extract": (
         "spidr_hf.extract",
-        "write a model's features (.pt per file) and/or units for an audio folder",
+        "write a model's features (.pt per file) and/or units for an audio folder, in one or many processes",
         extract_arguments,
+    ),
+    "push-units": (
+        "spidr_hf.units_dataset",
+        "upload the parquet units of `spidr-hf extract` to the Hub as a dataset, with its card",
+        push_units_arguments,
     ),
     "kmeans": (
         "spidr_hf.kmeans",
