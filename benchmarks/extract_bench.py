@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
 
-    from spidr_hf.audio import audio_files, audio_duration
+    from spidr_hf.audio import audio_duration, audio_files
 
     files = audio_files(args.audio)[: args.files]
     if not files:
@@ -109,9 +109,8 @@ def main() -> None:
             (input_dir / f"{index:05d}{path.suffix}").symlink_to(path.resolve())
         inputs = sorted(str(path) for path in input_dir.iterdir())
         names = [Path(path).stem for path in inputs]
-        systems: dict[str, list[str]] = {
-            "reference loop": [sys.executable, __file__, REFERENCE_LOOP, model, str(scratch / "reference"), str(args.layer), args.device, *inputs],
-        }
+        reference_command = [sys.executable, __file__, REFERENCE_LOOP, model, str(scratch / "reference")]
+        systems: dict[str, list[str]] = {"reference loop": [*reference_command, str(args.layer), args.device, *inputs]}
         for name, extra in configs.items():
             systems[name] = [
                 sys.executable, "-m", "spidr_hf", "extract", model, str(input_dir), str(scratch / name),

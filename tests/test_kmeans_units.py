@@ -316,3 +316,25 @@ def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
     (tmp_path / "used" / "file").write_text("x")
     assert "not empty" in error(str(source_dir), "--dataset", str(corpus), "--output", str(tmp_path / "used"))
     assert "is a file" in error(str(source_dir), "--dataset", str(corpus), "--output", str(tmp_path / "used" / "file"))
+
+
+@pytest.mark.slow
+def test_kmeans_in_two_torchrun_processes_fits_the_centroids_of_one_process(source_dir, corpus, tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    options = ["--dataset", str(corpus), "--layer", str(LAYER), "--num-clusters", str(CLUSTERS)]
+    options += ["--kmeans-frames", "2000", "--batch-size", "2", "--device", "cpu"]  # several batches for each process
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["kmeans", str(source_dir), *options, "--output", str(one)]) == 0
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port]
+    command = [*launcher, "-m", "spidr_hf", "kmeans", str(source_dir), *options, "--output", str(two)]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.count("Wrote 8 k-means centroids") == 1  # the first process writes, once
+    assert torch.equal(
+        load_file(one / "model.safetensors")["spidr.kmeans.centroids"],
+        load_file(two / "model.safetensors")["spidr.kmeans.centroids"],
+    )

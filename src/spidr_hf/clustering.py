@@ -15,12 +15,37 @@ def kmeans_training_frames(
     representations, audios: Sequence[np.ndarray], max_frames: int, batch_size: int, desc: str
 ) -> dict[int | None, np.ndarray]:
     """Up to `max_frames` frames of each layer of the representations of `audios`, for fitting k-means."""
-    frames: dict[int | None, list[np.ndarray]] = {layer: [] for layer in representations.layers}
-    for start in tqdm(range(0, len(audios), batch_size), desc=desc):
+    by_batch = frames_by_batch(representations, audios, batch_size, desc)
+    return join_batches(by_batch, representations.layers, max_frames)
+
+
+def frames_by_batch(
+    representations, audios: Sequence[np.ndarray], batch_size: int, desc: str, part: tuple[int, int] = (0, 1)
+) -> dict[int, dict[int | None, list[np.ndarray]]]:
+    """
+    Each layer's per-utterance frames of the batches of `audios` (batch number -> layer -> frames); `part` (index,
+    count) keeps every count-th batch from the index-th, so that processes can share the work with the batches one
+    process would run.
+    """
+    index, count = part
+    starts = list(range(0, len(audios), batch_size))[index::count]
+    by_batch = {}
+    for start in tqdm(starts, desc=desc):
         output = representations(audios[start : start + batch_size], with_units=False)
-        for layer in representations.layers:
-            frames[layer] += [features.numpy() for features in output.features[layer]]
-    return {layer: np.concatenate(chunks)[:max_frames] for layer, chunks in frames.items()}
+        by_batch[start // batch_size] = {
+            layer: [features.numpy() for features in output.features[layer]] for layer in representations.layers
+        }
+    return by_batch
+
+
+def join_batches(
+    by_batch: dict[int, dict[int | None, list[np.ndarray]]], layers: Sequence[int | None], max_frames: int
+) -> dict[int | None, np.ndarray]:
+    """The frames of the batches in batch order, the first `max_frames` of each layer."""
+    batches = [by_batch[number] for number in sorted(by_batch)]
+    return {
+        layer: np.concatenate([item for batch in batches for item in batch[layer]])[:max_frames] for layer in layers
+    }
 
 
 def fit_kmeans(frames: np.ndarray, num_clusters: int, seed: int):

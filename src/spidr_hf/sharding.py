@@ -61,6 +61,9 @@ class Process:
     local_rank: int | None
 
 
+ALONE = Process(WHOLE, None)  # a process launched alone, doing the whole job
+
+
 def this_process(requested: Shard = WHOLE, environ: Mapping[str, str] = os.environ) -> Process:
     """
     The requested shard, split again among the processes of a launcher (torchrun, accelerate launch): rank r of W
