@@ -103,7 +103,15 @@ def test_replacing_in_a_folder_keeps_its_other_files_and_replaces_the_last_file_
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # no staging folder left
 
     monkeypatch.setattr(atomic_files.os, "replace", real_replace)
+    (folder / "config.json").chmod(0o640)
     with replace_in_folder(folder, last="config.json") as staging:
         (staging / "config.json").write_text("new config")
+        (staging / "config.json").chmod(0o600)  # as safetensors creates its files
+        (staging / "new.txt").write_text("new file")
+        (staging / "new.txt").chmod(0o600)
     assert (folder / "config.json").read_text() == "new config"
+    assert (folder / "config.json").stat().st_mode & 0o777 == 0o640  # the replaced file's mode
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (folder / "new.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (folder / "checkpoint").read_text() == "mine"

@@ -289,3 +289,12 @@ def test_push_units_refuses_what_is_not_a_finished_parquet_extraction(
     assert "not an output folder of spidr-hf extract" in refused(tmp_path, "--repo-id", "me/units")
     assert "--repo-id must be ORG/NAME" in refused(one_process.with_name("parquet"), "--repo-id", "units")
     assert not hub_api.instances
+
+
+@pytest.mark.slow
+def test_compiled_extraction_gives_the_features_of_eager(source_dir, many_files, one_process, tmp_path):
+    output = tmp_path / "compiled"
+    extract(source_dir, many_files, output, layer=3, batch_seconds=4.0, compile=True)
+    eager = {id: torch.load(one_process / f"{id}.pt") for id in ids()}
+    for id, features in eager.items():
+        torch.testing.assert_close(torch.load(output / f"{id}.pt"), features, rtol=1e-4, atol=1e-4)

@@ -72,14 +72,23 @@ def replace_in_folder(folder: Path, last: str) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as staging:
         yield Path(staging)
+        default_mode = 0o666 & ~_umask()
         for path in sorted(Path(staging).iterdir(), key=lambda path: path.name == last):
-            os.replace(path, folder / path.name)
+            target = folder / path.name
+            # The replaced file's mode (some writers, safetensors' among them, create files 0600), else the umask's
+            path.chmod(target.stat().st_mode & 0o777 if target.exists() else default_mode)
+            os.replace(path, target)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _permissions_from_umask(folder: Path) -> None:
     """The modes a plain mkdir and open would give, where the private temporary folder and files gave 0700/0600."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     folder.chmod(0o777 & ~umask)
     for path in folder.rglob("*"):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

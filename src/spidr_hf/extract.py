@@ -18,6 +18,7 @@ import argparse
 import functools
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -172,6 +173,7 @@ def extract(
         network = network.to(device).eval()
         if compile:
             network.base_model.compile(dynamic=True)
+        shard_text = "" if process.shard.count == 1 else f", shard {process.shard}"
         progress = tqdm(
             total=sum(len(batch) for batch in todo),
             desc="Extracting" if process.shard.count == 1 else f"Extracting shard {process.shard}",
@@ -181,10 +183,14 @@ def extract(
         writer = FeatureWriter()
         if units_out is not None:
             units_out.open(process.shard)
+        start, model_seconds = time.perf_counter(), 0.0
         try:
             with progress:
                 for batch, inputs in decoded_batches(todo, feature_extractor, network.config, device, num_workers):
+                    forward_start = time.perf_counter()
+                    # Its outputs are copied to the CPU: on an accelerator too, the time is the model's whole work
                     batch_features, batch_units = forward(network, inputs, layer, hidden_states, units, device)
+                    model_seconds += time.perf_counter() - forward_start
                     saves = []
                     for index, file in enumerate(batch):
                         if features and not feature_path(output, file).is_file():
@@ -194,6 +200,13 @@ def extract(
                     writer.submit(saves)
                     progress.update(len(batch))
             writer.finish()
+            if todo and process.local_rank in (None, 0):
+                wall = time.perf_counter() - start
+                seconds = sum(file.seconds for batch in todo for file in batch)
+                print(
+                    f"{seconds / 3600:.2f} h of audio in {wall:.1f} s ({seconds / wall:.0f} audio-s/s{shard_text}); "
+                    f"the model was busy {100 * model_seconds / wall:.0f} % of the time"
+                )
         finally:
             writer.close()
             if units_out is not None:
