@@ -143,7 +143,7 @@ def extract(
         batch_seconds = CPU_BATCH_SECONDS if torch.device(device).type == "cpu" else ACCELERATOR_BATCH_SECONDS
     settings = output_settings(
         model, input, layer, hidden_states, features, units, units_out, dtype, batch_seconds, weights_hash(network),
-        output,
+        output, units_facts(network, units)["num_units"] if units is not None else None,
     )  # fmt: skip
     # Checked before reading the input (durations take a while on large sets), written only once it is known good
     check_output(output, settings, units_out)
@@ -356,6 +356,7 @@ def output_settings(
     batch_seconds: float,
     weights_sha256: str,
     output: Path,
+    num_units: int | None,
 ) -> dict:
     """
     The settings that shape the outputs, as recorded in OUTPUT/extract.json and compared on a rerun and by every
@@ -374,6 +375,7 @@ def output_settings(
         "representation": ("hidden_states" if hidden_states else "layer_results") if features else None,
         "features": features,
         "units": units,
+        "num_units": num_units,  # what a unit language model's vocabulary is made of
         "deduplicate": units_out.deduplicate if units_out is not None else None,
         "dtype": dtype,
         "batch_seconds": batch_seconds,

@@ -40,11 +40,14 @@ class ModelArguments:
 
 
 def parse_config(
-    argv: list[str], usage: str = "CONFIG [--key=value ...]"
-) -> tuple[ModelArguments, DataArguments, SpidrTrainingArguments]:
+    argv: list[str],
+    usage: str = "CONFIG [--key=value ...]",
+    classes: tuple[type, ...] = (ModelArguments, DataArguments, SpidrTrainingArguments),
+) -> tuple:
     """
-    Read `CONFIG [--key=value ...]` into the three argument dataclasses: dotted keys reach into `model_config`,
-    values are read as JSON, or else as strings. A `ConfigError` with `usage` when the config file is not first.
+    Read `CONFIG [--key=value ...]` into the argument dataclasses `classes` (pretraining's three by default): dotted
+    keys reach into `model_config`, values are read as JSON, or else as strings. A `ConfigError` with `usage` when the
+    config file is not first.
     """
     if not argv or argv[0].startswith("-"):
         raise ConfigError(f"the config file comes first: {usage}")
@@ -58,8 +61,8 @@ def parse_config(
         for parent in parents:
             target = target.setdefault(parent, {})
         target[leaf] = _parse_override(raw)
-    check_value_types(values, (ModelArguments, DataArguments, SpidrTrainingArguments))
-    parser = HfArgumentParser((ModelArguments, DataArguments, SpidrTrainingArguments))
+    check_value_types(values, classes)
+    parser = HfArgumentParser(classes)
     try:
         return parser.parse_dict(values, allow_extra_keys=False)
     except ValueError as error:  # a value TrainingArguments or a dataclass refuses: the user's, in one line
@@ -189,7 +192,7 @@ def check_output_dir(output_dir: Path, resume_from_checkpoint: str | None) -> No
         )
 
 
-def checkpoint_to_resume(training_args: SpidrTrainingArguments) -> str | None:
+def checkpoint_to_resume(training_args) -> str | None:
     """`resume_from_checkpoint` if set, else the last checkpoint in `output_dir`: a stopped run goes on by itself."""
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and Path(training_args.output_dir).is_dir():

@@ -216,6 +216,23 @@ class UnitsOutput:
         write_text_atomically(self.path, "".join(lines[id] for id in ids_in_order))
         shutil.rmtree(self.parts_folder, ignore_errors=True)
 
+    def read_all(self) -> dict[str, np.ndarray]:
+        """id -> units (as written: merged runs when deduplicated) of every file written so far."""
+        if self.format == "parquet":
+            units = {}
+            for table in self.parquet_tables(columns=["id", "units"]):
+                for id, values in zip(table.column("id").to_pylist(), table.column("units").to_pylist(), strict=True):
+                    units[id] = np.asarray(values, dtype=np.int64)
+            return units
+        units = {}
+        for id, line in self._complete_lines().items():
+            if self.format == "jsonl":
+                values = json.loads(line)["units"]
+            else:
+                values = line.rstrip("\n").partition("\t")[2].split()
+            units[id] = np.asarray([int(value) for value in values], dtype=np.int64)
+        return units
+
     def num_rows(self) -> int:
         if self.format == "parquet":
             return sum(table.num_rows for table in self.parquet_tables(columns=["id"]))

@@ -338,6 +338,37 @@ def push_units_arguments(parser: argparse.ArgumentParser) -> None:
     add_hub_upload(parser, "dataset")
 
 
+def slm_score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ulm", metavar="ULM", help="folder or Hub id of a unit LM (training/train_ulm.py)")
+    parser.add_argument(
+        "--units-model", required=True, help="folder or Hub id of the SpidR model whose units the ULM was trained on"
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="a benchmark in the ZeroSpeech 2021 sLM21 layout (lexical/dev, syntactic/dev)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("slm-score"),
+        help="units, submission folder and scores.json (default: slm-score)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the scores of an earlier run in the --output folder"
+    )
+    parser.add_argument(
+        "--mean-per-unit",
+        action="store_true",
+        help="score a file by its mean log-probability per unit instead of the sum (the ZeroSpeech 2021 baselines')",
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=16, help="sequences per LM forward pass (default: 16)"
+    )
+    add_device_and_dtype(parser)
+
+
 # sub-command -> (module whose `run(args)` does the work, one-line help, arguments)
 SUBCOMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
     "convert": (
@@ -355,6 +386,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]
         "spidr_hf.extract",
         "write a model's features (.pt per file) and/or units for an audio folder, in one or many processes",
         extract_arguments,
+    ),
+    "slm-score": (
+        "spidr_hf.slm_score",
+        "score a unit LM zero-shot on an sLM21-layout benchmark (sWUGGY, sBLIMP), with a ZeroSpeech submission",
+        slm_score_arguments,
     ),
     "push-units": (
         "spidr_hf.units_dataset",

@@ -1,0 +1,208 @@
+"""Unit language models: training on extracted units, log-probabilities, sLM21 scoring and its submission folder."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_extract import speech_like, write_audio
+from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
+
+from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
+from spidr_hf.cli import main
+from spidr_hf.extract import extract
+from spidr_hf.slm_score import (
+    lexical_accuracy,
+    read_gold,
+    read_submission,
+    score_benchmark,
+    syntactic_accuracy,
+)
+from spidr_hf.unit_lm import UnitSource, pack_blocks, read_extracted_units, sequence_log_probs, write_source
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = UnitSource("m", "0" * 64, 3, "codebook", 16, True)
+
+
+def tiny_lm(source: UnitSource = SOURCE) -> OPTForCausalLM:
+    torch.manual_seed(0)
+    config = OPTConfig(
+        vocab_size=source.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, ffn_dim=32,
+        word_embed_proj_dim=16, max_position_embeddings=64, bos_token_id=source.bos, eos_token_id=source.eos,
+        pad_token_id=source.pad,
+    )  # fmt: skip
+    write_source(config, source)
+    return OPTForCausalLM(config).eval()
+
+
+def test_scores_are_the_log_probabilities_of_each_sequence_alone():
+    model = tiny_lm()
+    rng = np.random.default_rng(0)
+    sequences = [SOURCE.tokens(rng.integers(0, 16, size=length)) for length in (3, 9, 1, 14, 6)]
+    by_hand = []
+    for sequence in sequences:  # one at a time, no padding: sum of log P(token t + 1 | tokens up to t)
+        ids = torch.tensor([sequence])
+        log_probs = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+        by_hand.append(sum(log_probs[t, sequence[t + 1]].item() for t in range(len(sequence) - 1)))
+    batched = sequence_log_probs(model, sequences, SOURCE.pad, batch_size=2)
+    np.testing.assert_allclose(batched, by_hand, rtol=1e-5)
+    means = sequence_log_probs(model, sequences, SOURCE.pad, batch_size=3, mean=True)
+    per_unit = [value / (len(sequence) - 1) for value, sequence in zip(by_hand, sequences, strict=True)]
+    np.testing.assert_allclose(means, per_unit, rtol=1e-5)
+
+
+def test_tokens_and_packed_blocks():
+    assert SOURCE.tokens(np.array([4, 4, 7, 7, 7, 4])) == [16, 4, 7, 4, 17]  # deduplicated, BOS and EOS
+    frames = UnitSource("m", "0" * 64, 3, "codebook", 16, False)
+    assert frames.tokens(np.array([4, 4, 7])) == [16, 4, 4, 7, 17]
+    blocks = pack_blocks([[16, 1, 2, 17], [16, 3, 17]], block_size=3, pad=18)
+    assert blocks["input_ids"] == [[16, 1, 2], [17, 16, 3], [17, 18, 18]]
+    assert blocks["labels"][-1] == [17, -100, -100] and blocks["attention_mask"][-1] == [1, 0, 0]
+
+
+def write_gold(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def lexical_row(id, voice, word, correct, frequency=""):
+    filename = f"{id}_{voice}_{correct}"
+    return {"id": id, "filename": filename, "voice": voice, "frequency": frequency, "word": word, "phones": "",
+            "length": 3, "correct": correct}  # fmt: skip
+
+
+def test_lexical_accuracy_by_hand(tmp_path):
+    # id 1 (frequency 0, "oov"): voice a wins, voice b ties -> 0.75; id 2 (3: band 1-5): both lose -> 0;
+    # id 3 (150: >100): one win, one loss -> 0.5; id 4: its non-word of voice b is missing -> voice a alone, a win
+    rows, scores = [], {}
+    plan = {("1", "a"): (-1, -2), ("1", "b"): (-3, -3), ("2", "a"): (-5, -1), ("2", "b"): (-6, -2),
+            ("3", "a"): (-1, -4), ("3", "b"): (-9, -4), ("4", "a"): (-1, -2)}  # fmt: skip
+    frequency = {"1": "0", "2": "3", "3": "150", "4": "20"}
+    for (id, voice), (word_score, nonword_score) in plan.items():
+        for correct, value in (("1", word_score), ("0", nonword_score)):
+            row = lexical_row(id, voice, "w" + id, correct, frequency[id] if correct == "1" else "")
+            rows.append(row)
+            scores[row["filename"]] = value
+    rows.append(lexical_row("4", "b", "w4", "1", "20"))  # no pair
+    scores[rows[-1]["filename"]] = 0.0
+    gold = read_gold(write_gold(tmp_path / "lexical/dev/gold.csv", rows), "lexical")
+    accuracy = lexical_accuracy(gold, scores)
+    assert accuracy["pairs"] == 4
+    assert accuracy["all"] == pytest.approx(100 * (0.75 + 0 + 0.5 + 1) / 4)
+    assert accuracy["in_vocab"] == pytest.approx(100 * (0 + 0.5 + 1) / 3)
+    assert accuracy["by_frequency"] == {
+        "oov": {"n": 1, "score": 75.0},
+        "1-5": {"n": 1, "score": 0.0},
+        "21-100": {"n": 1, "score": 100.0},
+        ">100": {"n": 1, "score": 50.0},
+    }
+
+
+def test_syntactic_accuracy_by_hand(tmp_path):
+    rows, scores = [], {}
+    plan = {("agreement", "s1", "1", "a"): (-1, -2), ("agreement", "s1", "1", "b"): (-2, -1),
+            ("agreement", "s2", "1", "a"): (-1, -1), ("order", "s1", "1", "a"): (-3, -1),
+            ("order", "s1", "2", "a"): (-1, -8)}  # fmt: skip
+    for (type, subtype, id, voice), (good, bad) in plan.items():
+        for correct, value in (("1", good), ("0", bad)):
+            filename = f"{type}_{subtype}_{id}_{voice}_{correct}"
+            rows.append({"filename": filename, "id": id, "voice": voice, "type": type, "subtype": subtype,
+                         "correct": correct, "transcription": "x"})  # fmt: skip
+            scores[filename] = value
+    gold = read_gold(write_gold(tmp_path / "gold.csv", rows), "syntactic")
+    accuracy = syntactic_accuracy(gold, scores)
+    # (agreement, s1, 1): 0.5 over its two voices; (agreement, s2, 1): a tie, 0.5; (order, s1, 1): 0; (order, s1, 2): 1
+    assert accuracy["all"] == pytest.approx(100 * (0.5 + 0.5 + 0 + 1) / 4)
+    assert accuracy["by_type"] == {"agreement": {"n": 2, "score": 50.0}, "order": {"n": 2, "score": 50.0}}
+    with pytest.raises(ValueError, match="lacks the column"):
+        read_gold(write_gold(tmp_path / "bad.csv", [{"filename": "x", "id": "1"}]), "syntactic")
+
+
+@pytest.fixture(scope="module")
+def slm_benchmark(tmp_path_factory) -> Path:
+    """A tiny benchmark in the sLM21 layout: 3 word / non-word pairs and 2 sentence pairs, 2 voices."""
+    folder = tmp_path_factory.mktemp("slm")
+    lexical, syntactic = [], []
+    for voice_index, voice in enumerate(("v1", "v2")):
+        for id in range(3):
+            for correct in ("1", "0"):
+                name = f"lex{id}{voice}{correct}"
+                seed = 10 * id + 2 * voice_index + int(correct)
+                write_audio(folder / "lexical/dev" / f"{name}.wav", speech_like(0.6 + 0.1 * id, seed, 16000), 16000)
+                lexical.append(lexical_row(str(id), voice, f"w{id}", correct, "7" if correct == "1" else ""))
+                lexical[-1]["filename"] = name
+        for id in range(2):
+            for correct in ("1", "0"):
+                name = f"syn{id}{voice}{correct}"
+                seed = 100 + 10 * id + 2 * voice_index + int(correct)
+                write_audio(folder / "syntactic/dev" / f"{name}.wav", speech_like(1.0, seed, 16000), 16000)
+                syntactic.append({"filename": name, "id": str(id), "voice": voice, "type": "t", "subtype": "s",
+                                  "correct": correct, "transcription": "x"})  # fmt: skip
+    write_gold(folder / "lexical/dev/gold.csv", lexical)
+    write_gold(folder / "syntactic/dev/gold.csv", syntactic)
+    return folder
+
+
+@pytest.mark.slow
+def test_train_then_score_a_unit_lm_end_to_end(source_dir, slm_benchmark, tmp_path, capsys):
+    # Units of the lexical and syntactic audio stand in for a training corpus
+    units = tmp_path / "units"
+    extract(source_dir, slm_benchmark, units, layer=3, features=False, units="codebook", units_format="parquet")
+    ulm = tmp_path / "ulm"
+    command = [sys.executable, str(ROOT / "training/train_ulm.py"), str(ROOT / "training/configs/ulm_tiny.yaml")]
+    overrides = [f"--units={units}", f"--output_dir={ulm}", "--max_steps=4", "--block_size=32", "--eval_fraction=0.2"]
+    overrides += ["--per_device_train_batch_size=4", "--save_steps=2", "--model_config.max_position_embeddings=256"]
+    completed = subprocess.run([*command, *overrides], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (ulm / "checkpoint-4").is_dir()
+    lm = AutoModelForCausalLM.from_pretrained(ulm)
+    source, _ = read_extracted_units(units, deduplicate=True)
+    assert UnitSource.of_model(lm.config) == source and source.num_units == 16 and source.deduplicate
+
+    output = tmp_path / "scores"
+    argv = [
+        "slm-score",
+        str(ulm),
+        "--units-model",
+        str(source_dir),
+        "--data",
+        str(slm_benchmark),
+        "--output",
+        str(output),
+    ]
+    assert main([*argv, "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((output / "scores.json").read_text())
+    for task, metric in (("lexical", "swuggy"), ("syntactic", "sblimp")):
+        submitted = read_submission(output / "submission" / task / "dev.txt")
+        gold = read_gold(slm_benchmark / task / "dev" / "gold.csv", task)
+        assert sorted(submitted) == sorted(row["filename"] for row in gold)
+        recomputed = (lexical_accuracy if task == "lexical" else syntactic_accuracy)(gold, submitted)
+        assert recomputed == results[metric]  # the submission folder says what the command printed
+    assert (
+        f"sWUGGY {results['swuggy']['all']:.2f} %" in printed and f"sBLIMP {results['sblimp']['all']:.2f} %" in printed
+    )
+    assert (output / "submission" / "meta.yaml").is_file()
+    # The scores are the LM's log-probabilities of the units of each file
+    lm_units = read_extracted_units(output / "units" / "lexical", deduplicate=True)[1]
+    name = next(iter(lm_units))
+    expected = sequence_log_probs(lm.eval(), [source.tokens(lm_units[name])], source.pad)[0]
+    assert read_submission(output / "submission/lexical/dev.txt")[name] == pytest.approx(expected, rel=1e-6)
+
+    # Units of another quantizer (other weights) are refused, naming what differs
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    SpidrForPreTraining(SpidrConfig.from_pretrained(source_dir)).save_pretrained(other)
+    SpidrFeatureExtractor().save_pretrained(other)
+    with pytest.raises(ValueError, match=r"another quantizer.*weights_sha256"):
+        score_benchmark(ulm, other, slm_benchmark, tmp_path / "other-scores", device="cpu")
+    with pytest.raises(ValueError, match="already holds scores"):
+        score_benchmark(ulm, source_dir, slm_benchmark, output, device="cpu")

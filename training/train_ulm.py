@@ -1,0 +1,58 @@
+"""Train a unit language model on the units of `spidr-hf extract`, with the transformers Trainer.
+
+    accelerate launch training/train_ulm.py training/configs/ulm_opt125m.yaml --units=units-out
+    python training/train_ulm.py training/configs/ulm_tiny.yaml --units=runs/units --output_dir=runs/ulm
+
+The config file (YAML or JSON) holds the fields of `UnitLMArguments` (spidr_hf.unit_lm_training: the units folder,
+any transformers causal LM type and its config, the block size, deduplication) and of transformers'
+`TrainingArguments`; `--key=value` overrides them. The saved model loads with `AutoModelForCausalLM.from_pretrained`
+and its config records the unit source (`unit_source`: SpidR model and weights hash, layer, unit kind, number of
+units, deduplication), which `spidr-hf slm-score` checks. A run whose `output_dir` holds checkpoints resumes.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
+
+from spidr_hf.errors import is_user_error
+from spidr_hf.training_setup import check_output_dir, checkpoint_to_resume, parse_config
+from spidr_hf.unit_lm import describe
+from spidr_hf.unit_lm_training import UnitLMArguments, build_unit_lm, unit_datasets
+
+logger = logging.getLogger("spidr_hf.train_ulm")
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help"):
+        raise SystemExit(__doc__)
+    unit_args, training_args = parse_config(argv, classes=(UnitLMArguments, TrainingArguments))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_output_dir(Path(training_args.output_dir), training_args.resume_from_checkpoint)
+    set_seed(training_args.seed)
+    source, train, evaluation = unit_datasets(unit_args)
+    logger.info("Units: %s; %d training blocks of %d tokens", describe(source), len(train), unit_args.block_size)
+    model = build_unit_lm(unit_args, source)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=default_data_collator,
+    )
+    trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
+    if evaluation is not None:
+        logger.info("Held-out loss: %.4f", trainer.evaluate()["eval_loss"])
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        logger.info("Saved the unit language model to %s", training_args.output_dir)
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ValueError as error:
+        if not is_user_error(error):
+            raise
+        raise SystemExit(f"train_ulm.py: error: {error}") from None
