@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-train}"
 
-# flite synthesizes the built-in corpus from the sentences of `fortunes`; FFmpeg is what torchcodec decodes with.
-packages=(flite fortunes ffmpeg)
+# flite synthesizes the built-in corpus from the sentences of `fortunes`; FFmpeg is what torchcodec decodes with;
+# wamerican's word list keeps real words out of the spoken-LM benchmark's pseudo-words.
+packages=(flite fortunes ffmpeg wamerican)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

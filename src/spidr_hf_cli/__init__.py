@@ -338,6 +338,15 @@ def push_units_arguments(parser: argparse.ArgumentParser) -> None:
     add_hub_upload(parser, "dataset")
 
 
+def slm_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", type=Path, help="a new or empty folder for the benchmark")
+    parser.add_argument("--words", type=positive_int, default=100, help="word / pseudo-word pairs (default: 100)")
+    parser.add_argument("--sentences", type=positive_int, default=100, help="sentence pairs (default: 100)")
+    parser.add_argument("--voices", type=positive_int, default=4, help="flite voices speaking each item (default: 4)")
+    add_seed(parser, "the words, pseudo-words and sentences drawn")
+    parser.add_argument("--num-workers", type=int, default=None, help="parallel flite processes (default: all cores)")
+
+
 def slm_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ulm", metavar="ULM", help="folder or Hub id of a unit LM (training/train_ulm.py)")
     parser.add_argument(
@@ -386,6 +395,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]
         "spidr_hf.extract",
         "write a model's features (.pt per file) and/or units for an audio folder, in one or many processes",
         extract_arguments,
+    ),
+    "slm-benchmark": (
+        "spidr_hf.slm_benchmark",
+        "speak a spoken-LM benchmark (words vs pseudo-words, grammatical vs not) with flite, in the sLM21 layout",
+        slm_benchmark_arguments,
     ),
     "slm-score": (
         "spidr_hf.slm_score",

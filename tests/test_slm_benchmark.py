@@ -1,0 +1,81 @@
+"""The built-in spoken-LM benchmark: the sLM21 layout, spoken by flite, balanced pairs, deterministic."""
+
+import wave
+from collections import defaultdict
+
+import pytest
+
+from spidr_hf import slm_benchmark
+from spidr_hf.cli import main
+from spidr_hf.corpus import load_sentences
+from spidr_hf.slm_score import read_gold
+
+ARGUMENTS = ["--words", "8", "--sentences", "8", "--voices", "2"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench") / "b"
+    assert main(["slm-benchmark", str(folder), *ARGUMENTS]) == 0
+    return folder
+
+
+def pairs_of(rows, key):
+    pairs = defaultdict(dict)
+    for row in rows:
+        pairs[tuple(row[column] for column in key)][row["correct"]] = row
+    return pairs
+
+
+def seconds(path) -> float:
+    with wave.open(str(path)) as audio:
+        return audio.getnframes() / audio.getframerate()
+
+
+def test_word_pairs_are_distinct_pronounceable_and_balanced(built):
+    rows = read_gold(built / "lexical/dev/gold.csv", "lexical")
+    pairs = pairs_of(rows, ("voice", "id"))
+    assert len(pairs) == 8 * 2 and all(set(pair) == {"0", "1"} for pair in pairs.values())
+    corpus_words = slm_benchmark.corpus_words(load_sentences())
+    known = set(corpus_words) | {line.strip().lower() for line in slm_benchmark.WORD_LIST.read_text().splitlines()}
+    for pair in pairs.values():
+        word, nonword = pair["1"], pair["0"]
+        assert word["word"] != nonword["word"] and nonword["word"] not in known and word["word"] in corpus_words
+        assert len(word["word"]) == len(nonword["word"])
+        assert word["length"] == nonword["length"] == str(len(word["phones"].split()))  # as many phones
+        assert int(word["frequency"]) == corpus_words[word["word"]] and nonword["frequency"] == ""
+        for row in (word, nonword):
+            assert seconds(built / "lexical/dev" / f"{row['filename']}.wav") > 0.2  # flite spoke it
+    assert len({row["filename"] for row in rows}) == len(rows)
+
+
+def test_sentence_pairs_differ_by_their_error(built):
+    rows = read_gold(built / "syntactic/dev/gold.csv", "syntactic")
+    pairs = pairs_of(rows, ("voice", "type", "subtype", "id"))
+    assert len(pairs) == 8 * 2
+    for (_, type, _, _), pair in pairs.items():
+        good, bad = pair["1"]["transcription"].split(), pair["0"]["transcription"].split()
+        assert good != bad
+        if type == "word_order":
+            assert sorted(good) == sorted(bad)  # the same words, another order
+        else:
+            assert len(good) == len(bad)
+    for row in rows:
+        assert seconds(built / "syntactic/dev" / f"{row['filename']}.wav") > 0.3
+
+
+def test_the_same_seed_builds_the_same_benchmark_and_another_seed_another(built, tmp_path):
+    again, other = tmp_path / "again", tmp_path / "other"
+    assert main(["slm-benchmark", str(again), *ARGUMENTS]) == 0
+    assert main(["slm-benchmark", str(other), *ARGUMENTS, "--seed", "1"]) == 0
+    for task in ("lexical", "syntactic"):
+        assert (again / task / "dev/gold.csv").read_bytes() == (built / task / "dev/gold.csv").read_bytes()
+        assert (other / task / "dev/gold.csv").read_bytes() != (built / task / "dev/gold.csv").read_bytes()
+    wav = next((built / "lexical/dev").glob("*.wav"))
+    assert (again / "lexical/dev" / wav.name).read_bytes() == wav.read_bytes()
+
+
+def test_a_used_folder_is_refused(built, capsys):
+    with pytest.raises(SystemExit):
+        main(["slm-benchmark", str(built), *ARGUMENTS])
+    assert "not an empty folder" in capsys.readouterr().err
