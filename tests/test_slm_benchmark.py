@@ -7,7 +7,7 @@ import pytest
 
 from spidr_hf import slm_benchmark
 from spidr_hf.cli import main
-from spidr_hf.corpus import load_sentences
+from spidr_hf.corpus import SPEAKERS, find_flite, load_sentences
 from spidr_hf.slm_score import read_gold
 
 ARGUMENTS = ["--words", "8", "--sentences", "8", "--voices", "2"]
@@ -53,13 +53,14 @@ def test_sentence_pairs_differ_by_their_error(built):
     rows = read_gold(built / "syntactic/dev/gold.csv", "syntactic")
     pairs = pairs_of(rows, ("voice", "type", "subtype", "id"))
     assert len(pairs) == 8 * 2
+    flite, voice = find_flite(), SPEAKERS[0]
     for (_, type, _, _), pair in pairs.items():
-        good, bad = pair["1"]["transcription"].split(), pair["0"]["transcription"].split()
+        good, bad = pair["1"]["transcription"], pair["0"]["transcription"]
         assert good != bad
         if type == "word_order":
-            assert sorted(good) == sorted(bad)  # the same words, another order
-        else:
-            assert len(good) == len(bad)
+            assert sorted(good.split()) == sorted(bad.split())  # the same words, another order
+        # As many phones: no length for a summed log-probability to favour
+        assert len(slm_benchmark.phones_of(flite, good, voice)) == len(slm_benchmark.phones_of(flite, bad, voice))
     for row in rows:
         assert seconds(built / "syntactic/dev" / f"{row['filename']}.wav") > 0.3
 

@@ -7,7 +7,8 @@ chain from speech to units to a unit LM's scores runs without downloads.
   consonant for a consonant (so that they stay pronounceable), that are no word of the sentences or of the system's
   word list, and that flite speaks with as many phones as the word (balanced in length);
 - syntactic (sBLIMP-like): grammatical against ungrammatical sentences from templates: subject-verb agreement
-  (singular and plural subjects), adjective-noun order, and determiner-noun number;
+  ("is" / "are" after singular and plural subjects), adjective-noun order, and determiner-noun number, the two
+  sentences of a pair spoken with as many phones (a summed log-probability favours shorter sequences);
 
 each spoken by several flite voices. Files have opaque names (a hash), as in the challenge, and the `gold.csv` files
 carry the official columns. Deterministic for a seed.
@@ -16,6 +17,7 @@ carry the official columns. Deterministic for a seed.
 import argparse
 import csv
 import hashlib
+import itertools
 import random
 import re
 import subprocess
@@ -142,25 +144,33 @@ def sentence_pairs(rng: random.Random) -> list[tuple[str, str, str, str]]:
     pairs = []
     for noun in NOUNS:
         for verb in VERBS:
-            pairs.append(("agreement", "singular", f"the {noun} {verb}s", f"the {noun} {verb}"))
-            pairs.append(("agreement", "plural", f"the {noun}s {verb}", f"the {noun}s {verb}s"))
             adjective = ADJECTIVES[(NOUNS.index(noun) + VERBS.index(verb)) % len(ADJECTIVES)]
+            # "is" and "are" are two phones each (ih z, aa r)
+            pairs.append(("agreement", "singular", f"the {noun} is {adjective}", f"the {noun} are {adjective}"))
+            pairs.append(("agreement", "plural", f"the {noun}s are {adjective}", f"the {noun}s is {adjective}"))
             pairs.append(
                 ("word_order", "adjective_noun", f"the {adjective} {noun} {verb}s", f"the {noun} {adjective} {verb}s")
             )
-            pairs.append(("determiner_noun", "number", f"a {noun} {verb}s", f"a {noun}s {verb}s"))
+            # The same letters either way ("a dog runs" / "a dogs run"): no length for a summed score to favour
+            pairs.append(("determiner_noun", "number", f"a {noun} {verb}s", f"a {noun}s {verb}"))
     rng.shuffle(pairs)
     return pairs
 
 
-def syntactic_items(num_sentences: int, voices: list[Speaker], seed: int) -> list[Item]:
-    pairs = sentence_pairs(random.Random(seed))
-    if num_sentences > len(pairs):
-        raise SpidrError(f"The templates make {len(pairs)} sentence pairs, {num_sentences} were asked for")
-    # As many pairs of each type as the draw gives; ids count within each (type, subtype)
+def syntactic_items(flite: str, num_sentences: int, voices: list[Speaker], seed: int) -> list[Item]:
+    # Only pairs that flite speaks with as many phones ("a horses read" has one more than "a horse reads"), in the
+    # order drawn; ids count within each (type, subtype)
+    balanced = (
+        pair
+        for pair in sentence_pairs(random.Random(seed))
+        if len(phones_of(flite, pair[2], voices[0])) == len(phones_of(flite, pair[3], voices[0]))
+    )
+    chosen = list(itertools.islice(balanced, num_sentences))
+    if len(chosen) < num_sentences:
+        raise SpidrError(f"The templates make {len(chosen)} balanced sentence pairs, {num_sentences} were asked for")
     ids: Counter = Counter()
     items = []
-    for type, subtype, good, bad in pairs[:num_sentences]:
+    for type, subtype, good, bad in chosen:
         id = ids[type, subtype]
         ids[type, subtype] += 1
         for voice in voices:
@@ -196,7 +206,7 @@ def build_benchmark(
     flite = find_flite()
     tasks = {
         "lexical": (lexical_items(flite, num_words, voices, seed), LEXICAL_COLUMNS),
-        "syntactic": (syntactic_items(num_sentences, voices, seed), SYNTACTIC_COLUMNS),
+        "syntactic": (syntactic_items(flite, num_sentences, voices, seed), SYNTACTIC_COLUMNS),
     }
     with new_folder(output) as staging:
         for task, (items, columns) in tasks.items():

@@ -159,7 +159,7 @@ code_url: "https://github.com/"
 
 def score_benchmark(
     ulm: str | os.PathLike,
-    units_model: str | os.PathLike,
+    units_model: str | os.PathLike | None,
     data: str | os.PathLike,
     output: str | os.PathLike,
     *,
@@ -168,12 +168,16 @@ def score_benchmark(
     dtype: str = "float32",
     batch_size: int = 16,
     overwrite: bool = False,
+    units: str | os.PathLike | None = None,
 ) -> dict:
     """
     Score the unit LM `ulm` on the sLM21-layout benchmark `data`, with the units of `units_model` (the quantizer the
-    LM was trained on: checked); writes OUTPUT/units/TASK (the extracted units, resumable), OUTPUT/submission (the
-    challenge's layout) and OUTPUT/scores.json, and returns the scores.
+    LM was trained on: checked), or those already in `units`/TASK (folders in `spidr-hf extract`'s format, e.g. gold
+    phones); writes OUTPUT/units/TASK (the extracted units, resumable), OUTPUT/submission (the challenge's layout)
+    and OUTPUT/scores.json, and returns the scores.
     """
+    if (units_model is None) == (units is None):
+        raise SpidrError("Give the units model (--units-model) or folders of units (--units), one of them")
     from transformers import AutoModelForCausalLM
 
     from .extract import extract
@@ -196,28 +200,31 @@ def score_benchmark(
         "score": "mean" if mean_per_unit else "sum",
     }
     for task, folder in tasks.items():
-        units_dir = output / "units" / task
-        extract(
-            units_model, folder, units_dir, layer=source.layer, features=False, units=source.unit_kind,
-            units_format="jsonl", device=device, dtype=dtype,
-        )  # fmt: skip
-        extracted, units = read_extracted_units(units_dir, source.deduplicate)
+        if units is not None:
+            units_dir = Path(units) / task
+        else:
+            units_dir = output / "units" / task
+            extract(
+                units_model, folder, units_dir, layer=source.layer, features=False, units=source.unit_kind,
+                units_format="jsonl", device=device, dtype=dtype,
+            )  # fmt: skip
+        extracted, file_units = read_extracted_units(units_dir, source.deduplicate)
         differences = source.differences(extracted)
         if differences:
             raise SpidrError(
-                f"{ulm} was trained on units of another quantizer than {units_model} gives ({'; '.join(differences)}): "
-                "score it with the model and layer it was trained on"
+                f"{ulm} was trained on units of another quantizer than {units_model or units_dir} gives "
+                f"({'; '.join(differences)}): score it with the model and layer it was trained on"
             )
-        missing = [row["filename"] for row in golds[task] if row["filename"] not in units]
+        missing = [row["filename"] for row in golds[task] if row["filename"] not in file_units]
         if missing:
             raise SpidrError(f"{len(missing)} file(s) of {folder / 'gold.csv'} have no audio in {folder}: {missing[0]}")
         names = [row["filename"] for row in golds[task]]
-        sequences = [source.tokens(units[name]) for name in names]
+        sequences = [source.tokens(file_units[name]) for name in names]
         values = sequence_log_probs(lm, sequences, source.pad, batch_size, mean=mean_per_unit)
         scores = dict(zip(names, values, strict=True))
         write_submission(output / "submission", task, golds[task], scores)
         results[TASKS[task]] = ACCURACY[task](golds[task], scores)
-    description = f"{source.unit_kind} units of layer {source.layer} of {Path(source.model).name}, scored by {ulm}"
+    description = f"{source.unit_kind} units (layer {source.layer}) of {Path(source.model).name}, scored by {ulm}"
     write_text_atomically(output / "submission" / "meta.yaml", META.format(description=description, train_set=""))
     write_text_atomically(output / SCORES_FILE, json.dumps(results, indent=2) + "\n")
     return results
@@ -247,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        units=args.units,
     )
     print(format_scores(results))
     print(f"Submission folder: {Path(args.output) / 'submission'}; scores: {Path(args.output) / SCORES_FILE}")

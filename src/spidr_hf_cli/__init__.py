@@ -349,8 +349,13 @@ def slm_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
 
 def slm_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ulm", metavar="ULM", help="folder or Hub id of a unit LM (training/train_ulm.py)")
-    parser.add_argument(
-        "--units-model", required=True, help="folder or Hub id of the SpidR model whose units the ULM was trained on"
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--units-model", help="folder or Hub id of the SpidR model whose units the ULM was trained on")
+    source.add_argument(
+        "--units",
+        type=Path,
+        help="the benchmark's units already made: UNITS/lexical and UNITS/syntactic in spidr-hf extract's format "
+        "(e.g. gold phones: spidr_hf.phone_units)",
     )
     parser.add_argument(
         "--data",

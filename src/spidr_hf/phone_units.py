@@ -1,0 +1,88 @@
+"""
+Gold phone units, the topline of a spoken-LM ladder: the phones of the built-in corpus' alignments and of the
+benchmark's flite speech, as unit folders in the format of `spidr-hf extract` (so that `training/train_ulm.py` trains
+on them and `spidr-hf slm-score --units` scores with them). Pauses are left out: the units are the phones, one token
+each, which is what deduplicated frame-level phones would be.
+"""
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .atomic_files import write_text_atomically
+from .errors import SpidrError
+from .evaluation.report import PHONE_CLASSES
+
+INVENTORY = tuple(phone for name, phones in PHONE_CLASSES.items() if name != "silence" for phone in phones)
+PAUSES = set(PHONE_CLASSES["silence"])
+UNITS_FILE = "units.jsonl"
+
+
+def phone_ids(phones: Sequence[str]) -> list[int]:
+    ids = []
+    for phone in phones:
+        if phone in PAUSES:
+            continue
+        if phone not in INVENTORY:
+            raise SpidrError(f"Unknown phone {phone!r}: not one of flite's ({' '.join(INVENTORY)})")
+        ids.append(INVENTORY.index(phone))
+    return ids
+
+
+def write_phone_units(output: Path, sequences: Mapping[str, Sequence[str]], input: str) -> Path:
+    """`output` as `spidr-hf extract --units ... --units-format jsonl --deduplicate` would write it, for phones."""
+    from .extract import SETTINGS_FILE, SETTINGS_WRITER
+
+    if (output / SETTINGS_FILE).exists():
+        raise SpidrError(f"{output} already holds units: choose another folder")
+    lines = "".join(json.dumps({"id": id, "units": phone_ids(phones)}) + "\n" for id, phones in sequences.items())
+    settings = {
+        "model": "gold phones",
+        # The phone inventory stands for the weights: phone units are the same language as long as it is
+        "weights_sha256": hashlib.sha256(" ".join(INVENTORY).encode()).hexdigest(),
+        "input": input,
+        "layer": 0,
+        "representation": None,
+        "features": False,
+        "units": "phones",
+        "num_units": len(INVENTORY),
+        "deduplicate": True,
+        "dtype": None,
+        "batch_seconds": None,
+        "units_format": "jsonl",
+        "units_file": UNITS_FILE,
+    }
+    write_text_atomically(output / UNITS_FILE, lines)
+    record = {"written_by": SETTINGS_WRITER, "model_as_given": "gold phones", "settings": settings}
+    write_text_atomically(output / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
+    return output
+
+
+def corpus_phone_units(corpus: str | Path, split: str, output: str | Path) -> Path:
+    """The phones of every utterance of a `spidr-hf corpus` split."""
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(str(corpus))[split].remove_columns("audio")
+    sequences = {row["id"]: [phone["phone"] for phone in row["phones"]] for row in dataset}
+    return write_phone_units(Path(output), sequences, f"{corpus}:{split}")
+
+
+def benchmark_phone_units(benchmark: str | Path, output: str | Path) -> Path:
+    """The phones flite spoke for every file of a `spidr-hf slm-benchmark` folder (output/lexical, output/syntactic)."""
+    from .corpus import SPEAKERS, find_flite
+    from .slm_benchmark import phones_of
+    from .slm_score import read_gold
+
+    benchmark, output = Path(benchmark), Path(output)
+    flite, voices = find_flite(), {speaker.name: speaker for speaker in SPEAKERS}
+    for task, text_column in (("lexical", "word"), ("syntactic", "transcription")):
+        rows = read_gold(benchmark / task / "dev" / "gold.csv", task)
+        spoken: dict[tuple[str, str], list[str]] = {}
+        for row in rows:
+            key = (row[text_column], row["voice"])
+            if key not in spoken:
+                spoken[key] = phones_of(flite, row[text_column], voices[row["voice"]])
+        write_phone_units(output / task, {row["filename"]: spoken[row[text_column], row["voice"]] for row in rows},
+                          str(benchmark / task))  # fmt: skip
+    return output
