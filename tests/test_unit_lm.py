@@ -206,3 +206,28 @@ def test_train_then_score_a_unit_lm_end_to_end(source_dir, slm_benchmark, tmp_pa
         score_benchmark(ulm, other, slm_benchmark, tmp_path / "other-scores", device="cpu")
     with pytest.raises(ValueError, match="already holds scores"):
         score_benchmark(ulm, source_dir, slm_benchmark, output, device="cpu")
+
+
+def test_gold_phone_units_train_and_score_like_any_other_units(corpus, tmp_path):
+    from spidr_hf.phone_units import INVENTORY, benchmark_phone_units, corpus_phone_units
+    from spidr_hf.slm_benchmark import build_benchmark
+
+    train_units = corpus_phone_units(corpus, tmp_path / "train-units")
+    source, units = read_extracted_units(train_units, deduplicate=True)
+    assert source.unit_kind == "phones" and source.num_units == len(INVENTORY)
+    from datasets import load_from_disk
+
+    row = load_from_disk(str(corpus))["train"][0]
+    spoken = [INVENTORY.index(phone["phone"]) for phone in row["phones"] if phone["phone"] != "pau"]
+    assert units[row["id"]].tolist() == spoken
+
+    benchmark = build_benchmark(tmp_path / "benchmark", num_words=3, num_sentences=3, num_voices=1)
+    benchmark_units = benchmark_phone_units(benchmark, tmp_path / "benchmark-units")
+    lm = tiny_lm(source)
+    lm.save_pretrained(tmp_path / "ulm")
+    results = score_benchmark(tmp_path / "ulm", None, benchmark, tmp_path / "scores", units=benchmark_units)
+    assert results["swuggy"]["pairs"] == 3 and results["sblimp"]["pairs"] == 3
+    # A ULM of other units refuses the phones
+    tiny_lm().save_pretrained(tmp_path / "codebook-ulm")
+    with pytest.raises(ValueError, match="another quantizer"):
+        score_benchmark(tmp_path / "codebook-ulm", None, benchmark, tmp_path / "other", units=benchmark_units)

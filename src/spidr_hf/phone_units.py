@@ -59,13 +59,15 @@ def write_phone_units(output: Path, sequences: Mapping[str, Sequence[str]], inpu
     return output
 
 
-def corpus_phone_units(corpus: str | Path, split: str, output: str | Path) -> Path:
-    """The phones of every utterance of a `spidr-hf corpus` split."""
+def corpus_phone_units(corpus: str | Path, output: str | Path) -> Path:
+    """The phones of every utterance of a `spidr-hf corpus` folder (all its splits)."""
     from datasets import load_from_disk
 
-    dataset = load_from_disk(str(corpus))[split].remove_columns("audio")
-    sequences = {row["id"]: [phone["phone"] for phone in row["phones"]] for row in dataset}
-    return write_phone_units(Path(output), sequences, f"{corpus}:{split}")
+    sequences = {}
+    for split in load_from_disk(str(corpus)).values():
+        for row in split.remove_columns("audio"):
+            sequences[row["id"]] = [phone["phone"] for phone in row["phones"]]
+    return write_phone_units(Path(output), sequences, str(corpus))
 
 
 def benchmark_phone_units(benchmark: str | Path, output: str | Path) -> Path:

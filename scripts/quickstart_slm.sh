@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The spoken-LM ladder on CPU: a benchmark spoken by flite, then for each unit source a tiny unit LM trained on the
+# units of the built-in corpus and its zero-shot sWUGGY / sBLIMP scores.
+#   scripts/quickstart_slm.sh [OUT] [QUICKSTART_DIR]   (defaults: runs/quickstart-slm, runs/quickstart)
+# Unit sources: gold phones (the topline), the quickstart model's codebook units and k-means units, and the codebook
+# units of its random initialisation. Runs the quickstart first when QUICKSTART_DIR has no model; reruns resume.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work="${1:-runs/quickstart-slm}"
+quick="${2:-runs/quickstart}"
+model="$quick/model"
+corpus="$quick/corpus"
+benchmark="$work/benchmark"
+steps=200  # tiny ULM steps per source (training/configs/ulm_tiny.yaml)
+if [[ ! -f "$model/config.json" ]]; then
+    echo "== No quickstart model in $quick: running the quickstart first"
+    scripts/quickstart.sh "$quick"
+fi
+mkdir -p "$work"
+
+echo "== 1/3 The benchmark: words vs pseudo-words, grammatical vs not, 4 flite voices (sLM21 layout)"
+[[ -f "$benchmark/syntactic/dev/gold.csv" ]] || spidr-hf slm-benchmark "$benchmark" --words 100 --sentences 100
+
+echo "== 2/3 The unit sources"
+[[ -f "$work/models/kmeans/config.json" ]] || spidr-hf kmeans "$model" --dataset "$corpus" --layer 4 \
+    --num-clusters 64 --output "$work/models/kmeans"
+python - "$model" "$work/models/random_init" "$corpus" "$benchmark" "$work/phones" <<'PYTHON'
+import sys
+from pathlib import Path
+
+import torch
+
+from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
+from spidr_hf.phone_units import benchmark_phone_units, corpus_phone_units
+
+model, random_init, corpus, benchmark, phones = map(Path, sys.argv[1:])
+if not (random_init / "config.json").exists():  # the same architecture with its initial random weights
+    torch.manual_seed(0)
+    SpidrForPreTraining(SpidrConfig.from_pretrained(model)).save_pretrained(random_init)
+    SpidrFeatureExtractor().save_pretrained(random_init)
+if not (phones / "train-units").exists():
+    corpus_phone_units(corpus, phones / "train-units")
+    benchmark_phone_units(benchmark, phones / "benchmark-units")
+PYTHON
+
+echo "== 3/3 A unit LM per source, and its scores"
+for source in phones codebook kmeans random_init; do
+    echo "-- $source"
+    case "$source" in
+        codebook) units_model="$model" kind=codebook ;;
+        kmeans) units_model="$work/models/kmeans" kind=kmeans ;;
+        random_init) units_model="$work/models/random_init" kind=codebook ;;
+        phones) units_model="" kind="" ;;
+    esac
+    if [[ -n "$units_model" && ! -f "$work/$source/train-units/extract.json" ]]; then
+        spidr-hf extract "$units_model" "$corpus/wavs" "$work/$source/train-units" --units "$kind" \
+            --units-format parquet --device cpu
+    fi
+    if [[ ! -f "$work/$source/ulm/config.json" ]]; then
+        mkdir -p "$work/$source"
+        python training/train_ulm.py training/configs/ulm_tiny.yaml --units="$work/$source/train-units" \
+            --output_dir="$work/$source/ulm" --max_steps="$steps" > "$work/$source/train.log" 2>&1 ||
+            { tail -20 "$work/$source/train.log"; exit 1; }
+        grep -o "Held-out loss: .*" "$work/$source/train.log"
+    fi
+    if [[ -n "$units_model" ]]; then
+        spidr-hf slm-score "$work/$source/ulm" --units-model "$units_model" --data "$benchmark" --output "$work/$source" \
+            --device cpu --overwrite
+    else
+        spidr-hf slm-score "$work/$source/ulm" --units "$work/$source/benchmark-units" --data "$benchmark" \
+            --output "$work/$source" --device cpu --overwrite
+    fi
+done
+python scripts/slm_ladder_summary.py "$work" --evaluation "$quick/evaluation/results.json"

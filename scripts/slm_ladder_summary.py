@@ -1,0 +1,96 @@
+"""
+The table and plot of `scripts/quickstart_slm.sh`: sWUGGY / sBLIMP of each unit source beside the ABX and PNMI of the
+same units from the quickstart's evaluation, and their correlation across sources.
+
+    python scripts/slm_ladder_summary.py OUT [--evaluation QUICKSTART/evaluation/results.json]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+SOURCES = ("phones", "codebook", "kmeans", "random_init")
+# The evaluation row of each source's units: (system, representation, layer); phones have none (their ABX is 0)
+EVALUATION_ROWS = {
+    "codebook": ("model", "codebook", 6),
+    "kmeans": ("model", "kmeans", 4),
+    "random_init": ("random_init", "codebook", 6),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--evaluation", type=Path, help="results.json of `spidr-hf evaluate` on the quickstart model")
+    args = parser.parse_args()
+
+    table = {}
+    evaluation = {}
+    if args.evaluation is not None and args.evaluation.is_file():
+        from spidr_hf.evaluation.schema import EvaluationReport
+
+        evaluation = EvaluationReport.load(args.evaluation).table()
+    for source in SOURCES:
+        path = args.work / source / "scores.json"
+        if not path.is_file():
+            continue
+        scores = json.loads(path.read_text())
+        row = {"swuggy": scores["swuggy"]["all"], "sblimp": scores["sblimp"]["all"]}
+        row["sblimp_by_type"] = {name: value["score"] for name, value in scores["sblimp"]["by_type"].items()}
+        figures = evaluation.get(EVALUATION_ROWS.get(source), {})
+        row |= {metric: figures.get(metric) for metric in ("abx_within", "abx_across", "pnmi")}
+        table[source] = row
+
+    lines = [
+        "| units | sWUGGY (%) | sBLIMP (%) | ABX within (%) | ABX across (%) | PNMI |",
+        "|---|---|---|---|---|---|",
+    ]
+    for source, row in table.items():
+        cells = [f"{row[key]:.1f}" if row[key] is not None else "" for key in ("swuggy", "sblimp")]
+        cells += [f"{row[key]:.2f}" if row[key] is not None else "" for key in ("abx_within", "abx_across")]
+        cells.append(f"{row['pnmi']:.3f}" if row["pnmi"] is not None else "")
+        lines.append(f"| {source} | " + " | ".join(cells) + " |")
+    correlations = {}
+    measured = [row for row in table.values() if row["abx_within"] is not None]
+    for unit_metric in ("abx_within", "pnmi"):
+        for lm_metric in ("swuggy", "sblimp"):
+            if len(measured) >= 3:
+                x = np.array([row[unit_metric] for row in measured])
+                y = np.array([row[lm_metric] for row in measured])
+                correlations[f"{unit_metric}~{lm_metric}"] = float(np.corrcoef(x, y)[0, 1])
+    text = "\n".join(lines)
+    if correlations:
+        text += (
+            "\n\nPearson r over the SpidR sources ("
+            + str(len(measured))
+            + " points): "
+            + ", ".join(f"{key} {value:+.2f}" for key, value in correlations.items())
+        )
+    print(text)
+    (args.work / "summary.md").write_text(text + "\n")
+    (args.work / "summary.json").write_text(json.dumps({"sources": table, "pearson": correlations}, indent=2) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    positions = np.arange(len(table))
+    for offset, metric, label in ((-0.2, "swuggy", "sWUGGY"), (0.2, "sblimp", "sBLIMP")):
+        axes.bar(positions + offset, [row[metric] for row in table.values()], width=0.4, label=label)
+    axes.axhline(50, color="black", linestyle="--", linewidth=1, label="chance")
+    axes.set_xticks(positions, list(table))
+    axes.set_ylabel("accuracy (%)")
+    axes.set_ylim(30, 100)
+    axes.legend(loc="upper right")
+    axes.set_title("Tiny unit LMs on the built-in benchmark")
+    figure.tight_layout()
+    figure.savefig(args.work / "ladder.png", dpi=120)
+    print(f"Wrote {args.work / 'summary.md'}, summary.json and ladder.png")
+
+
+if __name__ == "__main__":
+    main()
