@@ -338,3 +338,28 @@ def test_kmeans_in_two_torchrun_processes_fits_the_centroids_of_one_process(sour
         load_file(one / "model.safetensors")["spidr.kmeans.centroids"],
         load_file(two / "model.safetensors")["spidr.kmeans.centroids"],
     )
+
+
+def test_a_config_naming_centroids_the_weights_lack_is_a_one_line_error(kmeans_dir, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(kmeans_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    del weights["spidr.kmeans.centroids"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    # The model loads (transformers initialises what is missing), but its units are refused, not made up
+    model = SpidrModel.from_pretrained(broken).eval()
+    assert torch.isnan(model.kmeans.centroids).all()
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    with pytest.raises(ValueError, match="the weights hold none"):
+        model.get_kmeans_units(**units_inputs(audio))
+    with pytest.raises(ValueError, match="the weights hold none"):
+        units_pipeline = pipeline("spidr-units", model=str(broken), device="cpu", trust_remote_code=True)
+        units_pipeline(audio, sampling_rate=16000, units="kmeans")
+    # The commands say it in one line, before any work
+    with pytest.raises(SystemExit):
+        main(["extract", str(broken), str(tmp_path), str(tmp_path / "out"), "--units", "kmeans"])
+    error = capsys.readouterr().err
+    assert "weights hold none" in error and "Traceback" not in error
+    assert not (tmp_path / "out").exists()

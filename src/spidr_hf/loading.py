@@ -80,6 +80,11 @@ def load(
         )
     if part == "as_saved" and any(key.startswith(("heads.", "teacher.")) for key in missing):
         model = model.spidr  # a student-only folder: its weights are the pretraining model's student
+    if model.base_model.kmeans is not None:
+        try:  # checked now, not at the first units: kmeans, evaluate and extract fail before any work
+            model.base_model.kmeans.check_fitted()
+        except ValueError as error:
+            raise ModelLoadError(f"{source}: {error}") from None
     if device is not None:
         model = model.to(device).eval()
     return LoadedModel(model, feature_extractor, has_heads)

@@ -537,6 +537,9 @@ class SpidrPreTrainedModel(PreTrainedModel):
             for child in module.children():
                 if isinstance(child, nn.Conv1d | nn.Linear):
                     child.reset_parameters()
+        elif isinstance(module, SpidrKMeans):
+            # Centroids come only from the weights (`spidr-hf kmeans`): not loaded, they stay NaN and say so when used
+            init.constant_(module.centroids, float("nan"))
         elif isinstance(module, SpidrCodebooks):
             init.copy_(module.codebook, module.initial_codebook())
             init.ones_(module.counts)
@@ -835,8 +838,17 @@ class SpidrKMeans(nn.Module):
         super().__init__()
         self.register_buffer("centroids", torch.zeros(config.kmeans_num_clusters, config.hidden_size))
 
+    def check_fitted(self) -> None:
+        """One line, instead of units from uninitialised centroids, when the weights held no centroids."""
+        if not torch.isfinite(self.centroids).all():
+            raise ValueError(
+                "The config names k-means centroids (kmeans_layer, kmeans_num_clusters) but the weights hold none "
+                "(spidr.kmeans.centroids): fit them with `spidr-hf kmeans`, or remove those two config fields."
+            )
+
     def forward(self, layer_results: torch.Tensor) -> torch.LongTensor:
         """`(batch, frames, hidden)` layer results to `(batch, frames)` centroid indices."""
+        self.check_fitted()
         features = layer_results.float()
         centroids = self.centroids.float()
         # |x - c|^2 without the |x|^2 term, which is the same for every centroid of a frame
