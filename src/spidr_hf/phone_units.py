@@ -32,7 +32,7 @@ def phone_ids(phones: Sequence[str]) -> list[int]:
 
 def write_phone_units(output: Path, sequences: Mapping[str, Sequence[str]], input: str) -> Path:
     """`output` as `spidr-hf extract --units ... --units-format jsonl --deduplicate` would write it, for phones."""
-    from .extract import SETTINGS_FILE, SETTINGS_WRITER
+    from .extract import SETTINGS_FILE, write_settings
 
     if (output / SETTINGS_FILE).exists():
         raise SpidrError(f"{output} already holds units: choose another folder")
@@ -54,8 +54,7 @@ def write_phone_units(output: Path, sequences: Mapping[str, Sequence[str]], inpu
         "units_file": UNITS_FILE,
     }
     write_text_atomically(output / UNITS_FILE, lines)
-    record = {"written_by": SETTINGS_WRITER, "model_as_given": "gold phones", "settings": settings}
-    write_text_atomically(output / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
+    write_settings(output, "gold phones", settings)
     return output
 
 
