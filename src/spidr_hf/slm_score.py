@@ -21,6 +21,7 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from statistics import fmean
 
 from .atomic_files import write_text_atomically
 from .errors import SpidrError
@@ -60,11 +61,6 @@ def pair_scores(gold: Sequence[Mapping[str, str]], scores: Mapping[str, float], 
     return by_item
 
 
-def mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
-
-
 def frequency_band(text: str) -> str | None:
     if text.strip() == "":
         return None
@@ -74,7 +70,7 @@ def frequency_band(text: str) -> str | None:
 
 def lexical_accuracy(gold: Sequence[Mapping[str, str]], scores: Mapping[str, float]) -> dict:
     """sWUGGY in % (see the module's docstring): all, in-vocabulary and by frequency band."""
-    by_id = {item[0]: mean(values) for item, values in pair_scores(gold, scores, ("voice", "id")).items()}
+    by_id = {item[0]: fmean(values) for item, values in pair_scores(gold, scores, ("voice", "id")).items()}
     if not by_id:
         raise SpidrError("The lexical gold file pairs no word with a non-word (same voice and id)")
     word_band = {row["id"]: frequency_band(row["frequency"]) for row in gold if row["correct"] == "1"}
@@ -84,11 +80,11 @@ def lexical_accuracy(gold: Sequence[Mapping[str, str]], scores: Mapping[str, flo
             bands[word_band[id]].append(score)
     in_vocab = [score for band, values in bands.items() if band != "oov" for score in values]
     return {
-        "all": 100 * mean(by_id.values()),
-        "in_vocab": 100 * mean(in_vocab) if in_vocab else None,
+        "all": 100 * fmean(by_id.values()),
+        "in_vocab": 100 * fmean(in_vocab) if in_vocab else None,
         "pairs": len(by_id),
         "by_frequency": {
-            name: {"n": len(bands[name]), "score": 100 * mean(bands[name])}
+            name: {"n": len(bands[name]), "score": 100 * fmean(bands[name])}
             for _, _, name in FREQUENCY_BANDS
             if bands[name]
         },
@@ -98,7 +94,7 @@ def lexical_accuracy(gold: Sequence[Mapping[str, str]], scores: Mapping[str, flo
 def syntactic_accuracy(gold: Sequence[Mapping[str, str]], scores: Mapping[str, float]) -> dict:
     """sBLIMP in % (see the module's docstring): all and by type."""
     by_item = {
-        item: mean(values) for item, values in pair_scores(gold, scores, ("voice", "type", "subtype", "id")).items()
+        item: fmean(values) for item, values in pair_scores(gold, scores, ("voice", "type", "subtype", "id")).items()
     }
     if not by_item:
         raise SpidrError("The syntactic gold file pairs no sentence with an ungrammatical one")
@@ -106,9 +102,9 @@ def syntactic_accuracy(gold: Sequence[Mapping[str, str]], scores: Mapping[str, f
     for (type, _subtype, _id), score in by_item.items():
         by_type[type].append(score)
     return {
-        "all": 100 * mean(by_item.values()),
+        "all": 100 * fmean(by_item.values()),
         "pairs": len(by_item),
-        "by_type": {type: {"n": len(values), "score": 100 * mean(values)} for type, values in sorted(by_type.items())},
+        "by_type": {type: {"n": len(values), "score": 100 * fmean(values)} for type, values in sorted(by_type.items())},
     }
 
 
