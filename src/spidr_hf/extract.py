@@ -141,9 +141,12 @@ def extract(
         raise SpidrError(f"The k-means centroids of {model} are of layer {kmeans_layer}, not {layer}")
     if batch_seconds is None:
         batch_seconds = CPU_BATCH_SECONDS if torch.device(device).type == "cpu" else ACCELERATOR_BATCH_SECONDS
+    if num_workers is None:
+        num_workers = default_num_workers(process)
+    facts = units_facts(network, units) if units is not None else None
     settings = output_settings(
         model, input, layer, hidden_states, features, units, units_out, dtype, batch_seconds, weights_hash(network),
-        output, units_facts(network, units)["num_units"] if units is not None else None,
+        output, facts["num_units"] if facts is not None else None,
     )  # fmt: skip
     # Checked before reading the input (durations take a while on large sets), written only once it is known good
     check_output(output, settings, units_out)
@@ -212,7 +215,7 @@ def extract(
             if units_out is not None:
                 units_out.close()
     if units_out is not None:
-        finish_units(output, units_out, files, process.shard, units_facts(network, units))
+        finish_units(output, units_out, files, process.shard, facts)
 
 
 def check_units_path(units_path: Path, units_format: str, output: Path) -> None:
@@ -508,11 +511,9 @@ def default_num_workers(process: Process) -> int:
 
 
 def decoded_batches(
-    batches: Sequence[list[AudioFile]], feature_extractor, config: SpidrConfig, device: str, num_workers: int | None
+    batches: Sequence[list[AudioFile]], feature_extractor, config: SpidrConfig, device: str, num_workers: int
 ) -> Iterator[tuple[list[AudioFile], dict[str, torch.Tensor]]]:
     """`batches` in order, decoded ahead of the model by `num_workers` processes, in pinned memory for CUDA."""
-    if num_workers is None:
-        num_workers = default_num_workers(this_process())
     loader = torch.utils.data.DataLoader(
         DecodedBatches(batches, feature_extractor, config.receptive_field),
         batch_size=None,
