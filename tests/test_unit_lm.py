@@ -206,6 +206,10 @@ def test_train_then_score_a_unit_lm_end_to_end(source_dir, slm_benchmark, tmp_pa
         score_benchmark(ulm, other, slm_benchmark, tmp_path / "other-scores", device="cpu")
     with pytest.raises(ValueError, match="already holds scores"):
         score_benchmark(ulm, source_dir, slm_benchmark, output, device="cpu")
+    # What is not a unit LM is a one-line error: a SpidR folder, a missing folder
+    for not_an_lm in (source_dir, tmp_path / "missing"):
+        with pytest.raises(ValueError, match=f"Cannot load the unit LM {not_an_lm}"):
+            score_benchmark(not_an_lm, source_dir, slm_benchmark, tmp_path / "none", device="cpu")
 
 
 def test_gold_phone_units_train_and_score_like_any_other_units(corpus, tmp_path):

@@ -174,11 +174,9 @@ def score_benchmark(
     """
     if (units_model is None) == (units is None):
         raise SpidrError("Give the units model (--units-model) or folders of units (--units), one of them")
-    from transformers import AutoModelForCausalLM
-
     from .extract import extract
     from .loading import check_device
-    from .unit_lm import UnitSource, read_extracted_units, sequence_log_probs
+    from .unit_lm import load_unit_lm, read_extracted_units, sequence_log_probs
 
     data, output = Path(data), Path(output)
     if (output / SCORES_FILE).exists() and not overwrite:
@@ -188,8 +186,7 @@ def score_benchmark(
         raise SpidrError(f"{data} holds neither lexical/dev/gold.csv nor syntactic/dev/gold.csv (the sLM21 layout)")
     golds = {task: read_gold(folder / "gold.csv", task) for task, folder in tasks.items()}
     device = check_device(device)
-    lm = AutoModelForCausalLM.from_pretrained(ulm).to(device).eval()
-    source = UnitSource.of_model(lm.config)
+    lm, source = load_unit_lm(ulm, device)
     results: dict = {
         "ulm": str(ulm),
         "unit_source": dataclasses.asdict(source),

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import SpidrError
+from .errors import ModelLoadError, SpidrError
 from .pipeline_spidr import run_starts
 from .units_output import UnitsOutput
 
@@ -74,6 +74,17 @@ class UnitSource:
                 f"The language model has no {SOURCE_KEY} in its config: it was not trained on units by spidr-hf"
             )
         return cls(**recorded)
+
+
+def load_unit_lm(source: str | Path, device: str):
+    """A unit LM (`training/train_ulm.py`'s output) in eval mode on `device`, and its unit source; one-line errors."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(source)
+    except (OSError, ValueError) as error:  # no such folder or repo, or a model that is no causal LM
+        raise ModelLoadError(f"Cannot load the unit LM {source}: {' '.join(str(error).split())[:300]}") from error
+    return lm.to(device).eval(), UnitSource.of_model(lm.config)
 
 
 def read_extracted_units(output: str | Path, deduplicate: bool) -> tuple[UnitSource, dict[str, np.ndarray]]:
