@@ -27,6 +27,16 @@ TINY_CONFIG = {
 }
 
 
+def write_audio(path: Path, audio, rate: int = 16000) -> Path:
+    """Mono samples as an audio file (its suffix says the format), in a folder made if needed."""
+    import torch
+    from torchcodec.encoders import AudioEncoder
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    AudioEncoder(torch.as_tensor(audio, dtype=torch.float32)[None], sample_rate=rate).to_file(str(path))
+    return path
+
+
 @pytest.fixture
 def tiny_config_kwargs() -> dict:
     return dict(TINY_CONFIG)

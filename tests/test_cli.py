@@ -55,6 +55,7 @@ def test_the_command_lines_vocabulary_is_the_librarys():
     assert evaluate_defaults["num_clusters"].default == spidr_hf_cli.DEFAULT_NUM_CLUSTERS
     assert evaluate_defaults["kmeans_frames"].default == spidr_hf_cli.DEFAULT_EVALUATE_KMEANS_FRAMES
     assert spidr_hf_cli.DEFAULT_KMEANS_FRAMES == kmeans_module.DEFAULT_FRAMES
+    assert spidr_hf_cli.DEFAULT_KMEANS_MEMORY_FRAMES == kmeans_module.DEFAULT_MEMORY_FRAMES
     assert spidr_hf_cli.DEFAULT_BATCH_SIZE == kmeans_module.DEFAULT_BATCH_SIZE
     corpus_defaults = inspect.signature(build_corpus).parameters
     assert corpus_defaults["hours"].default == spidr_hf_cli.DEFAULT_CORPUS_HOURS

@@ -9,22 +9,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from torchcodec.encoders import AudioEncoder
+from conftest import write_audio
 
 from spidr_hf.aligned_speech import load_split
 from spidr_hf.cli import main
-from spidr_hf.configuration_spidr import SAMPLING_RATE
 from spidr_hf.evaluation import evaluate_model
 from spidr_hf.evaluation.items import ITEM_FILE
 from spidr_hf.evaluation.standard import read_alignments
 
 # Codebook units of the heads' layers and k-means units, on few layers and clusters to keep it quick
 SETTINGS = {"layers": [1, 4], "units": ["codebook", "kmeans"], "num_clusters": 8, "kmeans_frames": 500, "seed": 3}
-
-
-def write_wav(path: Path, audio) -> None:
-    AudioEncoder(torch.from_numpy(audio)[None], sample_rate=SAMPLING_RATE).to_file(path)
 
 
 def textgrid(phones: list[dict]) -> str:
@@ -57,14 +51,14 @@ def zerospeech(corpus, tmp_path_factory) -> dict[str, Path]:
     shutil.copy(corpus / ITEM_FILE, paths["item"])
     rows = ["file\tstart\tend\tphone"]
     for utterance in load_split(corpus, "dev"):
-        write_wav(paths["audio"] / f"{utterance.id}.wav", utterance.audio)
+        write_audio(paths["audio"] / f"{utterance.id}.wav", utterance.audio)
         (paths["textgrids"] / f"{utterance.id}.TextGrid").write_text(textgrid(utterance.phones))
         rows += [f"{utterance.id}\t{p['start']!r}\t{p['end']!r}\t{p['phone']}" for p in utterance.phones]
     paths["tsv"] = root / "alignments.tsv"
     paths["tsv"].write_text("\n".join(rows) + "\n")
     # load_random_audio draws train utterances by their index in the split: sorted names keep that order
     for index, utterance in enumerate(load_split(corpus, "train")):
-        write_wav(paths["kmeans"] / f"{index:05d}-{utterance.id}.wav", utterance.audio)
+        write_audio(paths["kmeans"] / f"{index:05d}-{utterance.id}.wav", utterance.audio)
     return paths
 
 

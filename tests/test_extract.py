@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_audio
 from transformers import AutoModelForPreTraining, pipeline
 
 from spidr_hf import SpidrFeatureExtractor
@@ -27,13 +28,6 @@ def speech_like(seconds: float, seed: int, rate: int) -> np.ndarray:
     envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 3 * time + rng.uniform(0, 6))
     tone = np.sin(2 * np.pi * np.cumsum(150 + 100 * np.sin(np.pi * time)) / rate)
     return (0.4 * envelope * (tone + 0.3 * rng.standard_normal(time.size))).astype(np.float32)
-
-
-def write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
-    from torchcodec.encoders import AudioEncoder
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    AudioEncoder(torch.from_numpy(audio)[None], sample_rate=rate).to_file(str(path))
 
 
 @pytest.fixture(scope="module")

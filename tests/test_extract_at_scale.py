@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_extract import run_cli, speech_like, write_audio
+from conftest import write_audio
+from test_extract import run_cli, speech_like
 
 from spidr_hf.cli import main
 from spidr_hf.extract import SHARD_LOCKS, extract

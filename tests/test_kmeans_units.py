@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, write_audio
 from safetensors.torch import load_file
 from sklearn.cluster import KMeans
 from transformers import pipeline
@@ -20,6 +20,7 @@ from transformers import pipeline
 from spidr_hf import SpidrConfig, SpidrForPreTraining, SpidrModel
 from spidr_hf.aligned_speech import load_split
 from spidr_hf.cli import main
+from spidr_hf.clustering import StreamingKMeans, fit_kmeans
 from spidr_hf.evaluation import evaluate_model
 from spidr_hf.evaluation.abx import abx_error
 from spidr_hf.evaluation.evaluator import dev_tokens
@@ -30,6 +31,39 @@ from spidr_hf.extract import extract
 from spidr_hf.modeling_spidr import SpidrKMeans
 
 LAYER, CLUSTERS = 3, 8
+
+
+def _blobs(num_frames: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames around 8 well-separated 16-dim centers, shuffled, and the centers."""
+    generator = np.random.default_rng(seed)
+    centers = generator.normal(size=(CLUSTERS, 16)).astype(np.float32) * 10
+    frames = centers[generator.integers(CLUSTERS, size=num_frames)] + generator.normal(size=(num_frames, 16))
+    return frames.astype(np.float32), centers
+
+
+def _streamed(frames: np.ndarray, pieces: list[int], total: int, memory: int) -> np.ndarray:
+    kmeans = StreamingKMeans(CLUSTERS, 0, total, memory)
+    for piece in np.split(frames, np.cumsum(pieces)[:-1]):
+        kmeans.add(piece)
+    return kmeans.centroids()
+
+
+def test_streaming_kmeans_within_memory_is_the_in_memory_fit_and_ignores_how_frames_arrive():
+    frames, _ = _blobs(6000, 0)
+    in_memory = fit_kmeans(frames[:5000], CLUSTERS, 0).cluster_centers_
+    assert np.array_equal(_streamed(frames, [6000], 5000, 5000), in_memory)  # the frames beyond `total` are unused
+    assert np.array_equal(_streamed(frames, [1, 2999, 1500, 1500], 5000, 8000), in_memory)
+    streamed = _streamed(frames, [6000], 6000, 1000)
+    assert np.array_equal(_streamed(frames, [999, 2, 3000, 1999], 6000, 1000), streamed)
+    assert not np.array_equal(streamed, fit_kmeans(frames[:1000], CLUSTERS, 0).cluster_centers_)  # it learned more
+
+
+def test_streaming_kmeans_over_more_frames_than_memory_finds_the_clusters():
+    frames, centers = _blobs(40_000, 1)
+    streamed = _streamed(frames, [40_000], 40_000, 4000)
+    distances = np.linalg.norm(streamed[:, None] - centers[None], axis=-1)
+    assert sorted(distances.argmin(axis=1).tolist()) == list(range(CLUSTERS))  # one centroid per cluster
+    assert distances.min(axis=1).max() < 0.1  # each within 0.1 of its center (frames have unit noise)
 
 
 def test_nearest_centroid_equals_scikit_learn():
@@ -106,11 +140,7 @@ def test_pipeline_extract_and_model_give_the_same_kmeans_units(kmeans_dir, tmp_p
     from spidr_hf.pipeline_spidr import load_audio
 
     audio = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
-    path = tmp_path / "audio" / "a.wav"
-    path.parent.mkdir()
-    from torchcodec.encoders import AudioEncoder
-
-    AudioEncoder(torch.from_numpy(audio)[None], sample_rate=16000).to_file(str(path))
+    path = write_audio(tmp_path / "audio" / "a.wav", audio)
     decoded = load_audio(path, None, 16000)
     units = pipeline("spidr-units", model=str(kmeans_dir), trust_remote_code=True, device="cpu")(
         decoded, sampling_rate=16000, units="kmeans"
@@ -318,6 +348,25 @@ def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
     assert "is a file" in error(str(source_dir), "--dataset", str(corpus), "--output", str(tmp_path / "used" / "file"))
 
 
+def test_kmeans_on_a_folder_skips_files_too_short_for_a_frame_and_names_them(source_dir, corpus, tmp_path, capsys):
+    audio = tmp_path / "audio"
+    for row in load_split(corpus, "train")[:3]:
+        write_audio(audio / f"{row.id}.wav", row.audio)
+    write_audio(audio / "short.wav", np.zeros(399, np.float32))
+    options = [
+        "--layer",
+        str(LAYER),
+        "--num-clusters",
+        str(CLUSTERS),
+        "--device",
+        "cpu",
+        "--output",
+        str(tmp_path / "m"),
+    ]
+    assert main(["kmeans", str(source_dir), "--audio", str(audio), *options]) == 0
+    assert f"Skipped a file shorter than 400 samples (no frame): {audio / 'short.wav'}" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_kmeans_in_two_torchrun_processes_fits_the_centroids_of_one_process(source_dir, corpus, tmp_path):
     import socket
@@ -327,6 +376,7 @@ def test_kmeans_in_two_torchrun_processes_fits_the_centroids_of_one_process(sour
         port = str(probe.getsockname()[1])
     options = ["--dataset", str(corpus), "--layer", str(LAYER), "--num-clusters", str(CLUSTERS)]
     options += ["--kmeans-frames", "2000", "--batch-size", "2", "--device", "cpu"]  # several batches for each process
+    options += ["--kmeans-memory-frames", "700"]  # streamed: fitted on the first 700 frames, then refined twice
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["kmeans", str(source_dir), *options, "--output", str(one)]) == 0
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port]
@@ -334,10 +384,13 @@ def test_kmeans_in_two_torchrun_processes_fits_the_centroids_of_one_process(sour
     completed = subprocess.run(command, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.count("Wrote 8 k-means centroids") == 1  # the first process writes, once
-    assert torch.equal(
-        load_file(one / "model.safetensors")["spidr.kmeans.centroids"],
-        load_file(two / "model.safetensors")["spidr.kmeans.centroids"],
+    centroids = load_file(one / "model.safetensors")["spidr.kmeans.centroids"]
+    assert torch.equal(centroids, load_file(two / "model.safetensors")["spidr.kmeans.centroids"])
+    in_memory = tmp_path / "in_memory"
+    assert (
+        main(["kmeans", str(source_dir), *options, "--kmeans-memory-frames", "2000", "--output", str(in_memory)]) == 0
     )
+    assert not torch.equal(centroids, load_file(in_memory / "model.safetensors")["spidr.kmeans.centroids"])
 
 
 def test_a_config_naming_centroids_the_weights_lack_is_a_one_line_error(kmeans_dir, tmp_path, capsys):

@@ -1,12 +1,11 @@
 """The spidr-features and spidr-units pipelines: inputs, batching, resampling, chunking of long recordings."""
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, write_audio
 from datasets import Audio, Dataset
 from torchcodec.decoders import AudioDecoder
 from torchcodec.encoders import AudioEncoder
@@ -63,11 +62,6 @@ def direct_layer_results(model: SpidrForPreTraining, audio: np.ndarray, layer: i
 
 def frame_relative_error(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.linalg.norm(actual - expected, axis=1) / np.linalg.norm(expected, axis=1)
-
-
-def write_audio(path: Path, audio: np.ndarray, rate: int) -> Path:
-    AudioEncoder(torch.from_numpy(audio)[None], sample_rate=rate).to_file(path)
-    return path
 
 
 def test_tasks_are_registered_on_import():

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_CONFIG, load_script, two_process_launcher
+from conftest import TINY_CONFIG, load_script, two_process_launcher, write_audio
 from safetensors.torch import load_file
-from torchcodec.encoders import AudioEncoder
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining
 from spidr_hf.data import DataArguments, PretrainingData
@@ -285,10 +284,6 @@ def test_two_processes_keep_codebooks_and_teacher_identical(corpus, tmp_path):
     assert first_loss == pytest.approx(loss_sum / frames, abs=1e-4)
 
 
-def write_wav(path: Path, samples: np.ndarray) -> None:
-    AudioEncoder(torch.from_numpy(samples).float()[None], sample_rate=16000).to_file(str(path))
-
-
 @pytest.mark.slow
 def test_unreadable_and_short_files_are_skipped_and_counted(corpus, tmp_path, caplog):
     from datasets import load_from_disk
@@ -298,10 +293,10 @@ def test_unreadable_and_short_files_are_skipped_and_counted(corpus, tmp_path, ca
     train_split = load_from_disk(str(corpus))["train"]
     for index in range(8):
         samples = train_split[index]["audio"].get_all_samples().data[0].numpy()
-        write_wav(folder / f"good{index}.wav", samples)
+        write_audio(folder / f"good{index}.wav", samples)
     (folder / "garbage.wav").write_bytes(os.urandom(5000))  # no readable header
-    write_wav(folder / "short.wav", np.random.default_rng(0).standard_normal(800))  # 50 ms
-    write_wav(folder / "broken.flac", train_split[0]["audio"].get_all_samples().data[0].numpy())
+    write_audio(folder / "short.wav", np.random.default_rng(0).standard_normal(800))  # 50 ms
+    write_audio(folder / "broken.flac", train_split[0]["audio"].get_all_samples().data[0].numpy())
     data = bytearray((folder / "broken.flac").read_bytes())
     for i in range(200, len(data)):  # a valid header, then corrupt frames: fails only when decoded
         data[i] = (data[i] * 7 + 13) % 256

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_extract import speech_like, write_audio
+from conftest import write_audio
+from test_extract import speech_like
 from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_CONFIG, load_script
+from conftest import TINY_CONFIG, load_script, write_audio
 from reference import build_reference, write_reference_checkpoint
-from torchcodec.encoders import AudioEncoder
 from transformers import BertConfig, BertModel, pipeline
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel
@@ -350,18 +349,14 @@ def test_a_checkpoint_of_the_same_architecture_fits(tmp_path):
         check_checkpoint_fits(tmp_path / "checkpoint", other)
 
 
-def write_wav(path: Path, samples: np.ndarray) -> None:
-    AudioEncoder(torch.from_numpy(samples).float()[None], sample_rate=RATE).to_file(str(path))
-
-
 def test_training_warnings_name_the_skipped_files(tmp_path, caplog):
     folder = tmp_path / "audio"
     folder.mkdir()
     for index in range(4):
-        write_wav(folder / f"good{index}.wav", tone(1.0 + index / 4, RATE))
+        write_audio(folder / f"good{index}.wav", tone(1.0 + index / 4, RATE))
     (folder / "garbage.wav").write_bytes(np.random.default_rng(0).bytes(5000))  # no readable header
-    write_wav(folder / "short.wav", tone(0.05, RATE))
-    write_wav(folder / "broken.flac", tone(1.0, RATE))
+    write_audio(folder / "short.wav", tone(0.05, RATE))
+    write_audio(folder / "broken.flac", tone(1.0, RATE))
     data = bytearray((folder / "broken.flac").read_bytes())
     for i in range(200, len(data)):  # a valid header, then corrupt frames: fails only when decoded
         data[i] = (data[i] * 7 + 13) % 256

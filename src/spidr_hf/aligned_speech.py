@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .audio import draw_audio
+from .audio import AudioCollection, draw_audio
 from .configuration_spidr import SAMPLING_RATE
 from .pipeline_spidr import load_audio
 
@@ -65,8 +65,16 @@ def load_split(
 
 def load_random_audio(dataset_dir: str | os.PathLike, split: str, max_seconds: float, seed: int) -> list[np.ndarray]:
     """Audio of randomly drawn utterances of a split, until they add up to `max_seconds` (or the split ends)."""
+    collection = split_audio(dataset_dir, split)
+    return draw_audio(collection.count, collection.load, max_seconds, seed)
+
+
+def split_audio(dataset_dir: str | os.PathLike, split: str) -> AudioCollection:
+    """The utterances of a split, decoded one at a time (and their alignments checked) as they are loaded."""
     dataset = _open_split(dataset_dir, split)
-    return draw_audio(len(dataset), lambda index: _utterance(dataset[index]).audio, max_seconds, seed)
+    return AudioCollection(
+        len(dataset), lambda index: _utterance(dataset[index]).audio, lambda index: f"utterance {dataset[index]['id']}"
+    )
 
 
 def _utterance(row: dict) -> Utterance:

@@ -7,6 +7,7 @@ minimal decoder, `pipeline_spidr.load_audio`, which this module uses too.)
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -78,6 +79,14 @@ def first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
+class AudioCollection(NamedTuple):
+    """`count` audio items, decoded one at a time as `load(index)` and named (for messages) as `name(index)`."""
+
+    count: int
+    load: Callable[[int], np.ndarray]
+    name: Callable[[int], str]
+
+
 def draw_audio(count: int, load: Callable[[int], np.ndarray], max_seconds: float, seed: int) -> list[np.ndarray]:
     """Audio of randomly drawn items among `count` (`load(index)`), until they add up to `max_seconds` (or all are)."""
     audios, seconds = [], 0.0
@@ -89,9 +98,15 @@ def draw_audio(count: int, load: Callable[[int], np.ndarray], max_seconds: float
     return audios
 
 
-def draw_folder_audio(folder: str | os.PathLike, max_seconds: float, seed: int, name: str = "") -> list[np.ndarray]:
-    """Randomly drawn audio files under `folder`, decoded, up to `max_seconds`; `name` says what the folder is for."""
+def folder_audio(folder: str | os.PathLike, name: str = "") -> AudioCollection:
+    """The audio files under `folder` (listed, not decoded); `name` says what the folder is for."""
     paths = audio_files(folder)
     if not paths:
         raise AudioError(f"No audio files ({' '.join(AUDIO_SUFFIXES)}) in {name + ' ' if name else ''}{folder}")
-    return draw_audio(len(paths), lambda index: decode(paths[index]), max_seconds, seed)
+    return AudioCollection(len(paths), lambda index: decode(paths[index]), lambda index: str(paths[index]))
+
+
+def draw_folder_audio(folder: str | os.PathLike, max_seconds: float, seed: int, name: str = "") -> list[np.ndarray]:
+    """Randomly drawn audio files under `folder`, decoded, up to `max_seconds`; `name` says what the folder is for."""
+    collection = folder_audio(folder, name)
+    return draw_audio(collection.count, collection.load, max_seconds, seed)

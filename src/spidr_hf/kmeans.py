@@ -8,13 +8,15 @@ import argparse
 import copy
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 from transformers.utils import CONFIG_NAME
 
-from .aligned_speech import load_random_audio
+from .aligned_speech import split_audio
 from .atomic_files import replace_in_folder
-from .audio import draw_folder_audio
-from .clustering import fit_kmeans, frames_by_batch, join_batches
+from .audio import AudioCollection, folder_audio, name_some
+from .clustering import StreamingKMeans
 from .errors import SpidrError
 from .loading import DTYPES, check_device, in_dtype, load, load_config
 from .release import save_hub_ready
@@ -23,6 +25,8 @@ from .sharding import ALONE, Process, process_device, this_process
 
 DEFAULT_FRAMES = 100_000  # 2000 s at 50 Hz: enough for a few hundred centroids
 DEFAULT_BATCH_SIZE = 8  # utterances per forward pass
+# Frames held in memory at once: 1.5 GB of float32 768-dim layer results. More --kmeans-frames than that stream through
+DEFAULT_MEMORY_FRAMES = 500_000
 
 
 def fit_centroids(
@@ -30,29 +34,49 @@ def fit_centroids(
     feature_extractor,
     layer: int,
     num_clusters: int,
-    audios: list,
+    audio: AudioCollection,
     max_frames: int,
     seed: int,
     device: str,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    memory_frames: int = DEFAULT_MEMORY_FRAMES,
     process: Process = ALONE,
 ) -> torch.Tensor | None:
     """
-    `(num_clusters, hidden)` k-means centroids of the layer results of `layer` on up to `max_frames` frames. Launched
-    in several processes (torchrun), each computes the features of its share of the batches, and the first process
-    fits the centroids on them all, in the order one process would have them (the others get None).
+    `(num_clusters, hidden)` k-means centroids of the layer results of `layer` on the first `max_frames` frames of the
+    audio in a random order (`seed`), decoded batch by batch as the fit needs it: a folder of any size costs its
+    listing, and memory holds at most `memory_frames` frames (`StreamingKMeans`). Launched in several processes
+    (torchrun), each computes one batch of every round of as many batches as processes, all of them get the round's
+    frames, and the first fits them in batch order, as one process would, and returns the centroids (the others None).
     """
     representations = ModelRepresentations(model.base_model, feature_extractor, [layer], [], device)
-    shard = process.shard
-    by_batch = frames_by_batch(representations, audios, batch_size, "Layer features", (shard.index, shard.count))
-    if shard.count > 1:
-        gathered: list = [None] * shard.count
-        torch.distributed.all_gather_object(gathered, by_batch)  # gloo: the frames are numpy arrays on the CPU
-        if shard.index != 0:
-            return None
-        by_batch = {number: frames for part in gathered for number, frames in part.items()}
-    frames = join_batches(by_batch, [layer], max_frames)[layer]
-    return torch.from_numpy(fit_kmeans(frames, num_clusters, seed).cluster_centers_).float()
+    order = np.random.default_rng(seed).permutation(audio.count).tolist()
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    kmeans = StreamingKMeans(num_clusters, seed, max_frames, min(memory_frames, max_frames))
+    shard, too_short, min_samples = process.shard, [], feature_extractor.min_samples
+    with tqdm(total=max_frames, desc="Layer features", unit="frame", disable=shard.index != 0) as progress:
+        for first in range(0, len(batches), shard.count):
+            number = first + shard.index
+            frames: list[np.ndarray] = []
+            if number < len(batches):
+                audios = [(index, audio.load(index)) for index in batches[number]]
+                too_short += [audio.name(index) for index, samples in audios if len(samples) < min_samples]
+                audios = [samples for _, samples in audios if len(samples) >= min_samples]
+                if audios:
+                    frames = [item.numpy() for item in representations(audios, with_units=False).features[layer]]
+            round_frames = [frames]
+            if shard.count > 1:
+                round_frames = [None] * shard.count
+                torch.distributed.all_gather_object(round_frames, frames)  # gloo: numpy arrays on the CPU
+            for item in (item for part in round_frames for item in part):
+                progress.update(min(len(item), max_frames - kmeans.seen))
+                kmeans.add(item)
+            if kmeans.full:
+                break
+    if too_short:
+        files = "a file" if len(too_short) == 1 else f"{len(too_short)} files"
+        print(f"Skipped {files} shorter than {min_samples} samples (no frame): {name_some(too_short)}")
+    return torch.from_numpy(kmeans.centroids()).float() if shard.index == 0 else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,11 +104,7 @@ def run(args: argparse.Namespace) -> int:
     # The folder's own kind: a pretraining folder keeps its heads, teacher and codebooks, a student-only folder stays
     # student-only. Loaded in float32 whatever --dtype: the weights are written back as they were
     loaded = load(model_dir, "as_saved")
-    max_seconds = args.kmeans_frames / config.frame_rate + 1
-    if args.dataset is not None:
-        audios = load_random_audio(args.dataset, args.split, max_seconds, args.seed)
-    else:
-        audios = draw_folder_audio(args.audio, max_seconds, args.seed)
+    audio = split_audio(args.dataset, args.split) if args.dataset is not None else folder_audio(args.audio)
     network = loaded.model if args.dtype == "float32" else in_dtype(copy.deepcopy(loaded.model), DTYPES[args.dtype])
     if process.shard.count > 1:
         torch.distributed.init_process_group("gloo")
@@ -94,11 +114,12 @@ def run(args: argparse.Namespace) -> int:
             loaded.feature_extractor,
             layer,
             args.num_clusters,
-            audios,
+            audio,
             args.kmeans_frames,
             args.seed,
             device,
             args.batch_size,
+            args.kmeans_memory_frames,
             process,
         )
     finally:

@@ -25,6 +25,7 @@ DEFAULT_BATCH_SIZE = 8  # spidr_hf.evaluation.evaluate_model, spidr_hf.kmeans.fi
 DEFAULT_NUM_CLUSTERS = 256
 DEFAULT_EVALUATE_KMEANS_FRAMES = 30_000  # spidr_hf.evaluation.evaluate_model
 DEFAULT_KMEANS_FRAMES = 100_000  # spidr_hf.kmeans.DEFAULT_FRAMES: 2000 s at 50 Hz, for a few hundred centroids
+DEFAULT_KMEANS_MEMORY_FRAMES = 500_000  # spidr_hf.kmeans.DEFAULT_MEMORY_FRAMES
 DEFAULT_CORPUS_HOURS, DEFAULT_SPEAKERS, DEFAULT_DEV_SPEAKERS = 1.0, 8, 2  # spidr_hf.corpus.build_corpus
 
 
@@ -234,6 +235,13 @@ def kmeans_arguments(parser: argparse.ArgumentParser) -> None:
     add_kmeans_options(parser, DEFAULT_KMEANS_FRAMES)
     deprecated_alias(parser, "--clusters", "--num-clusters", type=positive_int)
     deprecated_alias(parser, "--frames", "--kmeans-frames", type=positive_int)
+    parser.add_argument(
+        "--kmeans-memory-frames",
+        type=positive_int,
+        default=DEFAULT_KMEANS_MEMORY_FRAMES,
+        help="frames held in memory at once: beyond them, --kmeans-frames stream through k-means in chunks "
+        f"(default: {DEFAULT_KMEANS_MEMORY_FRAMES:,})",
+    )
     add_batch_size(parser)
     add_seed(parser, "the audio draw and k-means")
     add_device_and_dtype(parser)
