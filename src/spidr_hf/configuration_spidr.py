@@ -12,6 +12,7 @@ FEAT_EXTRACT_NORMS = ("layer", "group")
 # The paper's best layer of SpidR base (12 layers): its features and codebook units score best on ABX and PNMI. Models
 # of other depths get it clamped to what they have (`SpidrConfig.default_feature_layer`, `default_unit_layer`)
 PAPER_BEST_LAYER = 6
+PAPER_NUM_CODEBOOKS = 8  # SpidR base's codebooks; shallower models get one per layer at most
 
 
 class SpidrConfig(PreTrainedConfig):
@@ -44,7 +45,9 @@ class SpidrConfig(PreTrainedConfig):
     Pretraining:
         objective (`str`, defaults to `"spidr"`): `"spidr"` (head k reads the layer result of student layer
             `num_hidden_layers - num_codebooks + 1 + k`) or `"dinosr"` (every head reads the final student output).
-        num_codebooks (`int`, defaults to 8): number of codebooks, one per teacher layer among the last ones.
+        num_codebooks (`int`, *optional*): number of codebooks, one per teacher layer among the last ones; by
+            default the paper's 8, or `num_hidden_layers` for a shallower model (resolved here, so that the saved
+            config holds the number).
         codebook_size (`int`, defaults to 256): codewords per codebook.
         codebook_decay (`float`, defaults to 0.9): EMA decay of the codebooks (1.0 freezes them).
         codebook_restart_after (`int`, defaults to 0): a small-batch remedy, off in the paper (0). A codeword that no
@@ -96,7 +99,7 @@ class SpidrConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     objective: str = "spidr"
-    num_codebooks: int = 8
+    num_codebooks: int | None = None
     codebook_size: int = 256
     codebook_decay: float = 0.9
     codebook_restart_after: int = 0
@@ -114,6 +117,8 @@ class SpidrConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if self.num_codebooks is None:  # derived from the depth, so that a config of any one keyword is valid
+            self.num_codebooks = min(PAPER_NUM_CODEBOOKS, self.num_hidden_layers)
         self.conv_dim, self.conv_kernel, self.conv_stride = (
             tuple(self.conv_dim),
             tuple(self.conv_kernel),

@@ -100,7 +100,8 @@ class SpidrForPreTrainingOutput(ModelOutput):
     prediction_perplexity (`torch.FloatTensor` of shape `()`):
         Mean over codebooks of `2 ** H(mean predicted distribution)` over the masked frames.
     mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`):
-        The masked frames the loss was computed on.
+        The masked frames the loss was computed on; None when none were (evaluation without masks: the loss is then
+        over every valid frame).
     codebook_statistics (`SpidrCodebookStatistics`, returned in training mode with `defer_codebook_update=True`):
         This batch's contribution to the codebook update, to be summed with the other micro-batches' and applied once
         with `model.codebooks.apply_statistics`.
@@ -257,6 +258,10 @@ class SpidrFeatureEncoder(nn.Module):
     def forward(self, input_values: torch.Tensor, sample_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """`(batch, samples)` to `(batch, frames, channels)`."""
         hidden_states = input_values.unsqueeze(-1)
+        if self._needs_input_grad(hidden_states):
+            # Reentrant checkpointing gives a layer's parameters gradients only when its input requires grad, which
+            # raw audio does not (wav2vec2 does the same). A detached copy leaves the caller's tensor as it is
+            hidden_states = hidden_states.detach().requires_grad_()
         lengths = sample_lengths
         for layer, kernel, stride in zip(
             self.conv_layers, self.config.conv_kernel, self.config.conv_stride, strict=True
@@ -265,6 +270,17 @@ class SpidrFeatureEncoder(nn.Module):
                 lengths = conv_output_lengths(lengths, (kernel,), (stride,))
             hidden_states = layer(hidden_states, lengths if layer.norm_type == "group" else None)
         return hidden_states
+
+    def _needs_input_grad(self, hidden_states: torch.Tensor) -> bool:
+        """Whether checkpointed layers are trained on an input without grad. Only then: elsewhere a grad for the
+        audio would cost the first convolution's input gradient for nothing."""
+        return (
+            self.training
+            and torch.is_grad_enabled()
+            and not hidden_states.requires_grad
+            and any(layer.gradient_checkpointing for layer in self.conv_layers)
+            and any(p.requires_grad for p in self.parameters())
+        )
 
 
 class SpidrFeatureProjection(nn.Module):
@@ -636,6 +652,8 @@ class SpidrPreTrainedModel(PreTrainedModel):
             num_layers=num_layers,
             output_layer_results=representation == "layer_results" or units is not None,
             output_hidden_states=representation == "hidden_states" and len(layers) > 0,
+            output_attentions=False,
+            return_dict=True,  # whatever `config.return_dict` says: the outputs are read by name below
         )
         source = output.layer_results if representation == "layer_results" else output.hidden_states
         features = {layer: source[layer - first] for layer in layers}
@@ -884,8 +902,10 @@ class SpidrCodebooks(nn.Module):
         return F.instance_norm(draws, eps=NORM_EPS).transpose(1, 2).contiguous()
 
     def codewords(self) -> torch.Tensor:
-        """The codewords, `(num_codebooks, codebook_size, hidden)`."""
-        return self.codebook / self.counts.unsqueeze(-1)
+        """The codewords, `(num_codebooks, codebook_size, hidden)`, in fp32."""
+        # `.float()` is a no-op on the fp32 buffers kept by `from_pretrained(dtype=...)`; after a plain
+        # `model.to(torch.bfloat16)` it keeps the assignment in fp32, as the fp32 targets need
+        return self.codebook.float() / self.counts.float().unsqueeze(-1)
 
     def assign(self, targets: torch.Tensor) -> torch.Tensor:
         """Index of the nearest (L2) codeword for targets of shape `(num_codebooks, n, hidden)`."""
@@ -919,9 +939,11 @@ class SpidrCodebooks(nn.Module):
             packed = torch.cat([sums.flatten(), counts.flatten()])
             dist.all_reduce(packed)
             sums, counts = packed[: sums.numel()].view_as(sums), packed[sums.numel() :].view_as(counts)
+        # A no-op on the fp32 buffers (kept so by `from_pretrained(dtype=...)`); bf16 after a plain `.to(bfloat16)`
+        counts, sums = counts.to(self.counts.dtype), sums.to(self.codebook.dtype)
         used = counts > 0
         if self.decay < 1.0:
-            weight = torch.where(used, 1.0 - self.decay, 0.0)  # unused codewords stay as they are
+            weight = torch.where(used, 1.0 - self.decay, 0.0).to(counts.dtype)  # unused codewords stay as they are
             self.counts.lerp_(counts, weight)
             self.codebook.lerp_(sums, weight.unsqueeze(-1))
         self.idle_updates.add_(1.0).masked_fill_(used, 0.0)
@@ -1016,6 +1038,13 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
             )
             last_norm.requires_grad_(False)
 
+    def freeze_feature_encoder(self) -> None:
+        """
+        Stop gradients to the student's feature encoder and feature projection. The teacher has neither (it reads
+        the student's projected features) and is never trained by gradients, only moved by `update_teacher`.
+        """
+        self.spidr.freeze_feature_encoder()
+
     def train(self, mode: bool = True) -> "SpidrForPreTraining":
         super().train(mode)
         self.teacher.eval()  # no dropout nor LayerDrop in the teacher, ever
@@ -1041,7 +1070,7 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         frozen (`requires_grad=False`).
         """
         if step >= self.config.freeze_step:
-            self.spidr.freeze_feature_encoder()
+            self.freeze_feature_encoder()
         decay = self.teacher_decay(step)
         if not 0.0 < decay < 1.0:
             return decay
@@ -1107,9 +1136,10 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
     ) -> SpidrForPreTrainingOutput | tuple:
         r"""
         mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
-            True for the frames replaced by the mask embedding and predicted. With `return_loss`, drawn with the
-            config's masking parameters when not given. In training mode the codebooks are updated with the masked
-            targets.
+            True for the frames replaced by the mask embedding and predicted. In training mode, drawn with the
+            config's masking parameters when not given, and the codebooks are updated with the masked targets. In
+            evaluation mode nothing is masked unless given (the outputs are deterministic), and the loss is then over
+            every valid frame.
         defer_codebook_update (`bool`, *optional*, defaults to `False`):
             In training mode, leave the codebooks as they are and return this batch's `codebook_statistics`
             instead. A loop with gradient accumulation sums them over the micro-batches of an optimizer step and
@@ -1134,18 +1164,26 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
             raise ValueError("The loss needs every layer: `num_layers` goes with `return_loss=False`.")
         if config.objective == "dinosr" and num_layers not in (None, config.num_hidden_layers):
             raise ValueError("DinoSR heads read the final output: `num_layers` must be left out.")
-        if return_loss and mask_time_indices is None:
+        # Random masks in training only: in evaluation the same input gives the same output, as in HuBERT
+        if return_loss and mask_time_indices is None and self.training:
             mask_time_indices = self._draw_masks(input_values, attention_mask)
+        frames = self._num_frames(input_values.shape[1])
+        if mask_time_indices is not None and mask_time_indices.shape != (input_values.shape[0], frames):
+            raise ValueError(
+                f"`mask_time_indices` must have shape (batch, frames) = {(input_values.shape[0], frames)}, "
+                f"got {tuple(mask_time_indices.shape)}."
+            )
         mask = frame_mask = None
-        if mask_time_indices is not None:
-            frames = self._num_frames(input_values.shape[1])
-            if mask_time_indices.shape != (input_values.shape[0], frames):
-                raise ValueError(
-                    f"`mask_time_indices` must have shape (batch, frames) = {(input_values.shape[0], frames)}, "
-                    f"got {tuple(mask_time_indices.shape)}."
-                )
+        if return_loss or mask_time_indices is not None:
             frame_mask = self._get_feature_vector_attention_mask(frames, attention_mask)
+        if mask_time_indices is not None:
             mask = mask_time_indices.bool() if frame_mask is None else mask_time_indices.bool() & frame_mask
+        # None means the config's value, as in transformers models (the student would read None as "no")
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = config.output_attentions
+        return_dict = config.return_dict if return_dict is None else return_dict
 
         student = self.spidr(
             input_values,
@@ -1156,13 +1194,19 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_layer_results=output_layer_results or config.objective == "spidr",
             output_attentions=output_attentions,
+            return_dict=True,  # read by name below, whatever `config.return_dict` says
         )
         # The heads of the layers that ran (all of them for DinoSR, whose heads read the final output)
         ran = len(student.layer_results) if config.objective == "spidr" else config.num_hidden_layers
         logits = tuple(self._head_logits(student, layer) for layer in config.codebook_layers if layer <= ran)
         loss = {}
         if return_loss:
-            loss = self._loss(logits, mask, student.extract_features, frame_mask, num_items_in_batch)
+            # Without masks (evaluation) the loss is over every valid frame
+            loss_frames = mask
+            if loss_frames is None:
+                all_frames = torch.ones(input_values.shape[0], frames, dtype=torch.bool, device=input_values.device)
+                loss_frames = all_frames if frame_mask is None else frame_mask
+            loss = self._loss(logits, loss_frames, student.extract_features, frame_mask, num_items_in_batch)
             if self.training and not defer_codebook_update:
                 self.codebooks.apply_statistics(loss.pop("codebook_statistics"))
         output = SpidrForPreTrainingOutput(
@@ -1220,7 +1264,7 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         Codebook-head probabilities `(batch, frames, codebook_size)` for every encoder layer, None for layers without
         a head. Padded frames are all-zero rows.
         """
-        logits = self(input_values, attention_mask, return_loss=False).logits
+        logits = self(input_values, attention_mask, return_loss=False, return_dict=True).logits
         frame_mask = self._get_feature_vector_attention_mask(logits[0].shape[1], attention_mask)
         first = self.config.codebook_layers[0]
         probabilities = [None] * (first - 1) + [F.softmax(x.float(), dim=-1) for x in logits]
