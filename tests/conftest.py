@@ -27,6 +27,18 @@ TINY_CONFIG = {
 }
 
 
+# What every saved SpidR folder maps for remote code: the student, the pretraining model and the four heads
+SAVED_AUTO_MAP = {
+    "AutoConfig": "configuration_spidr.SpidrConfig",
+    "AutoModel": "modeling_spidr.SpidrModel",
+    "AutoModelForPreTraining": "modeling_spidr.SpidrForPreTraining",
+    "AutoModelForCTC": "modeling_spidr.SpidrForCTC",
+    "AutoModelForAudioClassification": "modeling_spidr.SpidrForSequenceClassification",
+    "AutoModelForAudioFrameClassification": "modeling_spidr.SpidrForAudioFrameClassification",
+    "AutoModelForAudioXVector": "modeling_spidr.SpidrForXVector",
+}
+
+
 def write_audio(path: Path, audio, rate: int = 16000) -> Path:
     """Mono samples as an audio file (its suffix says the format), in a folder made if needed."""
     import torch

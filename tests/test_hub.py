@@ -19,7 +19,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG
+from conftest import SAVED_AUTO_MAP, TINY_CONFIG
 from huggingface_hub import CommitInfo, HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import load_file
@@ -120,11 +120,7 @@ def release_dir(tmp_path_factory, source_dir, evaluation_path) -> Path:
 def test_dry_run_writes_the_release_folder(release_dir, source_dir):
     assert {p.name for p in release_dir.iterdir()} == RELEASE_FILES
     config = json.loads((release_dir / "config.json").read_text())
-    assert config["auto_map"] == {
-        "AutoConfig": "configuration_spidr.SpidrConfig",
-        "AutoModel": "modeling_spidr.SpidrModel",
-        "AutoModelForPreTraining": "modeling_spidr.SpidrForPreTraining",
-    }
+    assert config["auto_map"] == SAVED_AUTO_MAP
     assert config["custom_pipelines"] == {
         "spidr-features": {"impl": "pipeline_spidr.SpidrFeaturesPipeline", "pt": ["AutoModel"]},
         "spidr-units": {"impl": "pipeline_spidr.SpidrUnitsPipeline", "pt": ["AutoModelForPreTraining"]},

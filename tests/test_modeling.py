@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import TINY_CONFIG
+from conftest import SAVED_AUTO_MAP, TINY_CONFIG
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel, compute_span_mask
@@ -165,11 +165,7 @@ def test_saved_folder_loads_with_remote_code_without_the_package(tmp_path):
     torch.save(expected, tmp_path / "expected.pt")
 
     config = json.loads((folder / "config.json").read_text())
-    assert config["auto_map"] == {
-        "AutoConfig": "configuration_spidr.SpidrConfig",
-        "AutoModel": "modeling_spidr.SpidrModel",
-        "AutoModelForPreTraining": "modeling_spidr.SpidrForPreTraining",
-    }
+    assert config["auto_map"] == SAVED_AUTO_MAP
     preprocessor = json.loads((folder / "preprocessor_config.json").read_text())
     assert preprocessor["auto_map"] == {"AutoFeatureExtractor": "feature_extraction_spidr.SpidrFeatureExtractor"}
     for code_file in ("configuration_spidr.py", "modeling_spidr.py", "feature_extraction_spidr.py"):
@@ -447,7 +443,7 @@ CODEBOOK_WORKER = textwrap.dedent(
     """
     import os, sys, torch, torch.distributed as dist
     sys.path.insert(0, {tests!r})
-    from conftest import TINY_CONFIG
+    from conftest import SAVED_AUTO_MAP, TINY_CONFIG
     from spidr_hf import SpidrConfig
     from spidr_hf.modeling_spidr import SpidrCodebooks
 

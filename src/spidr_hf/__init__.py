@@ -1,22 +1,43 @@
 """SpidR and DinoSR as Hugging Face Transformers models.
 
 Importing this package registers the model with the Auto classes (`AutoConfig`, `AutoModel`,
-`AutoModelForPreTraining`, `AutoFeatureExtractor`) and marks the classes for remote code, so that
+`AutoModelForPreTraining`, `AutoFeatureExtractor`, and the heads' `AutoModelForCTC`, `AutoModelForAudioClassification`,
+`AutoModelForAudioFrameClassification`, `AutoModelForAudioXVector`) and marks the classes for remote code, so that
 `save_pretrained` writes an `auto_map` and the code files that `trust_remote_code=True` loads. It also registers the
 `spidr-features` and `spidr-units` pipeline tasks.
 """
 
+import transformers
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
 
 from .configuration_spidr import SpidrConfig
 from .feature_extraction_spidr import SpidrFeatureExtractor
-from .modeling_spidr import SpidrForPreTraining, SpidrModel, SpidrPreTrainedModel, compute_span_mask
+from .modeling_spidr import (
+    HEAD_AUTO_CLASSES,
+    SpidrForAudioFrameClassification,
+    SpidrForCTC,
+    SpidrForPreTraining,
+    SpidrForSequenceClassification,
+    SpidrForXVector,
+    SpidrModel,
+    SpidrPreTrainedModel,
+    compute_span_mask,
+)
 from .pipeline_spidr import SpidrFeaturesPipeline, SpidrUnitsPipeline, register_pipelines
 
 AutoConfig.register(SpidrConfig.model_type, SpidrConfig, exist_ok=True)
 AutoModel.register(SpidrConfig, SpidrModel, exist_ok=True)
 AutoModelForPreTraining.register(SpidrConfig, SpidrForPreTraining, exist_ok=True)
 AutoFeatureExtractor.register(SpidrConfig, SpidrFeatureExtractor, exist_ok=True)
+_HEADS = {
+    "SpidrForCTC": SpidrForCTC,
+    "SpidrForSequenceClassification": SpidrForSequenceClassification,
+    "SpidrForAudioFrameClassification": SpidrForAudioFrameClassification,
+    "SpidrForXVector": SpidrForXVector,
+}
+for _auto_name, _head_name in HEAD_AUTO_CLASSES.items():
+    getattr(transformers, _auto_name).register(SpidrConfig, _HEADS[_head_name], exist_ok=True)
+    _HEADS[_head_name].register_for_auto_class(_auto_name)
 
 SpidrConfig.register_for_auto_class()
 SpidrModel.register_for_auto_class("AutoModel")
@@ -29,7 +50,11 @@ __all__ = [
     "SpidrConfig",
     "SpidrFeatureExtractor",
     "SpidrFeaturesPipeline",
+    "SpidrForAudioFrameClassification",
+    "SpidrForCTC",
     "SpidrForPreTraining",
+    "SpidrForSequenceClassification",
+    "SpidrForXVector",
     "SpidrModel",
     "SpidrPreTrainedModel",
     "SpidrUnitsPipeline",

@@ -13,6 +13,8 @@ FEAT_EXTRACT_NORMS = ("layer", "group")
 # of other depths get it clamped to what they have (`SpidrConfig.default_feature_layer`, `default_unit_layer`)
 PAPER_BEST_LAYER = 6
 PAPER_NUM_CODEBOOKS = 8  # SpidR base's codebooks; shallower models get one per layer at most
+REPRESENTATIONS = ("layer_results", "hidden_states")  # the per-layer outputs: feed-forward results, residual stream
+CTC_LOSS_REDUCTIONS = ("mean", "sum")
 
 
 class SpidrConfig(PreTrainedConfig):
@@ -72,6 +74,24 @@ class SpidrConfig(PreTrainedConfig):
     k-means units (HuBERT-style, fitted after pretraining with `spidr-hf kmeans`; none by default):
         kmeans_layer (`int`, *optional*): the encoder layer (1-based) whose layer results the centroids quantize.
         kmeans_num_clusters (`int`, defaults to 0): number of centroids, stored with the weights.
+
+    Fine-tuning heads ([`SpidrForCTC`], [`SpidrForSequenceClassification`], [`SpidrForAudioFrameClassification`],
+    [`SpidrForXVector`]; wav2vec2's names and meanings; `num_labels` / `id2label` as in every transformers config):
+        vocab_size (`int`, *optional*): CTC output tokens, the tokenizer's vocabulary (required by [`SpidrForCTC`]).
+        pad_token_id (`int`, *optional*): the tokenizer's pad token, the CTC blank (required by [`SpidrForCTC`]).
+        final_dropout (`float`, defaults to 0.1): dropout before the CTC head.
+        ctc_loss_reduction (`str`, defaults to `"mean"`): `"mean"` (each utterance's loss over its target length,
+            averaged over the batch) or `"sum"`.
+        ctc_zero_infinity (`bool`, defaults to `False`): zero the infinite losses of inputs shorter than their
+            targets, and their gradients.
+        use_weighted_layer_sum (`bool`, defaults to `False`): feed the heads a learned softmax-weighted sum of the
+            encoder's layers (SUPERB's protocol) instead of the last hidden state.
+        weighted_layer_representation (`str`, defaults to `"hidden_states"`): which layers the sum weighs:
+            `"hidden_states"` (the encoder input and each layer's residual stream, wav2vec2's) or `"layer_results"`
+            (each layer's feed-forward output, SpidR's features).
+        classifier_proj_size (`int`, defaults to 256): projection before the mean pooling of sequence classification.
+        tdnn_dim, tdnn_kernel, tdnn_dilation (`tuple[int]`, default (512, 512, 512, 512, 1500), (5, 3, 3, 1, 1),
+            (1, 2, 3, 1, 1)): the x-vector TDNN layers. xvector_output_dim (`int`, defaults to 512): embedding size.
     """
 
     model_type = "spidr"
@@ -115,6 +135,19 @@ class SpidrConfig(PreTrainedConfig):
     kmeans_layer: int | None = None
     kmeans_num_clusters: int = 0
 
+    vocab_size: int | None = None
+    pad_token_id: int | None = None
+    final_dropout: float = 0.1
+    ctc_loss_reduction: str = "mean"
+    ctc_zero_infinity: bool = False
+    use_weighted_layer_sum: bool = False
+    weighted_layer_representation: str = "hidden_states"
+    classifier_proj_size: int = 256
+    tdnn_dim: list[int] | tuple[int, ...] = (512, 512, 512, 512, 1500)
+    tdnn_kernel: list[int] | tuple[int, ...] = (5, 3, 3, 1, 1)
+    tdnn_dilation: list[int] | tuple[int, ...] = (1, 2, 3, 1, 1)
+    xvector_output_dim: int = 512
+
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.num_codebooks is None:  # derived from the depth, so that a config of any one keyword is valid
@@ -123,6 +156,11 @@ class SpidrConfig(PreTrainedConfig):
             tuple(self.conv_dim),
             tuple(self.conv_kernel),
             tuple(self.conv_stride),
+        )
+        self.tdnn_dim, self.tdnn_kernel, self.tdnn_dilation = (
+            tuple(self.tdnn_dim),
+            tuple(self.tdnn_kernel),
+            tuple(self.tdnn_dilation),
         )
         self.check_values()
 
@@ -256,6 +294,40 @@ class SpidrConfig(PreTrainedConfig):
         restart = self.codebook_restart_after
         if isinstance(restart, bool) or not isinstance(restart, int) or restart < 0:
             raise ValueError(f"`codebook_restart_after` must be a non-negative integer (0: never), got {restart!r}.")
+        self._check_head_values()
+
+    def _check_head_values(self) -> None:
+        if self.ctc_loss_reduction not in CTC_LOSS_REDUCTIONS:
+            raise ValueError(
+                f"`ctc_loss_reduction` must be one of {CTC_LOSS_REDUCTIONS}, got {self.ctc_loss_reduction!r}."
+            )
+        if self.weighted_layer_representation not in REPRESENTATIONS:
+            raise ValueError(
+                f"`weighted_layer_representation` must be one of {REPRESENTATIONS}, got "
+                f"{self.weighted_layer_representation!r}."
+            )
+        if not (math.isfinite(self.final_dropout) and 0.0 <= self.final_dropout <= 1.0):
+            raise ValueError(f"`final_dropout` must be in [0, 1], got {self.final_dropout}.")
+        if self.vocab_size is not None and not self.vocab_size >= 2:
+            raise ValueError(f"`vocab_size` must be at least 2 (a blank and a token), got {self.vocab_size}.")
+        vocabulary = self.vocab_size
+        if self.pad_token_id is not None and vocabulary is not None and not 0 <= self.pad_token_id < vocabulary:
+            raise ValueError(f"`pad_token_id` must be in [0, {self.vocab_size}), got {self.pad_token_id}.")
+        if not len(self.tdnn_dim) == len(self.tdnn_kernel) == len(self.tdnn_dilation) > 0:
+            raise ValueError(
+                "`tdnn_dim`, `tdnn_kernel` and `tdnn_dilation` must be non-empty and of equal length, got "
+                f"{len(self.tdnn_dim)}, {len(self.tdnn_kernel)} and {len(self.tdnn_dilation)}."
+            )
+        sizes = {
+            "classifier_proj_size": self.classifier_proj_size,
+            "xvector_output_dim": self.xvector_output_dim,
+            "tdnn_dim": min(self.tdnn_dim),
+            "tdnn_kernel": min(self.tdnn_kernel),
+            "tdnn_dilation": min(self.tdnn_dilation),
+        }
+        for name, value in sizes.items():
+            if not value > 0:
+                raise ValueError(f"`{name}` must be positive, got {value}.")
 
 
 __all__ = ["PAPER_BEST_LAYER", "SpidrConfig"]

@@ -13,14 +13,23 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput, TokenClassifierOutput, XVectorOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .configuration_spidr import SpidrConfig
+from .configuration_spidr import REPRESENTATIONS, SpidrConfig
 
-REPRESENTATIONS = ("layer_results", "hidden_states")  # what `represent` returns features of
 UNIT_KINDS = ("codebook", "kmeans")  # the discrete units `represent` gives: codebook-head argmax, nearest centroid
+logger = logging.get_logger(__name__)
+# The Auto class of each fine-tuning head: every saved folder maps them, so that any SpidR folder fine-tunes through
+# remote code without spidr_hf (`AutoModelForCTC.from_pretrained(folder, trust_remote_code=True, vocab_size=...)`)
+HEAD_AUTO_CLASSES = {
+    "AutoModelForCTC": "SpidrForCTC",
+    "AutoModelForAudioClassification": "SpidrForSequenceClassification",
+    "AutoModelForAudioFrameClassification": "SpidrForAudioFrameClassification",
+    "AutoModelForAudioXVector": "SpidrForXVector",
+}
 NORM_EPS = 1e-5  # epsilon of the input standardization, the instance norms and the codebook initialisation
 RESTART_SPLIT = 0.05  # distance of each half of a codeword split to restart an idle one, relative to its norm
 
@@ -561,6 +570,18 @@ class SpidrPreTrainedModel(PreTrainedModel):
             init.ones_(module.counts)
             init.zeros_(module.idle_updates)
             init.zeros_(module.ever_assigned)
+        elif isinstance(module, SpidrHeadModel):
+            # wav2vec2's head init: N(0, initializer_range) linear maps, zero biases, equal layer weights
+            for name, child in module.named_children():
+                for part in child.modules() if name != "spidr" else ():
+                    if isinstance(part, nn.Linear | SpidrTDNNLayer):
+                        linear = part.kernel if isinstance(part, SpidrTDNNLayer) else part
+                        init.normal_(linear.weight, mean=0.0, std=std)
+                        init.zeros_(linear.bias)
+                    elif isinstance(part, SpidrAMSoftmaxLoss):
+                        init.normal_(part.weight)
+            if getattr(module, "layer_weights", None) is not None:
+                init.constant_(module.layer_weights, 1.0 / module.layer_weights.numel())
         elif isinstance(module, SpidrForPreTraining):
             for head in module.heads:
                 head.reset_parameters()
@@ -581,6 +602,7 @@ class SpidrPreTrainedModel(PreTrainedModel):
                 **(getattr(self.config, "auto_map", None) or {}),
                 "AutoModel": f"{module}.SpidrModel",
                 "AutoModelForPreTraining": f"{module}.SpidrForPreTraining",
+                **{auto: f"{module}.{name}" for auto, name in HEAD_AUTO_CLASSES.items()},
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -1305,12 +1327,357 @@ def _perplexity(probs: torch.Tensor) -> torch.Tensor:
     return torch.exp2(-(probs * torch.log2(probs + 1e-8)).sum(-1)).mean()
 
 
+class SpidrHeadModel(SpidrPreTrainedModel):
+    """
+    What every fine-tuning head shares: the student (`self.spidr`) and the one forward that turns its outputs into
+    the head's input, the last hidden state or, with `config.use_weighted_layer_sum`, a learned softmax-weighted sum
+    of `config.weighted_layer_representation` (SUPERB's frozen-upstream protocol), with the valid-frame mask.
+    """
+
+    # A pretraining folder also holds the teacher, the codebooks, the codebook heads and the mask embedding: a head
+    # model takes the student only (one note at load, `from_pretrained`, instead of a warning per tensor)
+    _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^heads\.", r"^codebooks\.", r"^mask_embedding$"]
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__(config)
+        config.check_values()
+        self.spidr = SpidrModel(config)
+        if config.use_weighted_layer_sum:
+            self.layer_weights = nn.Parameter(torch.ones(self._num_weighted_layers()) / self._num_weighted_layers())
+
+    def _num_weighted_layers(self) -> int:
+        hidden_states = self.config.weighted_layer_representation == "hidden_states"
+        return self.config.num_hidden_layers + int(hidden_states)  # hidden states: the encoder input too
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if "SpidrForPreTraining" in (model.config.architectures or []):
+            logger.warning(
+                f"{cls.__name__} takes the student of this SpidrForPreTraining folder; its teacher, codebooks, "
+                "codebook heads and mask embedding are left out."
+            )
+        return loaded
+
+    def freeze_feature_encoder(self) -> None:
+        """Stop gradients to the convolutional feature encoder and the feature projection (wav2vec2's fine-tuning)."""
+        self.spidr.freeze_feature_encoder()
+
+    def freeze_base_model(self) -> None:
+        """Train the head only (and the layer weights): SUPERB's frozen upstream."""
+        self.spidr.requires_grad_(False)
+
+    def _head_input(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, SpidrModelOutput]:
+        """`(batch, frames, hidden_size)` head input, the `(batch, frames)` valid-frame mask (None: all valid)."""
+        config = self.config
+        weighted = config.use_weighted_layer_sum
+        # None means the config's value, as in transformers models (the student would read None as "no")
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        outputs = self.spidr(
+            input_values,
+            attention_mask=attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states
+            or (weighted and config.weighted_layer_representation == "hidden_states"),
+            output_layer_results=weighted and config.weighted_layer_representation == "layer_results",
+            return_dict=True,  # read by name below, whatever `config.return_dict` says
+            **kwargs,
+        )
+        if weighted:
+            layers = torch.stack(getattr(outputs, config.weighted_layer_representation), dim=0)
+            weights = F.softmax(self.layer_weights, dim=-1).to(layers.dtype)
+            head_input = (layers * weights.view(-1, 1, 1, 1)).sum(dim=0)
+        else:
+            head_input = outputs.last_hidden_state
+        frame_mask = self._get_feature_vector_attention_mask(head_input.shape[1], attention_mask)
+        return head_input, frame_mask, outputs
+
+    @staticmethod
+    def _tuple_or(output: ModelOutput, return_dict: bool) -> ModelOutput | tuple:
+        return output if return_dict else output.to_tuple()
+
+
+class SpidrForCTC(SpidrHeadModel):
+    """SpidR with a linear CTC head over characters or phones (`AutoModelForCTC`, the ASR pipeline)."""
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__(config)
+        if config.vocab_size is None:
+            raise ValueError(
+                "SpidrForCTC needs `vocab_size` in the config: the size of the tokenizer's vocabulary, e.g. "
+                "`SpidrForCTC.from_pretrained(folder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)`."
+            )
+        self.dropout = nn.Dropout(config.final_dropout)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutput | tuple:
+        r"""
+        input_values (`torch.FloatTensor` of shape `(batch_size, samples)`): 16 kHz audio (see [`SpidrModel`]).
+        labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
+            Token ids of the transcripts, padded with -100. Returns the CTC loss (blank: `config.pad_token_id`).
+        Returns logits of shape `(batch_size, frames, vocab_size)`.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if labels is not None and labels.max() >= self.config.vocab_size:
+            raise ValueError(f"Label values must be < vocab_size ({self.config.vocab_size}), got {labels.max()}.")
+        head_input, frame_mask, outputs = self._head_input(
+            input_values, attention_mask, output_attentions, output_hidden_states, **kwargs
+        )
+        logits = self.lm_head(self.dropout(head_input))
+        loss = None
+        if labels is not None:
+            input_lengths = (
+                torch.full(logits.shape[:1], logits.shape[1], device=logits.device)
+                if frame_mask is None
+                else frame_mask.sum(-1)
+            )
+            label_mask = labels >= 0
+            # The loss in fp32 whatever the model's dtype: CTC's forward-backward sums underflow in half precision
+            log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
+            with torch.backends.cudnn.flags(enabled=False):  # cuDNN's CTC needs targets on the CPU and int32
+                loss = F.ctc_loss(
+                    log_probs,
+                    labels.masked_select(label_mask),
+                    input_lengths,
+                    label_mask.sum(-1),
+                    blank=self.config.pad_token_id,
+                    reduction=self.config.ctc_loss_reduction,
+                    zero_infinity=self.config.ctc_zero_infinity,
+                )
+        output = CausalLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return self._tuple_or(output, return_dict)
+
+
+class SpidrForSequenceClassification(SpidrHeadModel):
+    """
+    SpidR with utterance classification (`AutoModelForAudioClassification`, the audio-classification pipeline):
+    a projection, mean pooling over the valid frames, a linear classifier (as wav2vec2's).
+    """
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__(config)
+        self.projector = nn.Linear(config.hidden_size, config.classifier_proj_size)
+        self.classifier = nn.Linear(config.classifier_proj_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices; returns the cross-entropy
+        loss (mean squared error when `config.num_labels == 1`). Returns logits of shape `(batch_size, num_labels)`.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        head_input, frame_mask, outputs = self._head_input(
+            input_values, attention_mask, output_attentions, output_hidden_states, **kwargs
+        )
+        projected = self.projector(head_input)
+        if frame_mask is None:
+            pooled = projected.mean(dim=1)
+        else:
+            weights = frame_mask.to(projected.dtype).unsqueeze(-1)
+            pooled = (projected * weights).sum(dim=1) / weights.sum(dim=1)
+        logits = self.classifier(pooled)
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels.view(-1))
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return self._tuple_or(output, return_dict)
+
+
+class SpidrForAudioFrameClassification(SpidrHeadModel):
+    """SpidR with a linear classifier of each frame (`AutoModelForAudioFrameClassification`: diarization, phones)."""
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*): a class per frame, -100 where none
+        (padding included); returns the mean cross-entropy over the labelled frames. Returns logits of shape
+        `(batch_size, frames, num_labels)`.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        head_input, frame_mask, outputs = self._head_input(
+            input_values, attention_mask, output_attentions, output_hidden_states, **kwargs
+        )
+        logits = self.classifier(head_input)
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(
+                    f"`labels` must have shape (batch, frames) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}."
+                )
+            if frame_mask is not None:
+                labels = labels.masked_fill(~frame_mask, -100)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        output = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return self._tuple_or(output, return_dict)
+
+
+class SpidrTDNNLayer(nn.Module):
+    """One time-delay layer of the x-vector network: a dilated convolution over frames, then ReLU."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, dilation: int):
+        super().__init__()
+        self.kernel_size, self.dilation = kernel_size, dilation
+        self.kernel = nn.Linear(in_dim * kernel_size, out_dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(batch, frames, in_dim)` -> `(batch, frames - dilation * (kernel_size - 1), out_dim)`."""
+        weight = self.kernel.weight.view(self.kernel.out_features, self.kernel_size, -1).transpose(1, 2)
+        output = F.conv1d(hidden_states.transpose(1, 2), weight, self.kernel.bias, dilation=self.dilation)
+        return F.relu(output.transpose(1, 2))
+
+
+class SpidrAMSoftmaxLoss(nn.Module):
+    """Additive-margin softmax (CosFace) over speakers, the x-vector training loss."""
+
+    def __init__(self, input_dim: int, num_labels: int, scale: float = 30.0, margin: float = 0.4):
+        super().__init__()
+        self.scale, self.margin, self.num_labels = scale, margin, num_labels
+        self.weight = nn.Parameter(torch.randn(input_dim, num_labels))
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cosines = F.normalize(embeddings, dim=1) @ F.normalize(self.weight, dim=0)
+        margins = F.one_hot(labels.flatten(), self.num_labels).to(cosines.dtype) * self.margin
+        return F.cross_entropy(self.scale * (cosines - margins), labels.flatten())
+
+
+class SpidrForXVector(SpidrHeadModel):
+    """
+    SpidR with an x-vector speaker-embedding network (`AutoModelForAudioXVector`): TDNN layers, mean and standard
+    deviation pooling over the valid frames, embeddings trained with an additive-margin softmax over speakers.
+    """
+
+    def __init__(self, config: SpidrConfig):
+        super().__init__(config)
+        self.projector = nn.Linear(config.hidden_size, config.tdnn_dim[0])
+        dims = [config.tdnn_dim[0], *config.tdnn_dim]
+        self.tdnn = nn.ModuleList(
+            SpidrTDNNLayer(dims[i], dims[i + 1], config.tdnn_kernel[i], config.tdnn_dilation[i])
+            for i in range(len(config.tdnn_dim))
+        )
+        self.feature_extractor = nn.Linear(config.tdnn_dim[-1] * 2, config.xvector_output_dim)
+        self.classifier = nn.Linear(config.xvector_output_dim, config.xvector_output_dim)
+        self.objective = SpidrAMSoftmaxLoss(config.xvector_output_dim, config.num_labels)
+        self.post_init()
+
+    def _tdnn_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for layer in self.tdnn:
+            lengths = lengths - layer.dilation * (layer.kernel_size - 1)
+        return lengths
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> XVectorOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): speaker indices; returns the AM-softmax
+        loss. Returns `embeddings` `(batch_size, xvector_output_dim)` (compare them by cosine similarity) and the
+        classifier's `logits`.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        head_input, frame_mask, outputs = self._head_input(
+            input_values, attention_mask, output_attentions, output_hidden_states, **kwargs
+        )
+        lengths = self._tdnn_lengths(
+            torch.full(head_input.shape[:1], head_input.shape[1], device=head_input.device)
+            if frame_mask is None
+            else frame_mask.sum(-1)
+        )
+        if (lengths < 1).any():
+            needed = 1 + sum(layer.dilation * (layer.kernel_size - 1) for layer in self.tdnn)
+            raise ValueError(
+                f"An utterance is too short for the x-vector TDNN layers: they need {needed} frames, the shortest "
+                f"has {int(lengths.min()) + needed - 1}."
+            )
+        hidden_states = self.projector(head_input)
+        for layer in self.tdnn:
+            hidden_states = layer(hidden_states)
+        frames = hidden_states.shape[1]
+        valid = (torch.arange(frames, device=lengths.device)[None] < lengths[:, None]).to(hidden_states.dtype)
+        counts = valid.sum(1, keepdim=True)
+        mean = (hidden_states * valid.unsqueeze(-1)).sum(1) / counts
+        variance = (((hidden_states - mean.unsqueeze(1)) ** 2) * valid.unsqueeze(-1)).sum(1) / counts
+        # The floor keeps the gradient of the deviation finite where a ReLU unit is off on every frame
+        deviation = variance.clamp_min(torch.finfo(variance.dtype).tiny).sqrt()
+        embeddings = self.feature_extractor(torch.cat([mean, deviation], dim=-1))
+        logits = self.classifier(embeddings)
+        loss = None if labels is None else self.objective(logits.float(), labels)
+        output = XVectorOutput(
+            loss=loss,
+            logits=logits,
+            embeddings=embeddings,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return self._tuple_or(output, return_dict)
+
+
 __all__ = [
     "REPRESENTATIONS",
     "UNIT_KINDS",
     "SpidrCodebookHealth",
     "SpidrCodebookStatistics",
+    "SpidrForAudioFrameClassification",
+    "SpidrForCTC",
     "SpidrForPreTraining",
+    "SpidrForSequenceClassification",
+    "SpidrForXVector",
+    "SpidrHeadModel",
     "SpidrModel",
     "SpidrPreTrainedModel",
     "SpidrRepresentations",
