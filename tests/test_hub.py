@@ -25,7 +25,13 @@ from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import load_file
 from torchcodec.encoders import AudioEncoder
 
-from spidr_hf import SpidrConfig, SpidrFeaturesPipeline, SpidrForPreTraining, SpidrUnitsPipeline
+from spidr_hf import (
+    SpidrConfig,
+    SpidrFeatureExtractor,
+    SpidrFeaturesPipeline,
+    SpidrForPreTraining,
+    SpidrUnitsPipeline,
+)
 from spidr_hf import push as push_module
 from spidr_hf.cli import main
 from spidr_hf.evaluation.schema import EvaluationReport
@@ -216,7 +222,7 @@ def test_card_metadata(release_dir):
 def test_card_snippets_run(release_dir, tmp_path):
     """Each Python block of the card, verbatim, against the repository id served from an offline Hub cache."""
     snippets = re.findall(r"```python\n(.*?)```", (release_dir / "README.md").read_text(), flags=re.DOTALL)
-    assert len(snippets) == 3 and all(f'"{REPO_ID}"' in s for s in snippets)
+    assert len(snippets) == 4 and all(f'"{REPO_ID}"' in s for s in snippets)
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo_cache = tmp_path / "hub" / f"models--{REPO_ID.replace('/', '--')}"
     shutil.copytree(release_dir, repo_cache / "snapshots" / commit)
@@ -226,7 +232,7 @@ def test_card_snippets_run(release_dir, tmp_path):
     code = "\n".join(f"exec({snippet!r}, {{}})\nprint('--- snippet done')" for snippet in snippets)
     result = run_clean_python(code, cwd=tmp_path, HF_HUB_CACHE=str(tmp_path / "hub"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("--- snippet done") == 3
+    assert result.stdout.count("--- snippet done") == 4
     assert "(149, 64)" in result.stdout  # 3 s of audio: 149 frames of 64 features
 
 
@@ -532,3 +538,111 @@ def test_network_and_token_failures_with_the_real_client(
     err = capsys.readouterr().err
     assert err.startswith("spidr-hf push: error: Checking the Hugging Face token failed: ")
     assert reason in err and err.strip().endswith("nothing was uploaded.")
+
+
+def finetuned_folder(source_dir: Path, folder: Path, head: str) -> Path:
+    """A fine-tuned folder as `training/finetune.py` writes it: the head's weights, the processor, the figures."""
+    from transformers import Wav2Vec2PhonemeCTCTokenizer
+
+    from spidr_hf import SpidrForCTC, SpidrForSequenceClassification
+
+    torch.manual_seed(0)
+    if head == "ctc":
+        folder.mkdir(parents=True)
+        (folder / "vocab.json").write_text(json.dumps({"<pad>": 0, "<unk>": 1, "aa": 2, "b": 3, "ch": 4}))
+        tokenizer = Wav2Vec2PhonemeCTCTokenizer(
+            str(folder / "vocab.json"), do_phonemize=False, bos_token=None, eos_token=None
+        )
+        model = SpidrForCTC.from_pretrained(source_dir, vocab_size=len(tokenizer), pad_token_id=0)
+        tokenizer.save_pretrained(folder)
+        (folder / "eval_results.json").write_text(json.dumps({"eval_per": 0.4375, "eval_runtime": 1.5}))
+    else:
+        speakers = {0: "awb", 1: "slt", 2: "rms"}
+        model = SpidrForSequenceClassification.from_pretrained(
+            source_dir, num_labels=3, id2label=speakers, label2id={name: i for i, name in speakers.items()}
+        )
+        (folder / "eval_results.json").parent.mkdir(parents=True, exist_ok=True)
+        (folder / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.75}))
+    model.save_pretrained(folder)
+    SpidrFeatureExtractor().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["ctc", "speakers"])
+def test_push_publishes_a_fine_tuned_folder_with_its_processor_and_task_card(source_dir, tmp_path, head):
+    source = finetuned_folder(source_dir, tmp_path / "finetuned", head)
+    out = tmp_path / "release"
+    assert main([*push_arguments(source, "--base-model", "me/base"), "--dry-run", str(out)]) == 0
+    files = {path.name for path in out.iterdir()}
+    assert {"README.md", "config.json", "model.safetensors", "modeling_spidr.py", "preprocessor_config.json"} <= files
+    if head == "ctc":
+        assert {"vocab.json", "tokenizer_config.json"} <= files
+    assert not [name for name in files if name.startswith(".")]  # the check's scratch went with the staging folder
+    card = ModelCard.load(out / "README.md")
+    task = "automatic-speech-recognition" if head == "ctc" else "audio-classification"
+    assert card.data.pipeline_tag == task and card.data.base_model == "me/base"
+    assert f'pipeline("{task}", model="{REPO_ID}", trust_remote_code=True)' in card.text
+    assert ("| per | 0.4375 |" in card.text) == (head == "ctc") and "runtime" not in card.text
+    assert ("awb, slt, rms" in card.text) == (head != "ctc")
+    config = json.loads((out / "config.json").read_text())
+    assert list(config["custom_pipelines"]) == ["spidr-features"]  # no units pipeline without codebook heads
+    # The card's usage runs, verbatim, against the repository id served from an offline Hub cache
+    snippet = re.findall(r"```python\n(.*?)```", card.text, flags=re.DOTALL)[0]
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_cache = tmp_path / "hub" / f"models--{REPO_ID.replace('/', '--')}"
+    shutil.copytree(out, repo_cache / "snapshots" / commit)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(commit)
+    AudioEncoder(torch.from_numpy(speech(2.0))[None], sample_rate=16000).to_file(tmp_path / "speech.wav")
+    result = run_clean_python(snippet, cwd=tmp_path, HF_HUB_CACHE=str(tmp_path / "hub"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout.strip().splitlines()[-1]
+    if head == "ctc":
+        assert set(printed.split()) <= {"aa", "b", "ch", "<unk>"}  # phones of the vocabulary, or nothing
+    else:
+        assert "'label': 'awb'" in printed or "'label': 'slt'" in printed or "'label': 'rms'" in printed
+
+
+def test_a_release_folder_that_fails_its_check_never_appears_and_leaves_nothing(source_dir, tmp_path, monkeypatch):
+    from spidr_hf import release
+
+    def broken_check(*args, **kwargs):
+        raise ValueError("the folder gives other units than the source model")
+
+    monkeypatch.setattr(release, "check_release_folder", broken_check)
+    out = tmp_path / "parent" / "release"
+    with pytest.raises(ValueError, match="other units"):
+        main([*push_arguments(source_dir), "--dry-run", str(out)])
+    assert not out.exists() and list(out.parent.iterdir()) == []  # no folder, no hidden staging left
+    # A staging folder that a killed run left (unlocked) is removed by the next run; a live one's is not touched
+    abandoned = out.parent / ".release.staging-killed"
+    abandoned.mkdir()
+    (abandoned / "model.safetensors").write_text("half written")
+    monkeypatch.undo()
+    assert main([*push_arguments(source_dir), "--dry-run", str(out)]) == 0
+    assert sorted(path.name for path in out.parent.iterdir()) == ["release"]
+
+
+@pytest.mark.slow
+def test_a_killed_push_leaves_no_child_and_the_next_run_no_staging(source_dir, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "parent" / "release"
+    command = [sys.executable, "-m", "spidr_hf", *push_arguments(source_dir), "--dry-run", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    push = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(out.parent.glob(".release.staging-*/.spidr-release-check-*")):
+        time.sleep(0.2)  # wait until the check's child runs
+    checks = subprocess.run(["pgrep", "-f", "release_check.py"], capture_output=True, text=True).stdout.split()
+    assert checks, "the release check never started"
+    push.send_signal(signal.SIGKILL)
+    push.wait()
+    time.sleep(2)
+    survivors = subprocess.run(["pgrep", "-f", "release_check.py"], capture_output=True, text=True).stdout.split()
+    assert not set(checks) & set(survivors), "the check's child outlived the killed push"
+    assert not out.exists()
+    assert main([*push_arguments(source_dir), "--dry-run", str(out)]) == 0
+    assert sorted(path.name for path in out.parent.iterdir()) == ["release"]

@@ -35,7 +35,7 @@ _HEADS = {
     "SpidrForAudioFrameClassification": SpidrForAudioFrameClassification,
     "SpidrForXVector": SpidrForXVector,
 }
-for _auto_name, _head_name in HEAD_AUTO_CLASSES.items():
+for _head_name, _auto_name in HEAD_AUTO_CLASSES.items():
     getattr(transformers, _auto_name).register(SpidrConfig, _HEADS[_head_name], exist_ok=True)
     _HEADS[_head_name].register_for_auto_class(_auto_name)
 

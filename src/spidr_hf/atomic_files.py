@@ -10,12 +10,15 @@ spidr-hf writes for a user goes through one of these three.
   all are written into a hidden staging folder first, then each is renamed over its old version, `last` last.
 """
 
+import glob
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .file_locks import exclusive_lock
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -44,15 +47,33 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> None:
 
 
 @contextmanager
+def staging_folder(parent: Path, prefix: str) -> Iterator[Path]:
+    """
+    A hidden temporary folder in `parent`, removed at the end, and locked while in use: the staging folders of runs
+    that died (SIGKILL, power loss) are unlocked, and the next run with the same `prefix` removes them first.
+    """
+    for abandoned in parent.glob(f"{glob.escape(prefix)}*"):
+        if abandoned.is_dir() and not abandoned.is_symlink():
+            try:
+                with exclusive_lock(abandoned, wait=False):
+                    shutil.rmtree(abandoned)
+            except (BlockingIOError, FileNotFoundError):  # in use by a live run, or removed by another
+                pass
+    with tempfile.TemporaryDirectory(dir=parent, prefix=prefix) as staging, exclusive_lock(Path(staging)):
+        yield Path(staging)
+
+
+@contextmanager
 def new_folder(destination: Path) -> Iterator[Path]:
     """
     Yield a staging folder to fill; when the block ends without error it becomes `destination` (which must not exist,
-    or be an empty folder), with the modes a plain mkdir and open would have given. On error nothing is left.
+    or be an empty folder), with the modes a plain mkdir and open would have given. On error nothing is left (after a
+    SIGKILL, the next run removes what was left).
     """
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise ValueError(f"{destination} exists and is not an empty folder; choose a new one.")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=f".{destination.name}.") as staging:
+    with staging_folder(destination.parent, f".{destination.name}.staging-") as staging:
         yield Path(staging)
         _permissions_from_umask(Path(staging))
         if destination.exists():
@@ -70,7 +91,7 @@ def replace_in_folder(folder: Path, last: str) -> Iterator[Path]:
     belong to it (a model's config.json). On error, `folder` is untouched and the staging folder is removed.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as staging:
+    with staging_folder(folder.parent, f".{folder.name}.replacing-") as staging:
         yield Path(staging)
         default_mode = 0o666 & ~_umask()
         for path in sorted(Path(staging).iterdir(), key=lambda path: path.name == last):

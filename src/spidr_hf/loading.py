@@ -18,7 +18,15 @@ from transformers.utils import CONFIG_NAME, FEATURE_EXTRACTOR_NAME
 from .configuration_spidr import SpidrConfig
 from .errors import ModelLoadError, SpidrError
 from .feature_extraction_spidr import SpidrFeatureExtractor
-from .modeling_spidr import SpidrForPreTraining, SpidrModel
+from .modeling_spidr import (
+    SpidrForAudioFrameClassification,
+    SpidrForCTC,
+    SpidrForPreTraining,
+    SpidrForSequenceClassification,
+    SpidrForXVector,
+    SpidrHeadModel,
+    SpidrModel,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +118,45 @@ def load_config(source: str | os.PathLike) -> LoadedConfig:
             f"Cannot load the model {source}: it is a {type(config).__name__}, not a SpidR/DinoSR model"
         )
     return LoadedConfig(config, local_files_only)
+
+
+HEADS: dict[str, type[SpidrHeadModel]] = {
+    head.__name__: head
+    for head in (SpidrForCTC, SpidrForSequenceClassification, SpidrForAudioFrameClassification, SpidrForXVector)
+}
+
+
+@dataclass(frozen=True)
+class LoadedFinetuned:
+    model: SpidrHeadModel
+    feature_extractor: SpidrFeatureExtractor
+    tokenizer: object | None  # the CTC tokenizer (None for classifiers)
+
+
+def finetuned_head(config: SpidrConfig) -> type[SpidrHeadModel] | None:
+    """The head class a fine-tuned folder was saved from (None for a pretrained or student-only folder)."""
+    names = [name for name in (config.architectures or []) if name in HEADS]
+    return HEADS[names[0]] if names else None
+
+
+def load_finetuned(source: str | os.PathLike) -> LoadedFinetuned:
+    """A fine-tuned folder's model (the head class it was saved from), feature extractor and, for CTC, tokenizer."""
+    from transformers import AutoTokenizer
+
+    loaded_config = load_config(source)
+    head = finetuned_head(loaded_config.config)
+    if head is None:
+        raise ModelLoadError(
+            f"{source} is not a fine-tuned SpidR folder (its architectures: {loaded_config.config.architectures})"
+        )
+    options = {"local_files_only": loaded_config.local_files_only}
+    try:
+        feature_extractor = _load_feature_extractor(source, loaded_config.local_files_only)
+        model = head.from_pretrained(source, **options).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source, **options) if head is SpidrForCTC else None
+    except (OSError, ValueError) as error:  # missing or unreadable files, a CTC folder without its tokenizer
+        raise ModelLoadError(f"Cannot load the fine-tuned model {source}: {' '.join(str(error).split())}") from error
+    return LoadedFinetuned(model, feature_extractor, tokenizer)
 
 
 def in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

@@ -263,3 +263,63 @@ def render_model_card(config: SpidrConfig, options: CardOptions) -> ModelCard:
         evaluation=None if evaluation is None else evaluation_table(evaluation),
     )
     return ModelCard(content)
+
+
+# What each fine-tuned head does, in the card's first sentence
+HEAD_DESCRIPTIONS = {
+    "SpidrForCTC": "speech recognition with a CTC head",
+    "SpidrForSequenceClassification": "utterance classification",
+    "SpidrForAudioFrameClassification": "frame classification",
+    "SpidrForXVector": "speaker embeddings (x-vectors)",
+}
+
+
+def render_finetuned_card(
+    config: SpidrConfig, options: CardOptions, metrics: dict[str, float], tokenizer: object | None
+) -> ModelCard:
+    """Render model_cards/finetuned.md: what the head does, its pipeline's usage, its evaluation figures."""
+    from .modeling_spidr import HEAD_AUTO_CLASSES, HEAD_PIPELINE_TASKS
+
+    if options.official is not None:
+        raise ValueError("--official names a pretrained checkpoint; this is a fine-tuned model.")
+    if options.evaluation is not None:
+        raise ValueError(
+            "--evaluation takes a `spidr-hf evaluate` report of a pretrained model; a fine-tuned model's card shows "
+            "the figures `training/finetune.py` saved (eval_results.json)"
+        )
+    if options.license is None:
+        raise ValueError("Say under which license the weights are released (--license), e.g. cc-by-4.0.")
+    head = next(name for name in config.architectures if name in HEAD_DESCRIPTIONS)
+    task = HEAD_PIPELINE_TASKS.get(head)
+    card_data = ModelCardData(
+        language=["en"],
+        license=options.license,
+        library_name="transformers",
+        pipeline_tag=task,
+        tags=["audio", "speech", config.objective],
+        datasets=list(options.datasets) or None,
+        base_model=options.base_model,
+        model_name=options.repo_id,
+    )
+    labels = [] if head == "SpidrForCTC" else [config.id2label[index] for index in sorted(config.id2label)]
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    content = environment.from_string(_card_file("finetuned.md")).render(
+        card_data=card_data.to_yaml(),
+        title=options.repo_id.split("/")[-1],
+        family="SpidR" if config.objective == "spidr" else "DinoSR",
+        base_model=options.base_model,
+        head=head,
+        head_description=HEAD_DESCRIPTIONS[head],
+        auto_class=HEAD_AUTO_CLASSES[head],
+        task=task,
+        phones=type(tokenizer).__name__ == "Wav2Vec2PhonemeCTCTokenizer",
+        labels=labels,
+        use_weighted_layer_sum=config.use_weighted_layer_sum,
+        weighted_layer_representation=config.weighted_layer_representation,
+        num_hidden_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        repo_id=options.repo_id,
+        license=options.license,
+        metrics={name: f"{value:.4g}" for name, value in metrics.items()},
+    )
+    return ModelCard(content)

@@ -25,10 +25,15 @@ logger = logging.get_logger(__name__)
 # The Auto class of each fine-tuning head: every saved folder maps them, so that any SpidR folder fine-tunes through
 # remote code without spidr_hf (`AutoModelForCTC.from_pretrained(folder, trust_remote_code=True, vocab_size=...)`)
 HEAD_AUTO_CLASSES = {
-    "AutoModelForCTC": "SpidrForCTC",
-    "AutoModelForAudioClassification": "SpidrForSequenceClassification",
-    "AutoModelForAudioFrameClassification": "SpidrForAudioFrameClassification",
-    "AutoModelForAudioXVector": "SpidrForXVector",
+    "SpidrForCTC": "AutoModelForCTC",
+    "SpidrForSequenceClassification": "AutoModelForAudioClassification",
+    "SpidrForAudioFrameClassification": "AutoModelForAudioFrameClassification",
+    "SpidrForXVector": "AutoModelForAudioXVector",
+}
+# The transformers pipeline of the heads that have one
+HEAD_PIPELINE_TASKS = {
+    "SpidrForCTC": "automatic-speech-recognition",
+    "SpidrForSequenceClassification": "audio-classification",
 }
 NORM_EPS = 1e-5  # epsilon of the input standardization, the instance norms and the codebook initialisation
 RESTART_SPLIT = 0.05  # distance of each half of a codeword split to restart an idle one, relative to its norm
@@ -602,7 +607,7 @@ class SpidrPreTrainedModel(PreTrainedModel):
                 **(getattr(self.config, "auto_map", None) or {}),
                 "AutoModel": f"{module}.SpidrModel",
                 "AutoModelForPreTraining": f"{module}.SpidrForPreTraining",
-                **{auto: f"{module}.{name}" for auto, name in HEAD_AUTO_CLASSES.items()},
+                **{auto: f"{module}.{head}" for head, auto in HEAD_AUTO_CLASSES.items()},
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -763,7 +768,16 @@ class SpidrPreTrainedModel(PreTrainedModel):
 class SpidrModel(SpidrPreTrainedModel):
     """The SpidR student network: feature encoder, projection and Transformer encoder (what `AutoModel` loads)."""
 
-    _keys_to_ignore_on_load_unexpected = [r"teacher\.", r"heads\.", r"codebooks\.", r"mask_embedding"]
+    # What a pretraining folder (teacher, codebook heads, codebooks, mask embedding) or a fine-tuned one (the heads of
+    # SpidrHeadModel) holds beside the student
+    _keys_to_ignore_on_load_unexpected = [
+        r"teacher\.",
+        r"heads\.",
+        r"codebooks\.",
+        r"mask_embedding",
+        r"^(lm_head|projector|classifier|tdnn|embedding|objective)\.",
+        r"^layer_weights$",
+    ]
 
     def __init__(self, config: SpidrConfig):
         super().__init__(config)
@@ -1604,7 +1618,8 @@ class SpidrForXVector(SpidrHeadModel):
             SpidrTDNNLayer(dims[i], dims[i + 1], config.tdnn_kernel[i], config.tdnn_dilation[i])
             for i in range(len(config.tdnn_dim))
         )
-        self.feature_extractor = nn.Linear(config.tdnn_dim[-1] * 2, config.xvector_output_dim)
+        # wav2vec2 calls it `feature_extractor`, the name of the student's convolutional encoder here
+        self.embedding = nn.Linear(config.tdnn_dim[-1] * 2, config.xvector_output_dim)
         self.classifier = nn.Linear(config.xvector_output_dim, config.xvector_output_dim)
         self.objective = SpidrAMSoftmaxLoss(config.xvector_output_dim, config.num_labels)
         self.post_init()
@@ -1654,7 +1669,7 @@ class SpidrForXVector(SpidrHeadModel):
         variance = (((hidden_states - mean.unsqueeze(1)) ** 2) * valid.unsqueeze(-1)).sum(1) / counts
         # The floor keeps the gradient of the deviation finite where a ReLU unit is off on every frame
         deviation = variance.clamp_min(torch.finfo(variance.dtype).tiny).sqrt()
-        embeddings = self.feature_extractor(torch.cat([mean, deviation], dim=-1))
+        embeddings = self.embedding(torch.cat([mean, deviation], dim=-1))
         logits = self.classifier(embeddings)
         loss = None if labels is None else self.objective(logits.float(), labels)
         output = XVectorOutput(
@@ -1668,6 +1683,8 @@ class SpidrForXVector(SpidrHeadModel):
 
 
 __all__ = [
+    "HEAD_AUTO_CLASSES",
+    "HEAD_PIPELINE_TASKS",
     "REPRESENTATIONS",
     "UNIT_KINDS",
     "SpidrCodebookHealth",

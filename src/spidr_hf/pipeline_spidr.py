@@ -16,7 +16,7 @@ speech, 20 s chunks and 2 s stride: per-frame relative L2 difference of the laye
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -325,11 +325,15 @@ PIPELINE_TASKS: dict[str, tuple[type[ChunkPipeline], str]] = {
 }
 
 
-def custom_pipelines() -> dict[str, dict[str, Any]]:
-    """The `custom_pipelines` config entry that lets `pipeline(task, model=folder, trust_remote_code=True)` work."""
+def custom_pipelines(tasks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """
+    The `custom_pipelines` config entry that lets `pipeline(task, model=folder, trust_remote_code=True)` work, for
+    `tasks` (default: all; a fine-tuned folder has no codebook heads, hence no units pipeline).
+    """
     return {
         task: {"impl": f"{pipeline_class.__module__.split('.')[-1]}.{pipeline_class.__name__}", "pt": [auto_class]}
         for task, (pipeline_class, auto_class) in PIPELINE_TASKS.items()
+        if tasks is None or task in tasks
     }
 
 

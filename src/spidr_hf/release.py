@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from huggingface_hub import ModelCard
 from transformers.dynamic_module_utils import custom_object_save
 
@@ -17,9 +18,9 @@ from . import release_check
 from .atomic_files import new_folder
 from .configuration_spidr import SAMPLING_RATE
 from .feature_extraction_spidr import SpidrFeatureExtractor
-from .loading import load
-from .model_card import CardOptions, official_entry, recommended_layer, render_model_card
-from .modeling_spidr import SpidrForPreTraining
+from .loading import LoadedFinetuned, finetuned_head, load, load_config, load_finetuned
+from .model_card import CardOptions, official_entry, recommended_layer, render_finetuned_card, render_model_card
+from .modeling_spidr import HEAD_AUTO_CLASSES, HEAD_PIPELINE_TASKS, SpidrForPreTraining, SpidrHeadModel
 from .pipeline_spidr import SpidrFeaturesPipeline, SpidrUnitsPipeline, custom_pipelines
 
 PROBE_SECONDS = 2.0
@@ -32,12 +33,18 @@ def load_source(model_dir: Path) -> tuple[SpidrForPreTraining, SpidrFeatureExtra
     return loaded.model.eval(), loaded.feature_extractor
 
 
-def save_hub_ready(model, feature_extractor: SpidrFeatureExtractor, folder: str | os.PathLike) -> None:
-    """Weights, configs and code files, the pipelines' too, so that `pipeline(task, model=folder,
-    trust_remote_code=True)` works without spidr_hf."""
-    model.config.custom_pipelines = custom_pipelines()
+def save_hub_ready(
+    model, feature_extractor: SpidrFeatureExtractor, folder: str | os.PathLike, tokenizer: object | None = None
+) -> None:
+    """Weights, configs, the tokenizer if any, and code files, the pipelines' too, so that `pipeline(task,
+    model=folder, trust_remote_code=True)` works without spidr_hf (a fine-tuned folder: the features pipeline, the
+    student's, and the transformers pipeline of its head)."""
+    fine_tuned = isinstance(model, SpidrHeadModel)
+    model.config.custom_pipelines = custom_pipelines(["spidr-features"] if fine_tuned else None)
     model.save_pretrained(folder)
     feature_extractor.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
     custom_object_save(SpidrFeaturesPipeline, folder)  # copies pipeline_spidr.py (and what it imports)
 
 
@@ -60,15 +67,47 @@ def probe_signal() -> np.ndarray:
 
 
 def check_release_folder(
-    folder: Path, model: SpidrForPreTraining, feature_extractor: SpidrFeatureExtractor, layer: int
+    folder: Path,
+    model: SpidrForPreTraining,
+    feature_extractor: SpidrFeatureExtractor,
+    layer: int,
+    scratch_in: Path | None = None,
 ) -> None:
     """
     Load `folder` with AutoModel, AutoFeatureExtractor and both pipelines in a fresh interpreter that cannot import
     spidr_hf, and check that it gives the source model's features and units on a probe signal.
     """
     probe = probe_signal()
-    with tempfile.TemporaryDirectory(prefix="spidr-release-check-") as scratch:
-        np.save(Path(scratch) / "probe.npy", probe)
+    released = _run_release_check(folder, ["pretrained", str(layer)], scratch_in)
+    expected_features = SpidrFeaturesPipeline(model=model, feature_extractor=feature_extractor, device="cpu")(
+        probe, sampling_rate=SAMPLING_RATE, layer=layer
+    )["features"]
+    expected_units = SpidrUnitsPipeline(model=model, feature_extractor=feature_extractor, device="cpu")(
+        probe, sampling_rate=SAMPLING_RATE, layer=layer
+    )["units"]
+    if not np.allclose(released["features"], expected_features, rtol=1e-4, atol=1e-5):
+        difference = np.abs(released["features"] - expected_features).max()
+        raise ValueError(f"{folder} gives other features than the source model (max difference {difference:.3g}).")
+    if not np.array_equal(released["units"], expected_units):
+        raise ValueError(f"{folder} gives other units than the source model.")
+
+
+def _die_with_parent() -> None:
+    """Run in the check's child before it starts: on Linux, it gets SIGKILL when its parent dies (a killed `push`
+    leaves no orphan behind)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _run_release_check(folder: Path, arguments: list[str], scratch_in: Path | None) -> dict[str, np.ndarray]:
+    """What `release_check.py FOLDER PROBE OUT *arguments` wrote of the probe signal, run without spidr_hf."""
+    # In a staging folder, the scratch goes inside it: gone with it, also after a SIGKILL (the next run removes it)
+    with tempfile.TemporaryDirectory(dir=scratch_in, prefix=".spidr-release-check-") as scratch:
+        np.save(Path(scratch) / "probe.npy", probe_signal())
         output = Path(scratch) / "output.npz"
         # Offline, with an empty remote-code cache: only the folder itself can provide the code
         environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(Path(scratch) / "modules")}
@@ -81,36 +120,95 @@ def check_release_folder(
         ]
         try:
             completed = subprocess.run(
-                [*command, str(layer), str(output)],
+                [*command, str(output), *arguments],
                 env=environment,
                 cwd=scratch,
                 capture_output=True,
                 text=True,
                 timeout=CHECK_TIMEOUT_S,
+                preexec_fn=_die_with_parent,
             )
         except subprocess.TimeoutExpired as error:
             raise ValueError(f"Loading {folder} without spidr_hf took over {CHECK_TIMEOUT_S} s.") from error
         if completed.returncode != 0:
             raise ValueError(f"{folder} does not load without spidr_hf:\n{completed.stderr[-3000:]}")
-        released = np.load(output)
-        expected_features = SpidrFeaturesPipeline(model=model, feature_extractor=feature_extractor, device="cpu")(
-            probe, sampling_rate=SAMPLING_RATE, layer=layer
-        )["features"]
-        expected_units = SpidrUnitsPipeline(model=model, feature_extractor=feature_extractor, device="cpu")(
-            probe, sampling_rate=SAMPLING_RATE, layer=layer
-        )["units"]
-    if not np.allclose(released["features"], expected_features, rtol=1e-4, atol=1e-5):
-        difference = np.abs(released["features"] - expected_features).max()
-        raise ValueError(f"{folder} gives other features than the source model (max difference {difference:.3g}).")
-    if not np.array_equal(released["units"], expected_units):
-        raise ValueError(f"{folder} gives other units than the source model.")
+        with np.load(output) as released:
+            return dict(released)
 
 
 def assemble_release(model_dir: Path, destination: Path, options: CardOptions) -> Path:
-    """Build the release folder of the model saved in `model_dir` at `destination` and check it."""
+    """Build the release folder of the model saved in `model_dir` (pretrained or fine-tuned) at `destination`, and
+    check it."""
+    if finetuned_head(load_config(model_dir).config) is not None:
+        return assemble_finetuned_release(model_dir, destination, options)
     model, feature_extractor = load_source(model_dir)
     card = render_model_card(model.config, options)
-    write_release_folder(model, feature_extractor, card, destination)
     layer = recommended_layer(model.config, official_entry(options.official, model.config))
-    check_release_folder(destination, model, feature_extractor, layer)
+    # Checked before it is renamed into place: a folder that fails the check, or whose check is cut, never appears
+    with new_folder(destination) as staging:
+        save_hub_ready(model, feature_extractor, staging)
+        card.save(staging / "README.md")
+        check_release_folder(staging, model, feature_extractor, layer, scratch_in=staging)
     return destination
+
+
+def assemble_finetuned_release(model_dir: Path, destination: Path, options: CardOptions) -> Path:
+    """The release folder of a fine-tuned model (`training/finetune.py`): weights, processor, code and card."""
+    loaded = load_finetuned(model_dir)
+    card = render_finetuned_card(loaded.model.config, options, _metrics(model_dir), loaded.tokenizer)
+    with new_folder(destination) as staging:
+        save_hub_ready(loaded.model, loaded.feature_extractor, staging, loaded.tokenizer)
+        card.save(staging / "README.md")
+        check_finetuned_folder(staging, loaded, scratch_in=staging)
+    return destination
+
+
+def _metrics(model_dir: Path) -> dict[str, float]:
+    """The evaluation figures `training/finetune.py` saved (`eval_results.json`), without the timings."""
+    import json
+
+    path = model_dir / "eval_results.json"
+    if not path.is_file():
+        return {}
+    figures = json.loads(path.read_text())
+    timings = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+    return {
+        name.removeprefix("eval_"): value
+        for name, value in figures.items()
+        if isinstance(value, int | float) and not name.removeprefix("eval_").endswith(timings)
+    }
+
+
+def check_finetuned_folder(folder: Path, source: LoadedFinetuned, scratch_in: Path | None = None) -> None:
+    """
+    Load the fine-tuned `folder` with its Auto class and its transformers pipeline in a fresh interpreter that cannot
+    import spidr_hf, and check that they give the source model's outputs on a probe signal.
+    """
+    import json
+
+    from transformers import pipeline
+
+    head = type(source.model).__name__
+    task = HEAD_PIPELINE_TASKS.get(head, "")
+    released = _run_release_check(folder, ["finetuned", HEAD_AUTO_CLASSES[head], task], scratch_in)
+    probe = probe_signal()
+    inputs = source.feature_extractor(probe, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    with torch.no_grad():
+        output = source.model(**inputs)
+    expected = output.embeddings if head == "SpidrForXVector" else output.logits
+    if not np.allclose(released["outputs"], expected.float().numpy(), rtol=1e-4, atol=1e-5):
+        difference = np.abs(released["outputs"] - expected.float().numpy()).max()
+        raise ValueError(f"{folder} gives other outputs than the source model (max difference {difference:.3g}).")
+    if task:
+        tokenizer = {"tokenizer": source.tokenizer} if source.tokenizer is not None else {}
+        ours = pipeline(task, model=source.model, feature_extractor=source.feature_extractor, device="cpu", **tokenizer)
+        if not _same_pipeline_output(json.loads(str(released["pipeline"])), ours(probe)):
+            raise ValueError(f"The {task} pipeline of {folder} gives other results than the source model.")
+
+
+def _same_pipeline_output(released, expected) -> bool:
+    if isinstance(expected, dict):  # speech recognition: the text
+        return released == expected
+    return [item["label"] for item in released] == [item["label"] for item in expected] and np.allclose(
+        [item["score"] for item in released], [item["score"] for item in expected], rtol=1e-4, atol=1e-6
+    )
