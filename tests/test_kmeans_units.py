@@ -304,6 +304,75 @@ def test_kmeans_command_cut_between_files_leaves_a_whole_model(source_dir, corpu
     assert cut_at > 2  # weights, config and code files were replaced one by one
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("new_clusters", [CLUSTERS, 5], ids=["same-count", "other-count"])
+def test_a_refit_cut_at_any_replacement_never_gives_other_units_and_a_rerun_repairs_it(
+    kmeans_dir, corpus, tmp_path, monkeypatch, new_clusters
+):
+    """
+    Re-fitting centroids in place (layer 2 over the stored layer 3), cut before each file replacement: every load
+    gives the old model's units, the new one's, or a one-line error naming the mismatch, never other units; the same
+    command run again then gives the uninterrupted result. With --output, a cut leaves no folder.
+    """
+    from spidr_hf import atomic_files
+    from spidr_hf.loading import load
+
+    replace = os.replace
+    arguments = ["--layer", "2", "--num-clusters", str(new_clusters), "--kmeans-frames", "2000", "--device", "cpu"]
+    inputs = units_inputs(np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1)
+    old_units = SpidrModel.from_pretrained(kmeans_dir).eval().get_kmeans_units(**inputs)
+    finished = tmp_path / "finished"
+    shutil.copytree(kmeans_dir, finished)
+    assert main(["kmeans", str(finished), "--dataset", str(corpus), *arguments]) == 0
+    new_units = SpidrModel.from_pretrained(finished).eval().get_kmeans_units(**inputs)
+    assert not torch.equal(new_units, old_units)
+    expected = load_file(finished / "model.safetensors")["spidr.kmeans.centroids"]
+    cut_at = 0
+    while True:
+        folder = tmp_path / f"model{cut_at}"
+        shutil.copytree(kmeans_dir, folder)
+        replaced = []
+
+        def replace_until_cut(source, destination, replaced=replaced, cut_at=cut_at):
+            if len(replaced) == cut_at:
+                raise KeyboardInterrupt
+            replaced.append(Path(destination).name)
+            replace(source, destination)
+
+        monkeypatch.setattr(atomic_files.os, "replace", replace_until_cut)
+        try:
+            main(["kmeans", str(folder), "--dataset", str(corpus), *arguments])
+            break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            monkeypatch.setattr(atomic_files.os, "replace", replace)
+        try:
+            units = SpidrModel.from_pretrained(folder).eval().get_kmeans_units(**inputs)
+        except (ValueError, RuntimeError) as error:  # RuntimeError: transformers' size mismatch, other counts only
+            # transformers' refusal of the other count's centroids names `ignore_mismatched_sizes`
+            assert "out of step" in str(error) or "ignore_mismatched_sizes" in str(error), f"cut after {replaced}"
+            with pytest.raises(ValueError, match=r"out of step|does not match its weights' sizes") as refused:
+                load(folder)  # what extract, evaluate and push load with: one line
+            assert "\n" not in str(refused.value)
+        else:
+            assert torch.equal(units, old_units) or torch.equal(units, new_units), f"cut after {replaced}"
+        assert main(["kmeans", str(folder), "--dataset", str(corpus), *arguments]) == 0  # the rerun repairs it
+        assert torch.equal(load_file(folder / "model.safetensors")["spidr.kmeans.centroids"], expected)
+        assert not [path.name for path in folder.parent.iterdir() if path.name.startswith(".")]  # no scratch left
+        cut_at += 1
+    assert cut_at > 2
+    # --output: a cut leaves no folder at all, and the rerun writes it
+    output = tmp_path / "output"
+    monkeypatch.setattr(atomic_files.shutil, "move", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        main(["kmeans", str(kmeans_dir), "--dataset", str(corpus), *arguments, "--output", str(output)])
+    monkeypatch.undo()
+    assert not output.exists()
+    assert main(["kmeans", str(kmeans_dir), "--dataset", str(corpus), *arguments, "--output", str(output)]) == 0
+    assert torch.equal(load_file(output / "model.safetensors")["spidr.kmeans.centroids"], expected)
+
+
 def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
     def error(*arguments: str) -> str:
         with pytest.raises(SystemExit) as exit_info:

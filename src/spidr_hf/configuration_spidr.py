@@ -74,6 +74,9 @@ class SpidrConfig(PreTrainedConfig):
     k-means units (HuBERT-style, fitted after pretraining with `spidr-hf kmeans`; none by default):
         kmeans_layer (`int`, *optional*): the encoder layer (1-based) whose layer results the centroids quantize.
         kmeans_num_clusters (`int`, defaults to 0): number of centroids, stored with the weights.
+        kmeans_centroids_sha256 (`str`, *optional*): SHA-256 of the stored centroids (float32 bytes), set with them:
+            loading checks that the weights hold these centroids, so that a folder whose weights and config were left
+            out of step (an interrupted `spidr-hf kmeans`) is an error, not other units.
 
     Fine-tuning heads ([`SpidrForCTC`], [`SpidrForSequenceClassification`], [`SpidrForAudioFrameClassification`],
     [`SpidrForXVector`]; wav2vec2's names and meanings; `num_labels` / `id2label` as in every transformers config):
@@ -134,6 +137,7 @@ class SpidrConfig(PreTrainedConfig):
     mask_time_min_masks: int = 2
     kmeans_layer: int | None = None
     kmeans_num_clusters: int = 0
+    kmeans_centroids_sha256: str | None = None
 
     vocab_size: int | None = None
     pad_token_id: int | None = None

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from transformers.utils import CONFIG_NAME
 
 from .aligned_speech import split_audio
-from .atomic_files import replace_in_folder
+from .atomic_files import new_folder, replace_in_folder
 from .audio import AudioCollection, folder_audio, name_some
 from .clustering import StreamingKMeans
 from .errors import SpidrError
@@ -103,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     device = process_device(check_device(args.device), process)
     # The folder's own kind: a pretraining folder keeps its heads, teacher and codebooks, a student-only folder stays
     # student-only. Loaded in float32 whatever --dtype: the weights are written back as they were
-    loaded = load(model_dir, "as_saved")
+    # Its stored centroids, if any, are replaced: left out, so that a folder that an interrupted run left out of step
+    # with its config loads too, and is repaired by this run
+    loaded = load(model_dir, "as_saved", without_kmeans=True)
     audio = split_audio(args.dataset, args.split) if args.dataset is not None else folder_audio(args.audio)
     network = loaded.model if args.dtype == "float32" else in_dtype(copy.deepcopy(loaded.model), DTYPES[args.dtype])
     if process.shard.count > 1:
@@ -128,16 +130,17 @@ def run(args: argparse.Namespace) -> int:
     if centroids is None:  # another process writes them
         return 0
     loaded.model.to("cpu").base_model.set_kmeans_centroids(layer, centroids)
-    write_model(loaded.model, loaded.feature_extractor, output)
+    write_model(loaded.model, loaded.feature_extractor, output, in_place=args.output is None)
     print(f"Wrote {args.num_clusters} k-means centroids of layer {layer} into {output}")
     return 0
 
 
-def write_model(model, feature_extractor, folder: Path) -> None:
+def write_model(model, feature_extractor, folder: Path, in_place: bool) -> None:
     """
-    Save into `folder`, beside an existing folder's other files (checkpoints, card): the weights, config and code
-    replace the old ones once all are written, config.json last, so that a run interrupted before it leaves the old
-    config, which does not know the new weights' centroids and loads the model as it was.
+    In place, save into `folder`, beside an existing folder's other files (checkpoints, card): the weights, config and
+    code replace the old ones once all are written, config.json last. A run cut before that leaves the old config,
+    with which the model loads as it was (the new centroids are ignored) or, if it had centroids, refuses to load
+    (their hash differs) until the same command is run again. A new folder (`--output`) appears whole or not at all.
     """
-    with replace_in_folder(folder, last=CONFIG_NAME) as staging:
+    with replace_in_folder(folder, last=CONFIG_NAME) if in_place else new_folder(folder) as staging:
         save_hub_ready(model, feature_extractor, staging)

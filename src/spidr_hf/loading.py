@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig
 from transformers.utils import CONFIG_NAME, FEATURE_EXTRACTOR_NAME
 
@@ -59,10 +60,13 @@ def load(
     dtype: str = "float32",
     device: str | None = None,
     require_heads: bool = False,
+    without_kmeans: bool = False,
 ) -> LoadedModel:
     """
     Load the model of a folder or Hub id, in `dtype` (a key of `DTYPES`); on `device` (checked, see `check_device`)
     and in eval mode when given. `require_heads`: a folder without trained codebook heads is an error.
+    `without_kmeans`: leave out the k-means centroids the folder may store (`spidr-hf kmeans` replaces them, also
+    those of a folder left out of step with its config).
     """
     if dtype not in DTYPES:
         raise SpidrError(f"Unknown dtype {dtype!r}: choose among {list(DTYPES)}")
@@ -73,13 +77,21 @@ def load(
     try:
         feature_extractor = _load_feature_extractor(source, local_files_only)
         options = {"dtype": DTYPES[dtype], "local_files_only": local_files_only}
+        if without_kmeans:
+            options |= {"kmeans_layer": None, "kmeans_num_clusters": 0, "kmeans_centroids_sha256": None}
         if part == "student":
             model = SpidrModel.from_pretrained(source, **options)
         else:
             model, info = SpidrForPreTraining.from_pretrained(source, output_loading_info=True, **options)
             missing = sorted(info["missing_keys"])
-    except (OSError, ValueError) as error:  # missing or unreadable files: one line
+    except (OSError, ValueError, SafetensorError) as error:  # missing, unreadable or truncated files: one line
         raise ModelLoadError(f"Cannot load the model {source}: {' '.join(str(error).split())}") from error
+    except RuntimeError as error:
+        if "size mismatch" not in str(error) and "ignore_mismatched_sizes" not in str(error):
+            raise
+        raise ModelLoadError(
+            f"Cannot load the model {source}: its config.json does not match its weights' sizes ({_first_line(error)})"
+        ) from error
     has_heads = part != "student" and not any(key.startswith("heads.") for key in missing)
     if require_heads and missing:
         raise ModelLoadError(
@@ -236,6 +248,10 @@ def _use_local_files_only(name: str | os.PathLike) -> bool:
             f"{error}); check the name and the connection"
         ) from error
     return False
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 def _load_feature_extractor(name: str | os.PathLike, local_files_only: bool) -> SpidrFeatureExtractor:

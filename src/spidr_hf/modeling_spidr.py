@@ -1,5 +1,6 @@
 """PyTorch SpidR / DinoSR model (arXiv 2512.20308)."""
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -599,6 +600,14 @@ class SpidrPreTrainedModel(PreTrainedModel):
             ):
                 init.copy_(teacher_param, student_param)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        kmeans = (loaded[0] if isinstance(loaded, tuple) else loaded).base_model.kmeans
+        if kmeans is not None:  # at load, in float32 (the centroids stay so whatever the dtype)
+            kmeans.check_matches_config()
+        return loaded
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         if self._auto_class is not None:
             # Whichever class is saved, let both AutoModel and AutoModelForPreTraining load the folder as remote code
@@ -777,6 +786,9 @@ class SpidrModel(SpidrPreTrainedModel):
         r"mask_embedding",
         r"^(lm_head|projector|classifier|tdnn|embedding|objective)\.",
         r"^layer_weights$",
+        # Centroids that the config does not name: a `spidr-hf kmeans` cut before it wrote the config. The model is
+        # then as it was before (the config describes it)
+        r"kmeans\.centroids",
     ]
 
     def __init__(self, config: SpidrConfig):
@@ -790,10 +802,11 @@ class SpidrModel(SpidrPreTrainedModel):
 
     def set_kmeans_centroids(self, layer: int, centroids: torch.Tensor) -> None:
         """Store k-means `centroids` `(num_clusters, hidden_size)` of the layer results of encoder `layer` (1-based)."""
-        self.config.kmeans_layer, self.config.kmeans_num_clusters = layer, centroids.shape[0]
-        self.config.check_values()
         if centroids.shape[1] != self.config.hidden_size:
             raise ValueError(f"Centroids must have {self.config.hidden_size} dimensions, got {centroids.shape[1]}.")
+        self.config.kmeans_layer, self.config.kmeans_num_clusters = layer, centroids.shape[0]
+        self.config.kmeans_centroids_sha256 = centroids_sha256(centroids)
+        self.config.check_values()
         self.kmeans = SpidrKMeans(self.config).to(centroids.device)
         self.kmeans.centroids.copy_(centroids)
 
@@ -885,12 +898,30 @@ class SpidrModel(SpidrPreTrainedModel):
         )
 
 
+def centroids_sha256(centroids: torch.Tensor) -> str:
+    """SHA-256 of k-means centroids as float32 bytes: what the config records of the centroids stored with it."""
+    return hashlib.sha256(centroids.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
 class SpidrKMeans(nn.Module):
     """Centroids of one layer's results (`config.kmeans_layer`): nearest-centroid (L2) units, in fp32."""
 
     def __init__(self, config: SpidrConfig):
         super().__init__()
         self.register_buffer("centroids", torch.zeros(config.kmeans_num_clusters, config.hidden_size))
+        self.expected_sha256 = config.kmeans_centroids_sha256
+
+    def check_matches_config(self) -> None:
+        """One line, instead of other units, when the weights' centroids are not those the config was written with."""
+        if torch.isfinite(self.centroids).all() and self.expected_sha256 not in (
+            None,
+            centroids_sha256(self.centroids),
+        ):
+            raise ValueError(
+                "The k-means centroids of the weights are not those config.json names (kmeans_centroids_sha256): the "
+                "folder's weights and config are out of step, e.g. after an interrupted `spidr-hf kmeans`; run the "
+                "same command again."
+            )
 
     def check_fitted(self) -> None:
         """One line, instead of units from uninitialised centroids, when the weights held no centroids."""
@@ -1041,6 +1072,8 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
     accepts_loss_kwargs = True
     # Codebook usage tracking came after the first releases; folders without it start from no usage
     _keys_to_ignore_on_load_missing = [r"codebooks\.idle_updates", r"codebooks\.ever_assigned"]
+    # See SpidrModel's: centroids the config does not name
+    _keys_to_ignore_on_load_unexpected = [r"kmeans\.centroids"]
 
     def __init__(self, config: SpidrConfig):
         super().__init__(config)
@@ -1350,7 +1383,13 @@ class SpidrHeadModel(SpidrPreTrainedModel):
 
     # A pretraining folder also holds the teacher, the codebooks, the codebook heads and the mask embedding: a head
     # model takes the student only (one note at load, `from_pretrained`, instead of a warning per tensor)
-    _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^heads\.", r"^codebooks\.", r"^mask_embedding$"]
+    _keys_to_ignore_on_load_unexpected = [
+        r"^teacher\.",
+        r"^heads\.",
+        r"^codebooks\.",
+        r"^mask_embedding$",
+        r"kmeans\.centroids",
+    ]
 
     def __init__(self, config: SpidrConfig):
         super().__init__(config)
@@ -1698,5 +1737,6 @@ __all__ = [
     "SpidrModel",
     "SpidrPreTrainedModel",
     "SpidrRepresentations",
+    "centroids_sha256",
     "compute_span_mask",
 ]
