@@ -73,6 +73,19 @@ def test_alignments_read_back_as_the_corpus_phones(corpus, zerospeech):
     assert read_alignments(zerospeech["tsv"]) == expected
 
 
+def test_two_textgrids_of_one_name_are_an_error_not_a_guess(corpus, zerospeech, tmp_path):
+    grids = tmp_path / "textgrids"
+    shutil.copytree(zerospeech["textgrids"], grids)
+    first = sorted(grids.iterdir())[0]
+    (grids / "old").mkdir()
+    shutil.copy(sorted(grids.glob("*.TextGrid"))[1], grids / "old" / first.name)  # another file's phones, same name
+    with pytest.raises(ValueError, match=f"Several TextGrid files in .* have the name of {first.stem}") as error:
+        read_alignments(grids)
+    assert "\n" not in str(error.value)
+    others = [utterance.id for utterance in load_split(corpus, "dev") if utterance.id != first.stem]
+    assert read_alignments(grids, others).keys() == set(others)  # a duplicate nobody asks for is no problem
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("alignment_form", ["textgrids", "tsv"])
 def test_standard_set_gives_the_builtin_numbers(zerospeech, source_dir, builtin_report, alignment_form):

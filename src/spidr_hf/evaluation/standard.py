@@ -33,20 +33,30 @@ def describe_set(item_file: str | os.PathLike, audio_dir: str | os.PathLike) -> 
 
 def find_audio(audio_dir: str | os.PathLike, ids: Sequence[str]) -> dict[str, Path]:
     """The audio file of each id (`DIR/**/ID.*`); a missing or ambiguous file is a one-line error naming the ids."""
-    by_stem: dict[str, list[Path]] = {}
-    for path in audio_files(audio_dir):
-        by_stem.setdefault(path.stem, []).append(path)
+    by_stem = files_by_stem(audio_files(audio_dir), ids, f"audio files in {audio_dir}")
     missing = [file_id for file_id in ids if file_id not in by_stem]
     if missing:
         raise ValueError(
             f"{len(missing)} of the {len(ids)} audio files named in the item file are not in {audio_dir}: "
             f"{name_some(missing)}"
         )
-    ambiguous = [file_id for file_id in ids if len(by_stem[file_id]) > 1]
+    return by_stem
+
+
+def files_by_stem(paths: Sequence[Path], ids: Sequence[str] | None, what: str) -> dict[str, Path]:
+    """
+    The file of each id among `paths` (matched by name without suffix; all of them when `ids` is None). Two files of
+    one wanted name, in different subfolders, are a one-line error: which is meant cannot be told.
+    """
+    by_stem: dict[str, list[Path]] = {}
+    for path in paths:
+        by_stem.setdefault(path.stem, []).append(path)
+    wanted = list(by_stem) if ids is None else [file_id for file_id in ids if file_id in by_stem]
+    ambiguous = [file_id for file_id in wanted if len(by_stem[file_id]) > 1]
     if ambiguous:
         example = ", ".join(str(path) for path in by_stem[ambiguous[0]])
-        raise ValueError(f"Several audio files in {audio_dir} have the name of {name_some(ambiguous)} (e.g. {example})")
-    return {file_id: by_stem[file_id][0] for file_id in ids}
+        raise ValueError(f"Several {what} have the name of {name_some(ambiguous)} (e.g. {example})")
+    return {file_id: by_stem[file_id][0] for file_id in wanted}
 
 
 def decode_all(paths: dict[str, Path], desc: str) -> dict[str, np.ndarray]:
@@ -107,8 +117,8 @@ def read_alignments(path: str | os.PathLike, ids: Sequence[str] | None = None) -
     """
     path = Path(path)
     if path.is_dir():
-        grids = {grid.stem: grid for grid in path.rglob("*") if grid.suffix.lower() == ".textgrid"}
-        wanted = grids if ids is None else {file_id: grids[file_id] for file_id in ids if file_id in grids}
+        grids = sorted(grid for grid in path.rglob("*") if grid.suffix.lower() == ".textgrid" and grid.is_file())
+        wanted = files_by_stem(grids, ids, f"TextGrid files in {path}")
         return {file_id: read_textgrid(grid) for file_id, grid in wanted.items()}
     if path.is_file():
         return read_alignment_table(path)
