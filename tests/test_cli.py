@@ -49,6 +49,7 @@ def test_the_command_lines_vocabulary_is_the_librarys():
     assert extract_defaults["batch_seconds"].default is None  # the device decides
     assert spidr_hf_cli.ACCELERATOR_BATCH_SECONDS == extract_module.ACCELERATOR_BATCH_SECONDS
     assert spidr_hf_cli.CPU_BATCH_SECONDS == extract_module.CPU_BATCH_SECONDS
+    assert spidr_hf_cli.DEFAULT_CHUNK_SECONDS == extract_module.DEFAULT_CHUNK_SECONDS
     assert spidr_hf_cli.UNITS_FORMATS == UNITS_FORMATS
     evaluate_defaults = inspect.signature(evaluate_model).parameters
     assert evaluate_defaults["batch_size"].default == spidr_hf_cli.DEFAULT_BATCH_SIZE

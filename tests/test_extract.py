@@ -69,6 +69,31 @@ def test_features_equal_the_pipeline(source_dir, audio_dir, tmp_path):
         assert saved.untyped_storage().nbytes() == saved.numel() * 4  # its own frames, not the whole batch's
 
 
+def test_long_files_are_chunked_and_stitched_as_the_pipeline_does(source_dir, tmp_path):
+    """A file longer than chunk_seconds: its features and units are the chunked pipeline's, never one long pass."""
+    audio = tmp_path / "audio"
+    write_audio(audio / "long.wav", speech_like(26.3, 5, 16000))
+    write_audio(audio / "short.wav", speech_like(1.5, 6, 16000))
+    model = AutoModelForPreTraining.from_pretrained(source_dir).eval()
+    layer = model.config.codebook_layers[-1]
+    out = tmp_path / "out"
+    # Chunks of 10 s, batched 2 by 2 (batch_seconds 25): the long file's 3 chunks in two passes
+    extract(source_dir, audio, out, layer=layer, units="codebook", features=True, batch_seconds=25, chunk_seconds=10)
+    features = pipeline("spidr-features", model=str(source_dir), device="cpu")
+    units = pipeline("spidr-units", model=str(source_dir), device="cpu")
+    saved_units = read_units(out / "units.txt")
+    for name in ("long", "short"):
+        expected = features(str(audio / f"{name}.wav"), layer=layer, chunk_length_s=10)["features"]
+        saved = torch.load(out / f"{name}.pt")
+        assert saved.shape == expected.shape
+        np.testing.assert_allclose(saved.numpy(), expected, rtol=1e-4, atol=1e-5)
+        expected_units = units(str(audio / f"{name}.wav"), layer=layer, chunk_length_s=10)["units"].tolist()
+        assert saved_units[name] == expected_units
+    single_pass = features(str(audio / "long.wav"), layer=layer, chunk_length_s=30)["features"]
+    long = torch.load(out / "long.pt").numpy()
+    assert single_pass.shape == long.shape and not np.allclose(single_pass, long, rtol=1e-4, atol=1e-5)
+
+
 def test_hidden_states_equal_the_pipeline(source_dir, audio_dir, tmp_path):
     extract(source_dir, audio_dir, tmp_path, layer=0, hidden_states=True, batch_seconds=100)
     features = pipeline("spidr-features", model=str(source_dir), device="cpu")
@@ -237,6 +262,7 @@ KMEANS_LAYER = 3
         (["--layer", "2"], ["--layer", "3"], ["layer: 2 -> 3"]),
         (["--layer", "2"], ["--layer", "2", "--hidden-states"], ['representation: "layer_results" -> "hidden_states"']),
         (["--layer", "2"], ["--layer", "2", "--dtype", "bfloat16"], ['dtype: "float32" -> "bfloat16"']),
+        (["--layer", "2"], ["--layer", "2", "--chunk-seconds", "30"], ["chunk_seconds: 60.0 -> 30.0"]),
         # Features and units asked in separate runs: the rule is equal settings, so the second is refused
         (["--units", "codebook"], ["--features", "--units", "codebook"], ["features: false -> true"]),
     ],

@@ -36,6 +36,7 @@ from .errors import AudioError, SpidrError
 from .file_locks import exclusive_lock, is_locked
 from .loading import DTYPES, check_device, load, weights_hash
 from .modeling_spidr import UNIT_KINDS
+from .pipeline_spidr import DEFAULT_STRIDE_LENGTH_S, plan_chunks
 from .sharding import Process, Shard, balanced_split, parse_shard, process_device, this_process
 from .units_dataset import write_dataset_card
 from .units_output import UNITS_FORMATS, UnitsOutput, check_ids, default_units_path, units_format_of
@@ -48,6 +49,10 @@ SETTINGS_FILE = "extract.json"  # OUTPUT's record of the settings its outputs we
 SETTINGS_WRITER = "spidr-hf extract"
 SHARD_LOCKS = ".extract-shards"  # one lock file per shard, held while the shard runs (OUTPUT itself: the job's lock)
 MAX_PENDING_WRITES = 2  # batches whose features may wait for the writer thread
+# Files up to this long go through in one pass, as the reference's script does every file (all of LibriSpeech and of
+# Libri-Light's cut version); longer ones, whose single pass would need memory growing with their length (attention:
+# with its square), are cut into chunks of this length stitched as the `spidr-features` pipeline stitches its own
+DEFAULT_CHUNK_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         shard=args.shard,
         num_workers=args.num_workers,
         compile=args.compile,
+        chunk_seconds=args.chunk_seconds,
     )
     return 0
 
@@ -97,6 +103,7 @@ def extract(
     shard: str | None = None,
     num_workers: int | None = None,
     compile: bool = False,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
 ) -> None:
     """
     Write the features of `layer` of every audio file of `input` (a folder, an audio file or a manifest) to
@@ -105,8 +112,10 @@ def extract(
     of the model's k-means centroids for k-means units, else the model's default feature layer. `batch_seconds=None`:
     `ACCELERATOR_BATCH_SECONDS` on an accelerator, `CPU_BATCH_SECONDS` on CPU. `shard`: "K/N" or "slurm" (this job's
     part; launched by torchrun or accelerate, each process does its part of that). `num_workers`: decoding processes
-    (None: one per spare core, at most 4). The settings are recorded in `output`/extract.json; a rerun or another
-    shard into the same `output` must ask for the same settings.
+    (None: one per spare core, at most 4). Files longer than `chunk_seconds` are cut into overlapping chunks of that
+    length (`DEFAULT_STRIDE_LENGTH_S` on each side) and stitched, so that memory does not grow with a file's length.
+    The settings are recorded in `output`/extract.json; a rerun or another shard into the same `output` must ask for
+    the same settings.
     """
     if not features and units is None:
         raise SpidrError("Nothing to extract: ask for features and/or units")
@@ -116,6 +125,11 @@ def extract(
         raise SpidrError(f"Unknown dtype {dtype!r}: choose among {list(DTYPES)}")
     if batch_seconds is not None and not batch_seconds > 0:
         raise SpidrError(f"batch_seconds must be positive, got {batch_seconds}")
+    if not chunk_seconds > 4 * DEFAULT_STRIDE_LENGTH_S:
+        raise SpidrError(
+            f"chunk_seconds must be more than {4 * DEFAULT_STRIDE_LENGTH_S:g} (chunks overlap by "
+            f"{2 * DEFAULT_STRIDE_LENGTH_S:g} s), got {chunk_seconds}"
+        )
     if num_workers is not None and num_workers < 0:
         raise SpidrError(f"num_workers must be 0 or more, got {num_workers}")
     output = Path(output)
@@ -146,7 +160,7 @@ def extract(
     facts = units_facts(network, units) if units is not None else None
     settings = output_settings(
         model, input, layer, hidden_states, features, units, units_out, dtype, batch_seconds, weights_hash(network),
-        output, facts["num_units"] if facts is not None else None,
+        output, facts["num_units"] if facts is not None else None, chunk_seconds,
     )  # fmt: skip
     # Checked before reading the input (durations take a while on large sets), written only once it is known good
     check_output(output, settings, units_out)
@@ -155,8 +169,11 @@ def extract(
     if units_out is not None:
         check_ids([file.id for file in files], units_out.format)
 
-    # The batches of the whole job, then this shard's share of them: a file is in the same batch whatever the split
-    batches = list(length_batches(files, batch_seconds))
+    # The batches of the whole job, then this shard's share of them: a file is in the same batch whatever the split.
+    # A file to chunk is a batch of its own (its chunks are batched together)
+    to_chunk = sorted((file for file in files if file.seconds > chunk_seconds), key=lambda f: (-f.seconds, f.id))
+    batches = list(length_batches([file for file in files if file.seconds <= chunk_seconds], batch_seconds))
+    batches += [[file] for file in to_chunk]
     owners = balanced_split([len(batch) * batch[0].seconds for batch in batches], process.shard.count)
     mine = [batch for batch, owner in zip(batches, owners, strict=True) if owner == process.shard.index]
     output.mkdir(parents=True, exist_ok=True)
@@ -192,7 +209,13 @@ def extract(
                 for batch, inputs in decoded_batches(todo, feature_extractor, network.config, device, num_workers):
                     forward_start = time.perf_counter()
                     # Its outputs are copied to the CPU: on an accelerator too, the time is the model's whole work
-                    batch_features, batch_units = forward(network, inputs, layer, hidden_states, units, device)
+                    if batch[0].seconds > chunk_seconds:
+                        chunking = (chunk_seconds, batch_seconds)
+                        batch_features, batch_units = forward_chunked(
+                            network, inputs, layer, hidden_states, units, device, *chunking
+                        )
+                    else:
+                        batch_features, batch_units = forward(network, inputs, layer, hidden_states, units, device)
                     model_seconds += time.perf_counter() - forward_start
                     saves = []
                     for index, file in enumerate(batch):
@@ -360,6 +383,7 @@ def output_settings(
     weights_sha256: str,
     output: Path,
     num_units: int | None,
+    chunk_seconds: float,
 ) -> dict:
     """
     The settings that shape the outputs, as recorded in OUTPUT/extract.json and compared on a rerun and by every
@@ -382,6 +406,7 @@ def output_settings(
         "deduplicate": units_out.deduplicate if units_out is not None else None,
         "dtype": dtype,
         "batch_seconds": batch_seconds,
+        "chunk_seconds": chunk_seconds,
         "units_format": units_out.format if units_out is not None else None,
         "units_file": recorded_units_file(output, units_out.path) if units_out is not None else None,
     }
@@ -544,6 +569,44 @@ def forward(
     features = [values.float().cpu().clone() for values in output.features[layer]]
     unit_values = [values.cpu().numpy() for values in output.units[layer]] if units is not None else []
     return features, unit_values
+
+
+def forward_chunked(
+    model,
+    inputs: dict[str, torch.Tensor],
+    layer: int,
+    hidden_states: bool,
+    units: str | None,
+    device: str,
+    chunk_seconds: float,
+    batch_seconds: float,
+) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    """
+    `forward` of one long file, standardized whole by the feature extractor, in chunks of `chunk_seconds` on frame
+    boundaries, batched up to `batch_seconds`; each chunk keeps its frames away from its cut edges (`plan_chunks`).
+    """
+    values = inputs["input_values"][0]
+    hop = model.config.inputs_to_logits_ratio
+    chunk_samples = round(chunk_seconds * SAMPLING_RATE / hop) * hop
+    stride_samples = round(DEFAULT_STRIDE_LENGTH_S * SAMPLING_RATE / hop) * hop
+    chunks = plan_chunks(len(values), chunk_samples, stride_samples, hop, model.config.receptive_field)
+    per_pass = max(1, int(batch_seconds * SAMPLING_RATE // chunk_samples))
+    kept_features, kept_units = [], []
+    for first in range(0, len(chunks), per_pass):
+        group = chunks[first : first + per_pass]
+        pieces = [values[start:end] for start, end, _, _ in group]
+        padded = torch.nn.utils.rnn.pad_sequence(pieces, batch_first=True)
+        mask = torch.zeros(padded.shape, dtype=torch.long)
+        for row, piece in enumerate(pieces):
+            mask[row, : len(piece)] = 1
+        features, unit_values = forward(
+            model, {"input_values": padded, "attention_mask": mask}, layer, hidden_states, units, device
+        )
+        for index, (_, _, keep_from, keep_to) in enumerate(group):
+            kept_features.append(features[index][keep_from:keep_to])
+            if units is not None:
+                kept_units.append(unit_values[index][keep_from:keep_to])
+    return [torch.cat(kept_features)], [np.concatenate(kept_units)] if units is not None else []
 
 
 class FeatureWriter:

@@ -20,6 +20,7 @@ DTYPES = ("float32", "bfloat16")  # spidr_hf.loading.DTYPES
 OBJECTIVES = ("spidr", "dinosr")  # spidr_hf.configuration_spidr.OBJECTIVES
 # spidr_hf.extract.ACCELERATOR_BATCH_SECONDS, CPU_BATCH_SECONDS
 ACCELERATOR_BATCH_SECONDS, CPU_BATCH_SECONDS = 200.0, 20.0
+DEFAULT_CHUNK_SECONDS = 60.0  # spidr_hf.extract.DEFAULT_CHUNK_SECONDS
 UNITS_FORMATS = ("txt", "jsonl", "parquet")  # spidr_hf.units_output.UNITS_FORMATS
 DEFAULT_BATCH_SIZE = 8  # spidr_hf.evaluation.evaluate_model, spidr_hf.kmeans.fit_centroids
 DEFAULT_NUM_CLUSTERS = 256
@@ -220,6 +221,13 @@ def extract_arguments(parser: argparse.ArgumentParser) -> None:
         help="processes decoding audio ahead of the model (default: one per spare core, at most 4)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (pays off on long jobs)")
+    parser.add_argument(
+        "--chunk-seconds",
+        type=positive_float,
+        default=DEFAULT_CHUNK_SECONDS,
+        help="files longer than this go through in overlapping chunks of this length, stitched as the pipelines do, "
+        f"so that memory stays bounded (default: {DEFAULT_CHUNK_SECONDS:g})",
+    )
     add_device_and_dtype(parser)
 
 
