@@ -240,6 +240,25 @@ def test_evaluate_names_what_is_wrong_with_the_model(bert_folder, tmp_path, caps
     assert f"Cannot load the model {model}: {message}" in error
 
 
+@pytest.mark.parametrize("sizes", [{"num_hidden_layers": 1_000_000}, {"kmeans_layer": 2, "kmeans_num_clusters": 10**9}])
+@pytest.mark.parametrize("command", ["extract", "kmeans", "evaluate"])
+def test_a_config_too_large_for_the_memory_is_refused_before_any_work(source_dir, tmp_path, capsys, sizes, command):
+    import json
+    import shutil
+
+    folder = tmp_path / "absurd"
+    shutil.copytree(source_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **sizes}))
+    arguments = {
+        "extract": ["extract", str(folder), str(tmp_path), str(tmp_path / "out")],
+        "kmeans": ["kmeans", str(folder), "--audio", str(tmp_path)],
+        "evaluate": ["evaluate", str(folder), "--dataset", str(tmp_path), "--output", str(tmp_path / "report")],
+    }[command]
+    error = run_cli(arguments, capsys)  # from the config: no weights are loaded, no model is built
+    assert "more than this machine's" in error and "GiB of memory; check its sizes" in error
+
+
 @pytest.mark.parametrize(
     ("device", "message"),
     [("foo", "Unknown device 'foo'"), ("cuda", "CUDA is not available"), ("cuda:99", "CUDA")],

@@ -129,7 +129,46 @@ def load_config(source: str | os.PathLike) -> LoadedConfig:
         raise ModelLoadError(
             f"Cannot load the model {source}: it is a {type(config).__name__}, not a SpidR/DinoSR model"
         )
+    check_fits_in_memory(source, config)
     return LoadedConfig(config, local_files_only)
+
+
+def estimated_parameters(config: SpidrConfig) -> int:
+    """About how many weights the full pretraining model of `config` has (student, teacher, heads, codebooks,
+    k-means centroids): the large matrices, from the sizes alone (SpidR base: 185M, of 93M for the student)."""
+    hidden, channels = config.hidden_size, [1, *config.conv_dim]
+    convolutions = sum(channels[k] * channels[k + 1] * config.conv_kernel[k] for k in range(len(config.conv_dim)))
+    layer = 4 * hidden * hidden + 2 * hidden * config.intermediate_size  # attention, feed-forward
+    positional = config.conv_pos_depth * hidden * (hidden // config.num_conv_pos_embedding_groups)
+    encoder = config.num_hidden_layers * layer + positional * config.pos_conv_kernel_size
+    codebooks = 2 * config.num_codebooks * config.codebook_size * hidden  # heads and codewords
+    kmeans = config.kmeans_num_clusters * hidden
+    return convolutions + config.conv_dim[-1] * hidden + 2 * encoder + codebooks + kmeans
+
+
+def check_fits_in_memory(source: str | os.PathLike, config: SpidrConfig) -> None:
+    """Refuse, before building it, a config whose weights alone outgrow this machine's memory (a typo in a size would
+    otherwise fill the memory for minutes)."""
+    if not hasattr(os, "sysconf") or "SC_PHYS_PAGES" not in os.sysconf_names:
+        return
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    needed = 4 * estimated_parameters(config)  # float32
+    if needed > memory:
+        sizes = ", ".join(
+            f"{name} {getattr(config, name)}"
+            for name in (
+                "num_hidden_layers",
+                "hidden_size",
+                "intermediate_size",
+                "codebook_size",
+                "kmeans_num_clusters",
+            )
+        )
+        raise ModelLoadError(
+            f"Cannot load the model {source}: its config describes about {needed / 4:.3g} weights "
+            f"({needed / 2**30:.3g} GiB in float32), more than this machine's {memory / 2**30:.3g} GiB of memory; "
+            f"check its sizes ({sizes})"
+        )
 
 
 HEADS: dict[str, type[SpidrHeadModel]] = {
