@@ -240,3 +240,47 @@ def test_an_interrupted_resynthesis_never_pairs_old_audio_with_a_new_alignment(t
     corpus.synthesize(flite, tmp_path, later)
     assert corpus._is_done(tmp_path, later)
     assert sorted(path.name for path in (tmp_path / speaker.name).iterdir()) == ["u1.json", "u1.wav"]
+
+
+def test_a_rerun_cut_before_its_item_file_leaves_no_stale_item_file(tiny, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    folder = tmp_path / "corpus"
+    shutil.copytree(tiny, folder)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(corpus, "write_item_file", killed)
+    other_seed = [*TINY[:-1], "4"]
+    with pytest.raises(KeyboardInterrupt):
+        main(["corpus", str(folder), *other_seed])
+    assert not (folder / "dev.item").exists()  # not the first seed's items beside the second seed's dataset
+    error = run_evaluate_error(folder, tmp_path, capsys)
+    assert "dev.item not found" in error
+    monkeypatch.undo()
+    assert main(["corpus", str(folder), *other_seed]) == 0
+    dev_ids = set(load_from_disk(str(folder))["dev"]["id"])
+    assert {item.file for item in read_item_file(folder / "dev.item")} <= dev_ids
+
+
+def run_evaluate_error(folder, tmp_path, capsys) -> str:
+    from conftest import TINY_CONFIG
+
+    from spidr_hf import SpidrConfig, SpidrForPreTraining
+
+    SpidrForPreTraining(SpidrConfig(**TINY_CONFIG)).save_pretrained(tmp_path / "model")
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tmp_path / "model"), "--dataset", str(folder), "--output", str(tmp_path / "report")])
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_two_corpus_runs_into_one_folder_are_refused(tmp_path, capsys):
+    from spidr_hf.file_locks import exclusive_lock
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    with exclusive_lock(folder), pytest.raises(SystemExit):  # another run at work
+        main(["corpus", str(folder), *TINY])
+    assert "Another spidr-hf corpus is writing into" in capsys.readouterr().err
+    assert list(folder.iterdir()) == []

@@ -94,6 +94,58 @@ def test_long_files_are_chunked_and_stitched_as_the_pipeline_does(source_dir, tm
     assert single_pass.shape == long.shape and not np.allclose(single_pass, long, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        ("torch-full", "no space left on the device"),  # torch.save's zip writer on a full disk
+        ("enospc", "no space left on the device"),
+        ("eacces", "permission denied"),
+    ],
+)
+def test_a_full_disk_or_a_refused_write_is_one_line_naming_the_file(
+    source_dir, audio_dir, tmp_path, capsys, monkeypatch, failure, message
+):
+    import errno
+    import shutil
+
+    real_save = torch.save
+
+    def failing_save(tensor, path):
+        real_save(tensor, path)  # a partial file is left for the cleanup to remove
+        if failure == "torch-full":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        code = errno.ENOSPC if failure == "enospc" else errno.EACCES
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(extract_module.torch, "save", failing_save)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=4096))  # all but full
+    error = run_cli(capsys, source_dir, audio_dir, tmp_path / "out")
+    assert "Could not write" in error and ".pt: " + message in error
+    assert not [path for path in (tmp_path / "out").rglob("*") if path.name.endswith(".partial")]
+    # The same failure of the units file (txt, appended line by line)
+    monkeypatch.undo()
+    real_open = open
+
+    class FullFile:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def opening(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        return FullFile(file) if mode == "a" else file
+
+    monkeypatch.setattr("builtins.open", opening)
+    error = run_cli(capsys, source_dir, audio_dir, tmp_path / "units", "--units", "codebook")
+    assert "Could not write" in error and "no space left on the device" in error
+
+
 def test_hidden_states_equal_the_pipeline(source_dir, audio_dir, tmp_path):
     extract(source_dir, audio_dir, tmp_path, layer=0, hidden_states=True, batch_seconds=100)
     features = pipeline("spidr-features", model=str(source_dir), device="cpu")

@@ -373,6 +373,22 @@ def test_a_refit_cut_at_any_replacement_never_gives_other_units_and_a_rerun_repa
     assert torch.equal(load_file(output / "model.safetensors")["spidr.kmeans.centroids"], expected)
 
 
+def test_kmeans_in_place_checks_it_can_write_before_fitting(source_dir, corpus, tmp_path, capsys, monkeypatch):
+    from spidr_hf import atomic_files
+
+    folder = tmp_path / "parent" / "model"
+    shutil.copytree(source_dir, folder)
+    writable = os.access
+    monkeypatch.setattr(
+        atomic_files.os, "access", lambda path, mode: Path(path) != folder.parent and writable(path, mode)
+    )
+    with pytest.raises(SystemExit):
+        main(["kmeans", str(folder), "--dataset", str(corpus), "--layer", str(LAYER), "--num-clusters", "4"])
+    captured = capsys.readouterr()
+    assert f"Could not write into {folder.parent}: permission denied (checked before any work)" in captured.err
+    assert "Layer features" not in captured.err  # nothing was computed
+
+
 def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
     def error(*arguments: str) -> str:
         with pytest.raises(SystemExit) as exit_info:

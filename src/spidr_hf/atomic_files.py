@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import WriteError, writing
 from .file_locks import exclusive_lock
 
 PARTIAL_SUFFIX = ".partial"
@@ -33,11 +34,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
     """`write(partial)` a side file, then rename it to `path`: `path` exists only complete, its old content (if any)
     stays until then, and no side file is left behind, even when `write` fails."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
     try:
-        write(partial)
-        os.replace(partial, path)
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(partial)
+            os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
 
@@ -99,6 +101,13 @@ def replace_in_folder(folder: Path, last: str) -> Iterator[Path]:
             # The replaced file's mode (some writers, safetensors' among them, create files 0600), else the umask's
             path.chmod(target.stat().st_mode & 0o777 if target.exists() else default_mode)
             os.replace(path, target)
+
+
+def check_writable(path: Path) -> None:
+    """Before a long job: a one-line error if `path` (a folder, or its nearest existing parent) cannot be written."""
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WriteError(f"Could not write into {existing}: permission denied (checked before any work)")
 
 
 def _umask() -> int:

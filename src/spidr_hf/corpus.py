@@ -31,6 +31,7 @@ from tqdm import tqdm
 from .atomic_files import write_atomically, write_text_atomically
 from .configuration_spidr import SAMPLING_RATE
 from .evaluation.items import ITEM_FILE, SILENCE, items_from_alignment, num_frames, write_item_file
+from .file_locks import exclusive_lock
 
 DEFAULT_HOURS = 1.0  # about a minute to build; enough for the CPU pretraining quickstart
 WAV_DIR = "wavs"
@@ -313,7 +314,6 @@ def build_corpus(
     the synthesized wavs with their alignments under `wavs/`, which a later run reuses instead of synthesizing again.
     The result depends only on the arguments (and the installed flite and fortunes packages), not on `num_workers`.
     """
-    from datasets import Dataset, DatasetDict
 
     if not math.isfinite(hours) or hours <= 0:
         raise ValueError(f"hours must be a positive number, got {hours}")
@@ -324,6 +324,20 @@ def build_corpus(
     out_dir = Path(out_dir)
     _check_destination(out_dir)
     flite = find_flite()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    busy = f"Another spidr-hf corpus is writing into {out_dir}: wait for it, or choose another folder"
+    try:
+        with exclusive_lock(out_dir, wait=False, busy_message=busy):
+            return _build_corpus(out_dir, flite, hours, num_speakers, dev_speakers, seed, num_workers)
+    except BlockingIOError as error:
+        raise ValueError(str(error)) from None
+
+
+def _build_corpus(
+    out_dir: Path, flite: str, hours: float, num_speakers: int, dev_speakers: int, seed: int, num_workers: int | None
+):
+    from datasets import Dataset, DatasetDict
+
     speakers = SPEAKERS[:num_speakers]
     utterances = plan_utterances(load_sentences(), speakers, hours, seed)
     wav_dir = out_dir / WAV_DIR
@@ -342,6 +356,9 @@ def build_corpus(
     corpus = DatasetDict(
         {split: Dataset.from_list(split_rows, features=features) for split, split_rows in rows.items()}
     )
+    # An earlier run's item file goes first: cut before the new one is written, the folder has none (which evaluate
+    # names) rather than items of other utterances beside the new dataset
+    (out_dir / ITEM_FILE).unlink(missing_ok=True)
     corpus.save_to_disk(out_dir)
     items = [
         item

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from transformers.utils import CONFIG_NAME
 
 from .aligned_speech import split_audio
-from .atomic_files import new_folder, replace_in_folder
+from .atomic_files import check_writable, new_folder, replace_in_folder
 from .audio import AudioCollection, folder_audio, name_some
 from .clustering import StreamingKMeans
 from .errors import SpidrError
@@ -99,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         raise SpidrError(f"--output {output} is a file: choose a new or empty folder (or leave --output out: in place)")
     if args.output is not None and output.exists() and any(output.iterdir()):
         raise SpidrError(f"{output} is not empty: choose a new or empty folder (or leave --output out: in place)")
+    # In place, the staging folder goes beside the model folder: both must be writable, known before the fit
+    for folder in (output, output.parent) if args.output is None else (output.parent,):
+        check_writable(folder)
     process = this_process()  # torchrun / accelerate launch: the processes share the forward passes
     device = process_device(check_device(args.device), process)
     # The folder's own kind: a pretraining folder keeps its heads, teacher and codebooks, a student-only folder stays

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic_files import write_atomically, write_text_atomically
-from .errors import SpidrError
+from .errors import SpidrError, writing
 from .pipeline_spidr import run_starts
 from .sharding import Shard
 
@@ -142,13 +142,15 @@ class UnitsOutput:
         if self.format == "parquet":
             self.path.mkdir(parents=True, exist_ok=True)
             return
-        self.parts_folder.mkdir(parents=True, exist_ok=True)
         self._part = self.parts_folder / f"{shard.name}.{self.format}"
+        with writing(self._part):
+            self.parts_folder.mkdir(parents=True, exist_ok=True)
         if self._part.is_file():  # a line cut off by a killed run of this shard is written again
             content = self._part.read_bytes()
             with open(self._part, "r+b") as file:
                 file.truncate(content.rfind(b"\n") + 1)
-        self._file = open(self._part, "a", encoding="utf-8")  # noqa: SIM115 (open across writes, closed by close())
+        with writing(self._part):
+            self._file = open(self._part, "a", encoding="utf-8")  # noqa: SIM115 (open across writes, closed by close())
 
     def write(self, id: str, units: np.ndarray) -> None:
         """One file's units (frame by frame; merged into runs here when deduplicating)."""
@@ -172,8 +174,9 @@ class UnitsOutput:
             line = json.dumps({"id": id, "units": values})
         else:
             line = f"{id}\t{' '.join(map(str, values))}"
-        self._file.write(line + "\n")  # one write per line: a kill cuts off at most this line
-        self._file.flush()
+        with writing(self._part):
+            self._file.write(line + "\n")  # one write per line: a kill cuts off at most this line
+            self._file.flush()
 
     def _flush_rows(self) -> None:
         import pyarrow as pa
@@ -196,8 +199,9 @@ class UnitsOutput:
         if self.format == "parquet":
             self._flush_rows()
         elif self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with writing(self._part):  # a full disk can refuse the last buffered line here too
+                file.close()
 
     # The whole job ---------------------------------------------------------------------------------------------
 
