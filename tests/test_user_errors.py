@@ -259,6 +259,23 @@ def test_a_config_too_large_for_the_memory_is_refused_before_any_work(source_dir
     assert "more than this machine's" in error and "GiB of memory; check its sizes" in error
 
 
+@pytest.mark.parametrize("command", ["extract", "kmeans", "evaluate", "push"])
+def test_truncated_weights_are_a_one_line_error(source_dir, tmp_path, capsys, command):
+    import shutil
+
+    folder = tmp_path / "truncated"
+    shutil.copytree(source_dir, folder)
+    weights = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # a download or copy cut short
+    arguments = {
+        "extract": ["extract", str(folder), str(tmp_path), str(tmp_path / "out")],
+        "kmeans": ["kmeans", str(folder), "--audio", str(tmp_path)],
+        "evaluate": ["evaluate", str(folder), "--dataset", str(tmp_path), "--output", str(tmp_path / "report")],
+        "push": ["push", str(folder), "--repo-id", "org/name", "--license", "mit", "--dry-run", str(tmp_path / "r")],
+    }[command]
+    assert f"Cannot load the model {folder}: Error while deserializing header" in run_cli(arguments, capsys)
+
+
 @pytest.mark.parametrize(
     ("device", "message"),
     [("foo", "Unknown device 'foo'"), ("cuda", "CUDA is not available"), ("cuda:99", "CUDA")],
