@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from spidr_hf.slm_score import (
     score_benchmark,
     syntactic_accuracy,
 )
-from spidr_hf.unit_lm import UnitSource, pack_blocks, read_extracted_units, sequence_log_probs, write_source
+from spidr_hf.unit_lm import UnitSource, iter_blocks, read_extracted_units, sequence_log_probs, write_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = UnitSource("m", "0" * 64, 3, "codebook", 16, True)
@@ -60,9 +61,49 @@ def test_tokens_and_packed_blocks():
     assert SOURCE.tokens(np.array([4, 4, 7, 7, 7, 4])) == [16, 4, 7, 4, 17]  # deduplicated, BOS and EOS
     frames = UnitSource("m", "0" * 64, 3, "codebook", 16, False)
     assert frames.tokens(np.array([4, 4, 7])) == [16, 4, 4, 7, 17]
-    blocks = pack_blocks([[16, 1, 2, 17], [16, 3, 17]], block_size=3, pad=18)
-    assert blocks["input_ids"] == [[16, 1, 2], [17, 16, 3], [17, 18, 18]]
-    assert blocks["labels"][-1] == [17, -100, -100] and blocks["attention_mask"][-1] == [1, 0, 0]
+    blocks = list(iter_blocks(iter([[16, 1, 2, 17], [16, 3, 17]]), block_size=3, pad=18))
+    assert [block["input_ids"] for block in blocks] == [[16, 1, 2], [17, 16, 3], [17, 18, 18]]
+    assert blocks[-1]["labels"] == [17, -100, -100] and blocks[-1]["attention_mask"] == [1, 0, 0]
+    assert blocks[0]["labels"] == blocks[0]["input_ids"] and blocks[0]["attention_mask"] == [1, 1, 1]
+
+
+def test_unit_datasets_pack_the_files_in_id_order_whatever_the_format_or_shards(source_dir, tmp_path, monkeypatch):
+    from spidr_hf.unit_lm_training import UnitLMArguments, held_out, unit_datasets
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    audio = tmp_path / "audio"
+    for index in range(12):
+        write_audio(audio / f"f{(index * 7) % 12:02d}.wav", speech_like(0.4 + index / 20, index, 16000))
+    layer = SpidrConfig.from_pretrained(source_dir).codebook_layers[-1]
+    units = {}
+    for name, options in {"txt": {}, "parquet": {"units_format": "parquet"}}.items():
+        units[name] = tmp_path / name
+        extract(source_dir, audio, units[name], layer=layer, features=False, units="codebook", **options)
+    for part in ("0/2", "1/2"):  # parquet files written by two shards
+        extract(source_dir, audio, tmp_path / "sharded", layer=layer, features=False, units="codebook",
+                units_format="parquet", shard=part)  # fmt: skip
+    units["sharded"] = tmp_path / "sharded"
+    source, by_id = read_extracted_units(units["txt"], deduplicate=True)
+    for name, folder in units.items():
+        _, train, evaluation = unit_datasets(UnitLMArguments(units=str(folder), block_size=16, eval_fraction=0.25))
+        for split, is_held in ((train, False), (evaluation, True)):
+            stream = [
+                token for id in sorted(by_id) if held_out(id, 0.25) == is_held for token in source.tokens(by_id[id])
+            ]
+            blocks = [block["input_ids"][: sum(block["attention_mask"])] for block in split]
+            assert all(len(block["input_ids"]) == 16 for block in split), name
+            assert [token for block in blocks for token in block] == stream, name
+            assert all(sum(block["attention_mask"]) == 16 for block in list(split)[:-1])  # only the last is padded
+    # Units extracted again into the same folder are read again, not taken from the cache of the first ones
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    for path in sorted(audio.iterdir())[:3]:
+        path.rename(fewer / path.name)
+    shutil.rmtree(units["txt"])
+    extract(source_dir, fewer, units["txt"], layer=layer, features=False, units="codebook")
+    _, train, _ = unit_datasets(UnitLMArguments(units=str(units["txt"]), block_size=16, eval_fraction=0.0))
+    _, few = read_extracted_units(units["txt"], deduplicate=True)
+    assert sum(sum(block["attention_mask"]) for block in train) == sum(len(source.tokens(u)) for u in few.values())
 
 
 def write_gold(path: Path, rows: list[dict]) -> Path:

@@ -9,7 +9,7 @@ sequences are files laid end to end and cut into blocks of `block_size` tokens (
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,8 +90,15 @@ def load_unit_lm(source: str | Path, device: str):
 def read_extracted_units(output: str | Path, deduplicate: bool) -> tuple[UnitSource, dict[str, np.ndarray]]:
     """
     The frame units of every file of a finished `spidr-hf extract --units ...` OUTPUT (txt, jsonl or parquet) and
-    their source. Units deduplicated at extraction stay so (`deduplicate=False` cannot undo it).
+    their source, in memory (`extracted_units` reads them one file at a time). Units deduplicated at extraction stay so
+    (`deduplicate=False` cannot undo it).
     """
+    source, units_out = extracted_units(output, deduplicate)
+    return source, dict(units_out.iter_units())
+
+
+def extracted_units(output: str | Path, deduplicate: bool) -> tuple[UnitSource, UnitsOutput]:
+    """The source of the units of a finished `spidr-hf extract --units ...` OUTPUT, and their reader."""
     from .extract import read_settings
 
     output = Path(output)
@@ -106,8 +113,7 @@ def read_extracted_units(output: str | Path, deduplicate: bool) -> tuple[UnitSou
         )
     units_format, deduplicated = settings["units_format"], bool(settings["deduplicate"])
     units_out = UnitsOutput(output / settings["units_file"], units_format, deduplicated)
-    units = units_out.read_all()
-    if not units:
+    if units_out.num_rows() == 0:
         raise SpidrError(f"{output} holds no units yet: run the extraction to the end")
     source = UnitSource(
         model=settings["model"],
@@ -117,20 +123,28 @@ def read_extracted_units(output: str | Path, deduplicate: bool) -> tuple[UnitSou
         num_units=settings["num_units"],
         deduplicate=deduplicated or deduplicate,
     )
-    return source, units
+    return source, units_out
 
 
-def pack_blocks(sequences: Sequence[list[int]], block_size: int, pad: int) -> dict[str, list[list[int]]]:
-    """Sequences end to end, cut into `block_size` blocks; the last one padded (its padding is not a target)."""
-    stream = [token for sequence in sequences for token in sequence]
-    blocks: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
-    for start in range(0, len(stream), block_size):
-        block = stream[start : start + block_size]
+def iter_blocks(sequences: Iterable[list[int]], block_size: int, pad: int) -> Iterator[dict[str, list[int]]]:
+    """
+    Sequences end to end, cut into `block_size` blocks, one at a time (memory holds one block, whatever the corpus);
+    the last one padded (its padding is not a target).
+    """
+    block: list[int] = []
+    for sequence in sequences:
+        for token in sequence:
+            block.append(token)
+            if len(block) == block_size:
+                yield {"input_ids": block, "attention_mask": [1] * block_size, "labels": block}
+                block = []
+    if block:
         padding = block_size - len(block)
-        blocks["input_ids"].append(block + [pad] * padding)
-        blocks["attention_mask"].append([1] * len(block) + [0] * padding)
-        blocks["labels"].append(block + [-100] * padding)
-    return blocks
+        yield {
+            "input_ids": block + [pad] * padding,
+            "attention_mask": [1] * len(block) + [0] * padding,
+            "labels": block + [-100] * padding,
+        }
 
 
 @torch.no_grad()

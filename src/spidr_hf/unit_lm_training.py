@@ -4,13 +4,14 @@ causal LM whose vocabulary is the units'.
 """
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from .errors import ConfigError
-from .unit_lm import UnitSource, pack_blocks, read_extracted_units, write_source
+from .unit_lm import UnitSource, extracted_units, iter_blocks, write_source
 
 
 @dataclass
@@ -33,22 +34,56 @@ def held_out(id: str, fraction: float) -> bool:
 
 
 def unit_datasets(args: UnitLMArguments):
-    """The source of the units, and the train / eval `datasets.Dataset`s of packed blocks (eval None when empty)."""
-    from datasets import Dataset
+    """
+    The source of the units, and the train / eval `datasets.Dataset`s of packed blocks (eval None when empty). Built
+    on disk, file by file, through `datasets` (Arrow files in its cache, reused while the units do not change): memory
+    holds a batch of rows, whatever the corpus (Libri-Light's 6k h of deduplicated units are ~5e8 tokens).
+    """
+    from datasets import Dataset, Features, Sequence, Value
 
     if args.block_size < 2:
         raise ConfigError(f"block_size must be at least 2, got {args.block_size}")
     if not 0 <= args.eval_fraction < 1:
         raise ConfigError(f"eval_fraction must be in [0, 1), got {args.eval_fraction}")
-    source, units = read_extracted_units(args.units, args.deduplicate)
-    splits: dict[bool, list[list[int]]] = {False: [], True: []}
-    for id in sorted(units):
-        splits[held_out(id, args.eval_fraction)].append(source.tokens(units[id]))
-    if not splits[False]:
+    source, units_out = extracted_units(args.units, args.deduplicate)
+    # Files in id order, whatever order the shards of the extraction wrote them in
+    files = Dataset.from_generator(
+        _token_rows,
+        features=Features({"id": Value("string"), "tokens": Sequence(Value("int32"))}),
+        gen_kwargs={"units_out": units_out, "source": source, "signature": units_signature(units_out)},
+    ).sort("id")
+    held = [held_out(id, args.eval_fraction) for id in files["id"]]
+    splits = {
+        part: files.select([index for index, is_held in enumerate(held) if is_held == part]) for part in (False, True)
+    }
+    if not len(splits[False]):
         raise ConfigError(f"No file of {args.units} is left for training: lower eval_fraction")
-    train = Dataset.from_dict(pack_blocks(splits[False], args.block_size, source.pad))
-    evaluation = Dataset.from_dict(pack_blocks(splits[True], args.block_size, source.pad)) if splits[True] else None
-    return source, train, evaluation
+    block = Features(
+        {name: Sequence(Value("int32"), length=args.block_size) for name in ("input_ids", "attention_mask", "labels")}
+    )
+
+    def packed(split):
+        kwargs = {"files": split, "block_size": args.block_size, "pad": source.pad}
+        return Dataset.from_generator(_blocks, features=block, gen_kwargs=kwargs)
+
+    return source, packed(splits[False]), packed(splits[True]) if len(splits[True]) else None
+
+
+def units_signature(units_out) -> list[tuple[str, int, int]]:
+    """What tells one content of a units output from another: its files' names, sizes and modification times (the
+    cache of `unit_datasets` is keyed on it)."""
+    paths = units_out.parquet_files() if units_out.format == "parquet" else [units_out.path]
+    return [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in paths]
+
+
+def _token_rows(units_out, source: UnitSource, signature: list) -> Iterator[dict]:
+    for id, units in units_out.iter_units():
+        yield {"id": id, "tokens": source.tokens(units)}
+
+
+def _blocks(files, block_size: int, pad: int) -> Iterator[dict]:
+    sequences = (tokens for batch in files.iter(batch_size=1000) for tokens in batch["tokens"])
+    yield from iter_blocks(sequences, block_size, pad)
 
 
 def build_unit_lm(args: UnitLMArguments, source: UnitSource) -> PreTrainedModel:

@@ -17,7 +17,7 @@ last line is dropped) or the rows not yet in a parquet file.
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -220,22 +220,39 @@ class UnitsOutput:
         write_text_atomically(self.path, "".join(lines[id] for id in ids_in_order))
         shutil.rmtree(self.parts_folder, ignore_errors=True)
 
-    def read_all(self) -> dict[str, np.ndarray]:
-        """id -> units (as written: merged runs when deduplicated) of every file written so far."""
+    def iter_units(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(id, units as written: merged runs when deduplicated) of every file written so far, one file at a time:
+        memory holds one parquet file of rows, or one line, whatever the number of files."""
         if self.format == "parquet":
-            units = {}
             for table in self.parquet_tables(columns=["id", "units"]):
                 for id, values in zip(table.column("id").to_pylist(), table.column("units").to_pylist(), strict=True):
-                    units[id] = np.asarray(values, dtype=np.int64)
-            return units
-        units = {}
-        for id, line in self._complete_lines().items():
+                    yield id, np.asarray(values, dtype=np.int64)
+            return
+        # A finished job's units file has every line once; parts of unfinished shards are read whole
+        lines = self._complete_lines().items() if self.parts_folder.is_dir() else self._file_lines(self.path)
+        for id, line in lines:
             if self.format == "jsonl":
                 values = json.loads(line)["units"]
             else:
                 values = line.rstrip("\n").partition("\t")[2].split()
-            units[id] = np.asarray([int(value) for value in values], dtype=np.int64)
-        return units
+            yield id, np.asarray([int(value) for value in values], dtype=np.int64)
+
+    def _file_lines(self, path: Path) -> Iterator[tuple[str, str]]:
+        """(id, line) of each complete line of `path`, read line by line; an id's first line wins."""
+        seen: set[str] = set()
+        with path.open("rb") as file:
+            for number, raw in enumerate(file, 1):
+                if not raw.endswith(b"\n"):  # cut off by an interrupted run
+                    break
+                try:  # split at "\n" only (binary lines): an id may hold \x0c, \x85 or \u2028
+                    line = raw.decode("utf-8")[:-1]
+                except UnicodeDecodeError as error:
+                    raise SpidrError(f"{path} is not UTF-8 text: {error}") from error
+                if line:
+                    id = self._line_id(line, path, number)
+                    if id not in seen:
+                        seen.add(id)
+                        yield id, line + "\n"
 
     def num_rows(self) -> int:
         if self.format == "parquet":
