@@ -81,8 +81,9 @@ def test_unit_datasets_pack_the_files_in_id_order_whatever_the_format_or_shards(
         extract(source_dir, audio, units[name], layer=layer, features=False, units="codebook", **options)
     for part in ("0/2", "1/2"):  # parquet files written by two shards
         extract(source_dir, audio, tmp_path / "sharded", layer=layer, features=False, units="codebook",
-                units_format="parquet", shard=part)  # fmt: skip
+                units_format="parquet", shard=part, batch_seconds=2)  # fmt: skip
     units["sharded"] = tmp_path / "sharded"
+    assert len(list((tmp_path / "sharded" / "units").glob("*.parquet"))) == 2
     source, by_id = read_extracted_units(units["txt"], deduplicate=True)
     for name, folder in units.items():
         _, train, evaluation = unit_datasets(UnitLMArguments(units=str(folder), block_size=16, eval_fraction=0.25))

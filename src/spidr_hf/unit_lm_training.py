@@ -50,6 +50,7 @@ def unit_datasets(args: UnitLMArguments):
     files = Dataset.from_generator(
         _token_rows,
         features=Features({"id": Value("string"), "tokens": Sequence(Value("int32"))}),
+        # No list among the arguments: datasets would take a list for shards, one generator call each
         gen_kwargs={"units_out": units_out, "source": source, "signature": units_signature(units_out)},
     ).sort("id")
     held = [held_out(id, args.eval_fraction) for id in files["id"]]
@@ -69,14 +70,14 @@ def unit_datasets(args: UnitLMArguments):
     return source, packed(splits[False]), packed(splits[True]) if len(splits[True]) else None
 
 
-def units_signature(units_out) -> list[tuple[str, int, int]]:
+def units_signature(units_out) -> str:
     """What tells one content of a units output from another: its files' names, sizes and modification times (the
     cache of `unit_datasets` is keyed on it)."""
     paths = units_out.parquet_files() if units_out.format == "parquet" else [units_out.path]
-    return [(path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in paths]
+    return ";".join(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in paths)
 
 
-def _token_rows(units_out, source: UnitSource, signature: list) -> Iterator[dict]:
+def _token_rows(units_out, source: UnitSource, signature: str) -> Iterator[dict]:
     for id, units in units_out.iter_units():
         yield {"id": id, "tokens": source.tokens(units)}
 
