@@ -1454,9 +1454,9 @@ class SpidrHeadModel(SpidrPreTrainedModel):
         frame_mask = self._get_feature_vector_attention_mask(head_input.shape[1], attention_mask)
         return head_input, frame_mask, outputs
 
-    @staticmethod
-    def _tuple_or(output: ModelOutput, return_dict: bool) -> ModelOutput | tuple:
-        return output if return_dict else output.to_tuple()
+    def _tuple_or(self, output: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:
+        """The output as asked: `return_dict`, or the config's `return_dict` when None (a tuple when False)."""
+        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
 
 class SpidrForCTC(SpidrHeadModel):
@@ -1489,7 +1489,6 @@ class SpidrForCTC(SpidrHeadModel):
             Token ids of the transcripts, padded with -100. Returns the CTC loss (blank: `config.pad_token_id`).
         Returns logits of shape `(batch_size, frames, vocab_size)`.
         """
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None and labels.max() >= self.config.vocab_size:
             raise ValueError(f"Label values must be < vocab_size ({self.config.vocab_size}), got {labels.max()}.")
         head_input, frame_mask, outputs = self._head_input(
@@ -1548,7 +1547,6 @@ class SpidrForSequenceClassification(SpidrHeadModel):
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): class indices; returns the cross-entropy
         loss (mean squared error when `config.num_labels == 1`). Returns logits of shape `(batch_size, num_labels)`.
         """
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         head_input, frame_mask, outputs = self._head_input(
             input_values, attention_mask, output_attentions, output_hidden_states, **kwargs
         )
@@ -1594,7 +1592,6 @@ class SpidrForAudioFrameClassification(SpidrHeadModel):
         (padding included); returns the mean cross-entropy over the labelled frames. Returns logits of shape
         `(batch_size, frames, num_labels)`.
         """
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         head_input, frame_mask, outputs = self._head_input(
             input_values, attention_mask, output_attentions, output_hidden_states, **kwargs
         )
@@ -1683,7 +1680,6 @@ class SpidrForXVector(SpidrHeadModel):
         loss. Returns `embeddings` `(batch_size, xvector_output_dim)` (compare them by cosine similarity) and the
         classifier's `logits`.
         """
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         head_input, frame_mask, outputs = self._head_input(
             input_values, attention_mask, output_attentions, output_hidden_states, **kwargs
         )
