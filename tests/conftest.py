@@ -4,6 +4,8 @@ import importlib.util
 import os
 import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -25,6 +27,40 @@ TINY_CONFIG = {
     "num_conv_pos_embedding_groups": 4,
     "codebook_size": 16,
 }
+
+
+class Cut(BaseException):
+    """An injected interruption: like a KeyboardInterrupt, nothing in spidr-hf catches it."""
+
+
+@contextmanager
+def renames_cut_after(monkeypatch, count: int) -> Iterator[list[str]]:
+    """
+    Within the block, the renames that publish spidr-hf's files and folders (`os.replace`, and `shutil.move` of a
+    staging folder) go through `count` times, then raise `Cut`: an interruption just before the next one. Yields the
+    names renamed so far.
+    """
+    from spidr_hf import atomic_files
+
+    done: list[str] = []
+    real_replace, real_move = os.replace, shutil.move
+
+    def cut(rename):
+        def renamed(source, destination):
+            if len(done) == count:
+                raise Cut
+            done.append(Path(destination).name)
+            return rename(source, destination)
+
+        return renamed
+
+    monkeypatch.setattr(atomic_files.os, "replace", cut(real_replace))
+    monkeypatch.setattr(atomic_files.shutil, "move", cut(real_move))
+    try:
+        yield done
+    finally:
+        monkeypatch.setattr(atomic_files.os, "replace", real_replace)
+        monkeypatch.setattr(atomic_files.shutil, "move", real_move)
 
 
 # What every saved SpidR folder maps for remote code: the student, the pretraining model and the four heads

@@ -4,23 +4,17 @@ that publishes a file or folder): the run is cut there, the same command is run 
 of an uninterrupted run, with no hidden leftovers beside them.
 """
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_audio
+from conftest import Cut, renames_cut_after, write_audio
 from reference import build_reference, write_reference_checkpoint
 from test_extract import speech_like
 
-from spidr_hf import atomic_files
 from spidr_hf.cli import main
-
-
-class Cut(BaseException):
-    """What the injected fault raises: like a KeyboardInterrupt, nothing may catch it."""
 
 
 def contents(folder: Path) -> dict[str, bytes]:
@@ -39,39 +33,18 @@ def cut_at_every_rename(
     fresh()
     run()
     expected = outputs()
-    real_replace, real_move = os.replace, shutil.move
     cut_at = 0
     while True:
         fresh()
-        cutter = RenameCutter(cut_at)
-        monkeypatch.setattr(atomic_files.os, "replace", lambda s, d, c=cutter: c.rename(real_replace, s, d))
-        monkeypatch.setattr(atomic_files.shutil, "move", lambda s, d, c=cutter: c.rename(real_move, s, d))
-        try:
-            run()
-            finished = True
-        except Cut:
-            finished = False
-        finally:
-            monkeypatch.setattr(atomic_files.os, "replace", real_replace)
-            monkeypatch.setattr(atomic_files.shutil, "move", real_move)
-        if finished:
-            return cut_at
+        with renames_cut_after(monkeypatch, cut_at) as done:
+            try:
+                run()
+                return cut_at
+            except Cut:
+                pass
         run()  # the same command again
-        assert outputs() == expected, f"cut before rename {cut_at + 1} (after {cutter.done})"
+        assert outputs() == expected, f"cut before rename {cut_at + 1} (after {done})"
         cut_at += 1
-
-
-class RenameCutter:
-    """Lets `cut_at` renames through, then raises `Cut` at the next."""
-
-    def __init__(self, cut_at: int):
-        self.cut_at, self.done = cut_at, []
-
-    def rename(self, rename: Callable, source, destination):
-        if len(self.done) == self.cut_at:
-            raise Cut
-        self.done.append(Path(destination).name)
-        return rename(source, destination)
 
 
 @pytest.fixture

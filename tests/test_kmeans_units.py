@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG, write_audio
+from conftest import TINY_CONFIG, Cut, renames_cut_after, write_audio
 from safetensors.torch import load_file
 from sklearn.cluster import KMeans
 from transformers import pipeline
@@ -265,9 +265,6 @@ def test_kmeans_command_cut_between_files_leaves_a_whole_model(source_dir, corpu
     Files are replaced one by one: cut before any of them, the folder loads as the old model (no centroids, the same
     units) or with the new centroids; never with a config that names centroids the weights lack.
     """
-    from spidr_hf import atomic_files
-
-    replace = os.replace
     arguments = ["--layer", str(LAYER), "--num-clusters", str(CLUSTERS), "--kmeans-frames", "2000", "--device", "cpu"]
     audio = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
     inputs = units_inputs(audio)
@@ -276,20 +273,12 @@ def test_kmeans_command_cut_between_files_leaves_a_whole_model(source_dir, corpu
     while True:
         folder = tmp_path / f"model{cut_at}"
         shutil.copytree(source_dir, folder)
-        replaced = []
-
-        def replace_until_cut(source, destination, replaced=replaced, cut_at=cut_at):
-            if len(replaced) == cut_at:
-                raise KeyboardInterrupt
-            replaced.append(Path(destination).name)
-            replace(source, destination)
-
-        monkeypatch.setattr(atomic_files.os, "replace", replace_until_cut)
-        try:
-            main(["kmeans", str(folder), "--dataset", str(corpus), *arguments])
-            finished = True
-        except KeyboardInterrupt:
-            finished = False
+        with renames_cut_after(monkeypatch, cut_at) as replaced:
+            try:
+                main(["kmeans", str(folder), "--dataset", str(corpus), *arguments])
+                finished = True
+            except Cut:
+                finished = False
         model = SpidrForPreTraining.from_pretrained(folder).eval()
         if finished:
             assert model.spidr.kmeans is not None and torch.isfinite(model.spidr.kmeans.centroids).all()
@@ -317,7 +306,6 @@ def test_a_refit_cut_at_any_replacement_never_gives_other_units_and_a_rerun_repa
     from spidr_hf import atomic_files
     from spidr_hf.loading import load
 
-    replace = os.replace
     arguments = ["--layer", "2", "--num-clusters", str(new_clusters), "--kmeans-frames", "2000", "--device", "cpu"]
     inputs = units_inputs(np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1)
     old_units = SpidrModel.from_pretrained(kmeans_dir).eval().get_kmeans_units(**inputs)
@@ -331,22 +319,12 @@ def test_a_refit_cut_at_any_replacement_never_gives_other_units_and_a_rerun_repa
     while True:
         folder = tmp_path / f"model{cut_at}"
         shutil.copytree(kmeans_dir, folder)
-        replaced = []
-
-        def replace_until_cut(source, destination, replaced=replaced, cut_at=cut_at):
-            if len(replaced) == cut_at:
-                raise KeyboardInterrupt
-            replaced.append(Path(destination).name)
-            replace(source, destination)
-
-        monkeypatch.setattr(atomic_files.os, "replace", replace_until_cut)
-        try:
-            main(["kmeans", str(folder), "--dataset", str(corpus), *arguments])
-            break
-        except KeyboardInterrupt:
-            pass
-        finally:
-            monkeypatch.setattr(atomic_files.os, "replace", replace)
+        with renames_cut_after(monkeypatch, cut_at) as replaced:
+            try:
+                main(["kmeans", str(folder), "--dataset", str(corpus), *arguments])
+                break
+            except Cut:
+                pass
         try:
             units = SpidrModel.from_pretrained(folder).eval().get_kmeans_units(**inputs)
         except (ValueError, RuntimeError) as error:  # RuntimeError: transformers' size mismatch, other counts only
