@@ -1,0 +1,221 @@
+"""Fine-tuning on SUPERB's phone recognition and speaker identification (training/finetune.py)."""
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONFIG, load_script
+
+from spidr_hf import SpidrConfig, SpidrFeatureExtractor
+from spidr_hf.errors import is_user_error
+from spidr_hf.finetune_tasks import (
+    PAD,
+    AudioCollator,
+    FinetuneArguments,
+    FinetuneTrainer,
+    open_corpus_split,
+    phone_datasets,
+    phone_error_rate,
+    phone_string,
+    speaker_split,
+)
+from spidr_hf.modeling_spidr import SpidrForCTC
+from spidr_hf.pipeline_spidr import load_audio
+
+ROOT = Path(__file__).resolve().parents[1]
+PHONES_CONFIG = ROOT / "training/configs/finetune_phones_cpu.yaml"
+SPEAKERS_CONFIG = ROOT / "training/configs/finetune_speakers_cpu.yaml"
+# A few steps of the tiny model; evaluation one utterance at a time, as the pipelines run
+QUICK = ["--per_device_train_batch_size=4", "--per_device_eval_batch_size=1", "--logging_steps=1"]
+QUICK += ["--dataloader_num_workers=0", "--report_to=none"]
+
+
+@pytest.fixture(scope="module")
+def finetune():
+    return load_script(ROOT / "training/finetune.py", "finetune_script").main
+
+
+@pytest.fixture(scope="module")
+def speakers_corpus(tmp_path_factory) -> Path:
+    """A tiny corpus whose train split has 2 speakers (the shared one has 1)."""
+    from spidr_hf.corpus import build_corpus
+
+    folder = tmp_path_factory.mktemp("speakers-corpus")
+    build_corpus(folder, hours=0.03, num_speakers=3, dev_speakers=1, seed=0)
+    return folder
+
+
+def pipeline_outputs(tmp_path: Path, task: str, model: Path, audio: list[np.ndarray]) -> dict:
+    """What `pipeline(task, model, trust_remote_code=True)` gives each audio in a fresh interpreter without spidr_hf."""
+    audio_file = tmp_path / "audio.npz"
+    np.savez(audio_file, *audio)
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import numpy as np
+        from transformers import pipeline
+        pipe = pipeline({task!r}, model={str(model)!r}, trust_remote_code=True)
+        audio = np.load({str(audio_file)!r})
+        outputs = [pipe({{"raw": audio[f"arr_{{i}}"], "sampling_rate": 16000}}) for i in range(len(audio.files))]
+        print(json.dumps({{"outputs": outputs, "imported_spidr_hf": "spidr_hf" in sys.modules}}))
+        """
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert not result["imported_spidr_hf"]  # the folder's own code runs it
+    return result["outputs"]
+
+
+def split_audio_and_column(corpus: Path, split: str, column: str) -> tuple[list[np.ndarray], list]:
+    dataset = open_corpus_split(str(corpus), split, ("id", "audio", column))
+    return [load_audio(row["audio"], None, 16000) for row in dataset], list(dataset[column])
+
+
+def test_phone_labels_decode_to_the_corpus_phones_and_batches_pad(corpus):
+    args = FinetuneArguments(task="phones", model_name_or_path="unused", dataset=str(corpus))
+    tokenizer, train, evaluation = phone_datasets(args)
+    vocabulary = tokenizer.get_vocab()
+    assert vocabulary[PAD] == tokenizer.pad_token_id == 0 and "pau" not in vocabulary  # pauses are no targets
+    for split, dataset in (("train", train), ("dev", evaluation)):
+        phones = open_corpus_split(str(corpus), split, ("id", "audio", "phones"))["phones"]
+        expected = [phone_string(row, ["pau"]) for row in phones]
+        assert [tokenizer.decode(labels, group_tokens=False) for labels in dataset["labels"]] == expected
+        assert all(" " not in token for token in vocabulary) and all(expected)
+    # Multi-letter phones are one token each: "hh" is not "h h"
+    assert any(len(phone) > 1 for phone in vocabulary if phone in expected[0].split())
+    # The collator pads audio with an attention mask and labels with -100
+    rows = [train[0], train[1]]
+    batch = AudioCollator(SpidrFeatureExtractor())(rows)
+    assert batch["attention_mask"].sum(-1).tolist() == [row["length"] for row in rows]
+    for row, labels in zip(rows, batch["labels"], strict=True):
+        assert labels[labels != -100].tolist() == row["labels"]
+        assert (labels[len(row["labels"]) :] == -100).all()
+
+
+def test_ctc_predictions_of_a_padded_batch_are_those_of_each_utterance_alone(tmp_path):
+    torch.manual_seed(0)
+    config = SpidrConfig(**TINY_CONFIG, vocab_size=6, pad_token_id=0)
+    model = SpidrForCTC(config).eval()
+    trainer = FinetuneTrainer(model=model, args=_training_args(tmp_path))
+    audio = [np.random.default_rng(seed).standard_normal(samples) for seed, samples in ((1, 8000), (2, 5000))]
+    rows = [{"audio": {"array": samples, "sampling_rate": 16000}, "labels": [1, 2]} for samples in audio]
+    batch = AudioCollator(SpidrFeatureExtractor())(rows)
+    _, tokens, _ = trainer.prediction_step(model, dict(batch), prediction_loss_only=False)
+    frames = model._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1)).tolist()
+    assert frames[1] < tokens.shape[1]
+    assert (tokens[1, frames[1] :] == config.pad_token_id).all()  # padding decodes to blanks, to nothing
+    for row, length in enumerate(frames):
+        with torch.no_grad():
+            alone = model(batch["input_values"][row : row + 1, : batch["attention_mask"][row].sum()]).logits[0]
+        top2 = alone.topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 1e-3
+        assert torch.equal(tokens[row, :length][clear], alone.argmax(-1)[clear])
+
+
+def _training_args(tmp_path: Path):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True)
+
+
+def test_the_sid_split_holds_out_utterances_of_training_speakers():
+    ids = [f"{speaker}-{index:05d}" for speaker in ("a", "b", "c") for index in range(40)] + ["lonely-00000"]
+    speakers = [id.split("-")[0] for id in ids]
+    test = speaker_split(ids, speakers, 0.25)
+    assert test == speaker_split(ids, speakers, 0.25)  # the same split on every run
+    train_ids = {id for id, is_test in zip(ids, test, strict=True) if not is_test}
+    test_ids = {id for id, is_test in zip(ids, test, strict=True) if is_test}
+    assert not train_ids & test_ids and 15 < len(test_ids) < 45
+    train_speakers = {speaker for speaker, is_test in zip(speakers, test, strict=True) if not is_test}
+    assert {speaker for speaker, is_test in zip(speakers, test, strict=True) if is_test} <= train_speakers
+    assert "lonely-00000" in train_ids  # a speaker's only utterance is a training one, whatever its hash
+
+
+@pytest.mark.slow
+def test_phone_recognition_writes_a_hub_folder_whose_pipeline_gives_phones(finetune, corpus, source_dir, tmp_path):
+    out = tmp_path / "phones"
+    argv = [str(PHONES_CONFIG), f"--model_name_or_path={source_dir}", f"--dataset={corpus}", f"--output_dir={out}"]
+    metrics = finetune([*argv, *QUICK, "--max_steps=3", "--save_steps=3", "--learning_rate=1e-4"])
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["eval_per"] == metrics["eval_per"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCTC"] == "modeling_spidr.SpidrForCTC"
+    for name in ("model.safetensors", "modeling_spidr.py", "vocab.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+
+    audio, phones = split_audio_and_column(corpus, "dev", "phones")
+    texts = [output["text"] for output in pipeline_outputs(tmp_path, "automatic-speech-recognition", out, audio)]
+    vocabulary = set(json.loads((out / "vocab.json").read_text())) - {PAD}
+    assert any(texts) and all(set(text.split()) <= vocabulary for text in texts)
+    assert all(text == " ".join(text.split()) for text in texts)  # phones separated by single spaces
+    references = [phone_string(row, ["pau"]) for row in phones]
+    assert saved["eval_per"] == pytest.approx(phone_error_rate(references, texts), abs=1e-12)
+
+
+@pytest.mark.slow
+def test_speaker_identification_resumes_and_its_pipeline_names_speakers(
+    finetune, speakers_corpus, source_dir, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="spidr_hf")
+    out = tmp_path / "speakers"
+    argv = [str(SPEAKERS_CONFIG), f"--model_name_or_path={source_dir}", f"--dataset={speakers_corpus}"]
+    argv += [f"--output_dir={out}", "--test_fraction=0.3", *QUICK, "--save_steps=2"]
+    finetune([*argv, "--max_steps=2"])
+    metrics = finetune([*argv, "--max_steps=4"])  # the folder has a checkpoint: the run goes on from it
+    assert "Resuming from" in caplog.text and (out / "checkpoint-4").is_dir()
+    assert json.loads((out / "checkpoint-4/trainer_state.json").read_text())["global_step"] == 4
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["eval_accuracy"] == metrics["eval_accuracy"]
+
+    audio, speakers = split_audio_and_column(speakers_corpus, "train", "speaker")
+    ids = open_corpus_split(str(speakers_corpus), "train", ("id", "audio", "speaker"))["id"]
+    test = speaker_split(ids, speakers, 0.3)
+    test_audio = [a for a, is_test in zip(audio, test, strict=True) if is_test]
+    test_speakers = [speaker for speaker, is_test in zip(speakers, test, strict=True) if is_test]
+    assert test_speakers and set(test_speakers) <= {s for s, is_test in zip(speakers, test, strict=True) if not is_test}
+    outputs = pipeline_outputs(tmp_path, "audio-classification", out, test_audio)
+    names = sorted(set(speakers))
+    assert json.loads((out / "config.json").read_text())["id2label"] == {str(i): n for i, n in enumerate(names)}
+    assert all({label["label"] for label in output} == set(names) for output in outputs)
+    top = [output[0]["label"] for output in outputs]
+    expected = np.mean([guess == speaker for guess, speaker in zip(top, test_speakers, strict=True)])
+    assert saved["eval_accuracy"] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--task=words", "task must be one of phones, speakers, got 'words'"),
+        ("--dataset={tmp}/missing", "dataset {tmp}/missing not found"),
+        ("--dataset={tmp}/no-phones", "The train split of {tmp}/no-phones lacks the column(s) phones"),
+        ("--model_name_or_path={tmp}/no-model", "Cannot load the model {tmp}/no-model"),
+        ("--model_config.final_dropot=0.1", "Unknown model_config key 'final_dropot'; did you mean 'final_dropout'?"),
+    ],
+)
+def test_bad_config_values_are_one_line_errors(finetune, corpus, source_dir, tmp_path, override, message):
+    from datasets import load_from_disk
+
+    if "no-phones" in override:
+        load_from_disk(str(corpus)).remove_columns("phones").save_to_disk(str(tmp_path / "no-phones"))
+    argv = [str(PHONES_CONFIG), f"--model_name_or_path={source_dir}", f"--dataset={corpus}"]
+    argv += [f"--output_dir={tmp_path / 'out'}", override.format(tmp=tmp_path)]
+    with pytest.raises(ValueError) as error:
+        finetune(argv)
+    assert is_user_error(error.value) and message.format(tmp=tmp_path) in str(error.value)
+    assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_script_prints_a_bad_value_in_one_line(corpus, source_dir, tmp_path):
+    command = [sys.executable, str(ROOT / "training/finetune.py"), str(SPEAKERS_CONFIG), "--task=words"]
+    command += [f"--model_name_or_path={source_dir}", f"--dataset={corpus}", f"--output_dir={tmp_path}/out"]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    assert completed.returncode == 1
+    assert completed.stderr == "finetune.py: error: task must be one of phones, speakers, got 'words'\n"

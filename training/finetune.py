@@ -1,0 +1,76 @@
+"""Fine-tune a SpidR model on phone recognition or speaker identification, with the transformers Trainer.
+
+    accelerate launch training/finetune.py training/configs/finetune_phones_cpu.yaml \
+        --model_name_or_path=SPIDR_FOLDER --dataset=CORPUS --output_dir=OUT
+    python training/finetune.py training/configs/finetune_speakers_cpu.yaml \
+        --model_name_or_path=SPIDR_FOLDER --dataset=CORPUS --output_dir=OUT
+
+The config file (YAML or JSON) holds the fields of `FinetuneArguments` (spidr_hf.finetune_tasks: the task, phones or
+speakers, the model, the `spidr-hf corpus` folder, what to freeze, the weighted layer sum) and of transformers'
+`TrainingArguments`; `--key=value` overrides them. The tasks are SUPERB's: phones is phone recognition (CTC, phone
+error rate on the corpus' dev split, other speakers), speakers is speaker identification (accuracy on utterances of
+the train split's speakers held out by a hash of their id). OUT is a Hub-ready folder: the model with the code that
+`trust_remote_code=True` loads, and its processor (the feature extractor, and for phones the phone tokenizer), so that
+`pipeline("automatic-speech-recognition" or "audio-classification", model=OUT, trust_remote_code=True)` runs it. The
+final metric is printed and written to OUT/eval_results.json. A run whose `output_dir` holds checkpoints resumes.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+from transformers import TrainingArguments, set_seed
+
+from spidr_hf.errors import is_user_error
+from spidr_hf.finetune_tasks import FinetuneArguments, FinetuneTrainer, build_task
+from spidr_hf.training_setup import check_output_dir, checkpoint_to_resume, parse_config
+
+logger = logging.getLogger("spidr_hf.finetune")
+
+
+def main(argv: list[str]) -> dict[str, float]:
+    if not argv or argv[0] in ("-h", "--help"):
+        raise SystemExit(__doc__)
+    args, training_args = parse_config(argv, classes=(FinetuneArguments, TrainingArguments))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_output_dir(Path(training_args.output_dir), training_args.resume_from_checkpoint)
+    # The collator decodes the audio column, which the model's forward does not name: the Trainer must keep it
+    training_args.remove_unused_columns = False
+    set_seed(training_args.seed)
+    task = build_task(args)
+    logger.info(
+        "Task %s: %d training utterances, evaluation on %s (%d)",
+        args.task,
+        len(task.train),
+        task.evaluated_on,
+        len(task.evaluation),
+    )
+    trainer = FinetuneTrainer(
+        model=task.model,
+        args=training_args,
+        train_dataset=task.train,
+        eval_dataset=task.evaluation,
+        data_collator=task.collator,
+        processing_class=task.processor,
+        compute_metrics=task.compute_metrics,
+    )
+    train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
+    trainer.save_model()  # the model, its code files and the processor
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)  # OUT/eval_results.json
+    if trainer.is_world_process_zero():
+        print(f"{task.metric} on the {task.evaluated_on}: {metrics[f'eval_{task.metric}']:.4f}")
+        logger.info("Saved the fine-tuned model to %s", training_args.output_dir)
+    return metrics
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ValueError as error:
+        if not is_user_error(error):
+            raise
+        raise SystemExit(f"finetune.py: error: {error}") from None
