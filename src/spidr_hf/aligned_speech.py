@@ -4,6 +4,7 @@ corpus`, or any with its columns), decoded to 16 kHz mono, with its phone alignm
 """
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from .audio import AudioCollection, draw_audio
 from .configuration_spidr import SAMPLING_RATE
+from .errors import SpidrError
 from .pipeline_spidr import load_audio
 
 REQUIRED_COLUMNS = ("audio", "id", "speaker", "phones")
@@ -28,23 +30,28 @@ class Utterance:
     phones: list[dict] | None  # {"phone", "start", "end"} in seconds; None for a set evaluated without alignments
 
 
-def _open_split(dataset_dir: str | os.PathLike, split: str):
-    """A split of a corpus saved with `save_to_disk`, checked for the needed columns, decoding to 16 kHz mono."""
+def open_corpus_split(dataset_dir: str | os.PathLike, split: str, columns: Sequence[str] = REQUIRED_COLUMNS):
+    """
+    A split of a corpus saved with `save_to_disk` (`spidr-hf corpus`), with `columns` only (checked; the evaluation's
+    by default), its audio decoding to 16 kHz mono lazily: nothing is decoded before a row's samples are asked for.
+    """
     from datasets import Audio, DatasetDict, load_from_disk
 
     path = Path(dataset_dir)
+    if not path.is_dir():
+        raise SpidrError(f"dataset {path} not found (build one with `spidr-hf corpus {path}`)")
     if not (path / "dataset_dict.json").is_file():
-        raise ValueError(f"{path} is not a dataset saved with DatasetDict.save_to_disk (see `spidr-hf corpus`)")
+        raise SpidrError(f"{path} is not a dataset saved with DatasetDict.save_to_disk (see `spidr-hf corpus`)")
     corpus = load_from_disk(str(path))
     if not isinstance(corpus, DatasetDict) or split not in corpus:
-        raise ValueError(f"{path} has no {split!r} split")
+        raise SpidrError(f"dataset {path} has no {split!r} split (it has {', '.join(corpus)})")
     dataset = corpus[split]
-    missing = [column for column in REQUIRED_COLUMNS if column not in dataset.column_names]
+    missing = [column for column in columns if column not in dataset.column_names]
     if missing:
-        raise ValueError(f"The {split} split of {path} lacks the column(s) {', '.join(missing)}")
+        raise SpidrError(f"The {split} split of {path} lacks the column(s) {', '.join(missing)}")
     if len(dataset) == 0:
-        raise ValueError(f"The {split} split of {path} is empty")
-    dataset = dataset.select_columns(list(REQUIRED_COLUMNS))
+        raise SpidrError(f"The {split} split of {path} is empty")
+    dataset = dataset.select_columns(list(columns))
     return dataset.cast_column("audio", Audio(sampling_rate=SAMPLING_RATE, num_channels=1))
 
 
@@ -52,7 +59,7 @@ def load_split(
     dataset_dir: str | os.PathLike, split: str, max_utterances: int | None = None, seed: int = 0
 ) -> list[Utterance]:
     """Decode and check a split (all of it, or a seeded random subset of `max_utterances`), in dataset order."""
-    dataset = _open_split(dataset_dir, split)
+    dataset = open_corpus_split(dataset_dir, split)
     if max_utterances is not None and max_utterances < len(dataset):
         chosen = np.random.default_rng(seed).choice(len(dataset), max_utterances, replace=False)
         dataset = dataset.select(sorted(chosen.tolist()))
@@ -71,7 +78,7 @@ def load_random_audio(dataset_dir: str | os.PathLike, split: str, max_seconds: f
 
 def split_audio(dataset_dir: str | os.PathLike, split: str) -> AudioCollection:
     """The utterances of a split, decoded one at a time (and their alignments checked) as they are loaded."""
-    dataset = _open_split(dataset_dir, split)
+    dataset = open_corpus_split(dataset_dir, split)
     return AudioCollection(
         len(dataset), lambda index: _utterance(dataset[index]).audio, lambda index: f"utterance {dataset[index]['id']}"
     )

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from transformers import EvalPrediction, Trainer, Wav2Vec2PhonemeCTCTokenizer, Wav2Vec2Processor
 
+from .aligned_speech import open_corpus_split
 from .configuration_spidr import REPRESENTATIONS, SAMPLING_RATE, SpidrConfig
 from .errors import ConfigError, ModelLoadError
 from .evaluation.report import PHONE_CLASSES
@@ -126,30 +127,6 @@ class FinetuneTask:
 
 
 # ---------------------------------------------------------------------------------------------------------- corpus
-
-
-def open_corpus_split(dataset_dir: str, split: str, columns: Sequence[str]):
-    """A split of a `save_to_disk` corpus with `columns` only (checked), its audio decoding to 16 kHz mono."""
-    from datasets import Audio, DatasetDict, load_from_disk
-
-    path = Path(dataset_dir)
-    if not path.is_dir():
-        raise ConfigError(f"dataset {path} not found (build one with `spidr-hf corpus {path}`)")
-    if not (path / "dataset_dict.json").is_file():
-        raise ConfigError(f"dataset {path} is not a DatasetDict saved with save_to_disk (see `spidr-hf corpus`)")
-    corpus = load_from_disk(str(path))
-    if not isinstance(corpus, DatasetDict) or split not in corpus:
-        raise ConfigError(f"dataset {path} has no {split!r} split (it has {', '.join(corpus)})")
-    dataset = corpus[split]
-    missing = [column for column in columns if column not in dataset.column_names]
-    if missing:
-        raise ConfigError(f"The {split} split of {path} lacks the column(s) {', '.join(missing)}")
-    if len(dataset) == 0:
-        raise ConfigError(f"The {split} split of {path} is empty")
-    # decode=True gives lazy torchcodec decoders: nothing is decoded before the collator asks for the samples
-    return dataset.select_columns(list(columns)).cast_column(
-        "audio", Audio(sampling_rate=SAMPLING_RATE, num_channels=1)
-    )
 
 
 def audio_num_samples(dataset) -> list[int]:
