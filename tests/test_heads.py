@@ -255,6 +255,8 @@ def test_bad_head_settings_are_one_line_errors():
     config = SpidrConfig(**TINY_CONFIG)
     with pytest.raises(ValueError, match="SpidrForCTC needs `vocab_size`"):
         SpidrForCTC(config)
+    with pytest.raises(ValueError, match="SpidrForCTC needs `pad_token_id`"):
+        SpidrForCTC(SpidrConfig(**TINY_CONFIG, vocab_size=7))
     cases = {
         "ctc_loss_reduction": ("none", "`ctc_loss_reduction` must be one of"),
         "weighted_layer_representation": ("attentions", "`weighted_layer_representation` must be one of"),

@@ -231,6 +231,18 @@ REMOTE_CODE_UNITS = textwrap.dedent(
 
 
 @pytest.mark.slow
+def test_a_model_cast_or_edited_after_its_centroids_were_set_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    model = SpidrModel(SpidrConfig(**TINY_CONFIG))
+    model.set_kmeans_centroids(LAYER, torch.randn(CLUSTERS, TINY_CONFIG["hidden_size"]))
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")  # the centroids saved rounded to bf16
+    loaded = SpidrModel.from_pretrained(tmp_path / "bf16")
+    assert torch.equal(loaded.kmeans.centroids, model.kmeans.centroids.float())
+    model.float().kmeans.centroids.mul_(2.0)  # edited by hand, then saved
+    model.save_pretrained(tmp_path / "edited")
+    assert torch.equal(SpidrModel.from_pretrained(tmp_path / "edited").kmeans.centroids, model.kmeans.centroids)
+
+
 def test_kmeans_units_through_remote_code_without_spidr_hf(kmeans_dir, tmp_path):
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     completed = subprocess.run(

@@ -609,6 +609,10 @@ class SpidrPreTrainedModel(PreTrainedModel):
         return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        kmeans = self.base_model.kmeans
+        if kmeans is not None and torch.isfinite(kmeans.centroids).all():
+            # Of the centroids saved now (cast or edited since they were set, too): the config describes its weights
+            self.config.kmeans_centroids_sha256 = kmeans.expected_sha256 = centroids_sha256(kmeans.centroids)
         if self._auto_class is not None:
             # Whichever class is saved, let both AutoModel and AutoModelForPreTraining load the folder as remote code
             module = __name__.split(".")[-1]
@@ -1468,6 +1472,11 @@ class SpidrForCTC(SpidrHeadModel):
             raise ValueError(
                 "SpidrForCTC needs `vocab_size` in the config: the size of the tokenizer's vocabulary, e.g. "
                 "`SpidrForCTC.from_pretrained(folder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)`."
+            )
+        if config.pad_token_id is None:
+            raise ValueError(
+                "SpidrForCTC needs `pad_token_id` in the config: the tokenizer's pad token, the CTC blank, e.g. "
+                "`pad_token_id=tokenizer.pad_token_id`."
             )
         self.dropout = nn.Dropout(config.final_dropout)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
