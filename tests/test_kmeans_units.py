@@ -397,6 +397,18 @@ def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
     assert "--kmeans-frames (5) must be at least --num-clusters (8)" in error(
         str(source_dir), "--dataset", str(corpus), *frames
     )
+    memory = ["--num-clusters", "8", "--kmeans-memory-frames", "5"]
+    assert "--kmeans-memory-frames (5) must be at least --num-clusters (8)" in error(
+        str(source_dir), "--dataset", str(corpus), *memory
+    )
+    from spidr_hf import SpidrForCTC
+
+    fine_tuned = tmp_path / "ctc"
+    SpidrForCTC.from_pretrained(source_dir, vocab_size=5, pad_token_id=0).save_pretrained(fine_tuned)
+    capsys.readouterr()  # the progress bars of loading and saving it
+    saved = (fine_tuned / "model.safetensors").read_bytes()
+    assert "is a fine-tuned SpidrForCTC folder" in error(str(fine_tuned), "--dataset", str(corpus))
+    assert (fine_tuned / "model.safetensors").read_bytes() == saved  # its head is still there
     # The corpus' train split (about 2000 frames) has too few frames: found after the model ran, so progress bars come
     # first, and the error is the one last line
     with pytest.raises(SystemExit):

@@ -18,7 +18,7 @@ from .atomic_files import check_writable, new_folder, replace_in_folder
 from .audio import AudioCollection, folder_audio, name_some
 from .clustering import StreamingKMeans
 from .errors import SpidrError
-from .loading import DTYPES, check_device, in_dtype, load, load_config
+from .loading import DTYPES, check_device, finetuned_head, in_dtype, load, load_config
 from .release import save_hub_ready
 from .representations import ModelRepresentations
 from .sharding import ALONE, Process, process_device, this_process
@@ -82,6 +82,11 @@ def fit_centroids(
 def run(args: argparse.Namespace) -> int:
     if args.num_clusters < 2:
         raise SpidrError(f"--num-clusters must be at least 2, got {args.num_clusters}")
+    if args.num_clusters > args.kmeans_memory_frames:
+        raise SpidrError(
+            f"--kmeans-memory-frames ({args.kmeans_memory_frames}) must be at least --num-clusters "
+            f"({args.num_clusters}): the first chunk of frames in memory is fitted on its own"
+        )
     if args.num_clusters > args.kmeans_frames:
         raise SpidrError(
             f"--kmeans-frames ({args.kmeans_frames}) must be at least --num-clusters ({args.num_clusters}): k-means "
@@ -91,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
     if not model_dir.is_dir():
         raise SpidrError(f"{model_dir} is not a saved model folder (no config.json): k-means writes into a folder")
     config = load_config(model_dir).config  # the options are checked before the weights load
+    head = finetuned_head(config)
+    if head is not None:  # written back as the student it would lose its head
+        raise SpidrError(
+            f"{model_dir} is a fine-tuned {head.__name__} folder: fit k-means units on the pretrained SpidR model it "
+            "was fine-tuned from"
+        )
     layer = config.default_feature_layer if args.layer is None else args.layer
     if not 1 <= layer <= config.num_hidden_layers:
         raise SpidrError(f"--layer must be in [1, {config.num_hidden_layers}], got {layer}")
