@@ -259,12 +259,19 @@ def test_a_config_too_large_for_the_memory_is_refused_before_any_work(source_dir
     assert "more than this machine's" in error and "GiB of memory; check its sizes" in error
 
 
-@pytest.mark.parametrize("command", ["extract", "kmeans", "evaluate", "push"])
+@pytest.mark.parametrize("command", ["extract", "kmeans", "evaluate", "push", "push a fine-tuned folder"])
 def test_truncated_weights_are_a_one_line_error(source_dir, tmp_path, capsys, command):
     import shutil
 
+    from spidr_hf import SpidrForSequenceClassification
+
     folder = tmp_path / "truncated"
-    shutil.copytree(source_dir, folder)
+    if command == "push a fine-tuned folder":
+        SpidrForSequenceClassification.from_pretrained(source_dir, num_labels=2).save_pretrained(folder)
+        capsys.readouterr()
+        command = "push"
+    else:
+        shutil.copytree(source_dir, folder)
     weights = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # a download or copy cut short
     arguments = {

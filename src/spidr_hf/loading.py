@@ -7,6 +7,8 @@ none) and one-line errors.
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -74,7 +76,7 @@ def load(
         device = check_device(device)
     local_files_only = load_config(source).local_files_only
     missing = []
-    try:
+    with loading_errors(source):
         feature_extractor = _load_feature_extractor(source, local_files_only)
         options = {"dtype": DTYPES[dtype], "local_files_only": local_files_only}
         if without_kmeans:
@@ -84,14 +86,6 @@ def load(
         else:
             model, info = SpidrForPreTraining.from_pretrained(source, output_loading_info=True, **options)
             missing = sorted(info["missing_keys"])
-    except (OSError, ValueError, SafetensorError) as error:  # missing, unreadable or truncated files: one line
-        raise ModelLoadError(f"Cannot load the model {source}: {' '.join(str(error).split())}") from error
-    except RuntimeError as error:
-        if "size mismatch" not in str(error) and "ignore_mismatched_sizes" not in str(error):
-            raise
-        raise ModelLoadError(
-            f"Cannot load the model {source}: its config.json does not match its weights' sizes ({_first_line(error)})"
-        ) from error
     has_heads = part != "student" and not any(key.startswith("heads.") for key in missing)
     if require_heads and missing:
         raise ModelLoadError(
@@ -108,6 +102,22 @@ def load(
     if device is not None:
         model = model.to(device).eval()
     return LoadedModel(model, feature_extractor, has_heads)
+
+
+@contextmanager
+def loading_errors(source: str | os.PathLike) -> Iterator[None]:
+    """What loading a model's files can raise because of the files, as one-line `ModelLoadError`s: missing, unreadable
+    or truncated files, and a config whose sizes do not match the weights."""
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as error:
+        raise ModelLoadError(f"Cannot load the model {source}: {' '.join(str(error).split())}") from error
+    except RuntimeError as error:
+        if "size mismatch" not in str(error) and "ignore_mismatched_sizes" not in str(error):
+            raise
+        raise ModelLoadError(
+            f"Cannot load the model {source}: its config.json does not match its weights' sizes ({_first_line(error)})"
+        ) from error
 
 
 @dataclass(frozen=True)
@@ -201,12 +211,10 @@ def load_finetuned(source: str | os.PathLike) -> LoadedFinetuned:
             f"{source} is not a fine-tuned SpidR folder (its architectures: {loaded_config.config.architectures})"
         )
     options = {"local_files_only": loaded_config.local_files_only}
-    try:
+    with loading_errors(source):  # also a CTC folder without its tokenizer
         feature_extractor = _load_feature_extractor(source, loaded_config.local_files_only)
         model = head.from_pretrained(source, **options).eval()
         tokenizer = AutoTokenizer.from_pretrained(source, **options) if head is SpidrForCTC else None
-    except (OSError, ValueError) as error:  # missing or unreadable files, a CTC folder without its tokenizer
-        raise ModelLoadError(f"Cannot load the fine-tuned model {source}: {' '.join(str(error).split())}") from error
     return LoadedFinetuned(model, feature_extractor, tokenizer)
 
 
