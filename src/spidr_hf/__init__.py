@@ -14,6 +14,7 @@ from .configuration_spidr import SpidrConfig
 from .feature_extraction_spidr import SpidrFeatureExtractor
 from .modeling_spidr import (
     HEAD_AUTO_CLASSES,
+    HEAD_CLASSES,
     SpidrForAudioFrameClassification,
     SpidrForCTC,
     SpidrForPreTraining,
@@ -29,15 +30,9 @@ AutoConfig.register(SpidrConfig.model_type, SpidrConfig, exist_ok=True)
 AutoModel.register(SpidrConfig, SpidrModel, exist_ok=True)
 AutoModelForPreTraining.register(SpidrConfig, SpidrForPreTraining, exist_ok=True)
 AutoFeatureExtractor.register(SpidrConfig, SpidrFeatureExtractor, exist_ok=True)
-_HEADS = {
-    "SpidrForCTC": SpidrForCTC,
-    "SpidrForSequenceClassification": SpidrForSequenceClassification,
-    "SpidrForAudioFrameClassification": SpidrForAudioFrameClassification,
-    "SpidrForXVector": SpidrForXVector,
-}
 for _head_name, _auto_name in HEAD_AUTO_CLASSES.items():
-    getattr(transformers, _auto_name).register(SpidrConfig, _HEADS[_head_name], exist_ok=True)
-    _HEADS[_head_name].register_for_auto_class(_auto_name)
+    getattr(transformers, _auto_name).register(SpidrConfig, HEAD_CLASSES[_head_name], exist_ok=True)
+    HEAD_CLASSES[_head_name].register_for_auto_class(_auto_name)
 
 SpidrConfig.register_for_auto_class()
 SpidrModel.register_for_auto_class("AutoModel")

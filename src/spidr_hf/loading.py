@@ -21,15 +21,7 @@ from transformers.utils import CONFIG_NAME, FEATURE_EXTRACTOR_NAME
 from .configuration_spidr import SpidrConfig
 from .errors import ModelLoadError, SpidrError
 from .feature_extraction_spidr import SpidrFeatureExtractor
-from .modeling_spidr import (
-    SpidrForAudioFrameClassification,
-    SpidrForCTC,
-    SpidrForPreTraining,
-    SpidrForSequenceClassification,
-    SpidrForXVector,
-    SpidrHeadModel,
-    SpidrModel,
-)
+from .modeling_spidr import HEAD_CLASSES, SpidrForCTC, SpidrForPreTraining, SpidrHeadModel, SpidrModel
 
 logger = logging.getLogger(__name__)
 
@@ -181,12 +173,6 @@ def check_fits_in_memory(source: str | os.PathLike, config: SpidrConfig) -> None
         )
 
 
-HEADS: dict[str, type[SpidrHeadModel]] = {
-    head.__name__: head
-    for head in (SpidrForCTC, SpidrForSequenceClassification, SpidrForAudioFrameClassification, SpidrForXVector)
-}
-
-
 @dataclass(frozen=True)
 class LoadedFinetuned:
     model: SpidrHeadModel
@@ -196,8 +182,8 @@ class LoadedFinetuned:
 
 def finetuned_head(config: SpidrConfig) -> type[SpidrHeadModel] | None:
     """The head class a fine-tuned folder was saved from (None for a pretrained or student-only folder)."""
-    names = [name for name in (config.architectures or []) if name in HEADS]
-    return HEADS[names[0]] if names else None
+    names = [name for name in (config.architectures or []) if name in HEAD_CLASSES]
+    return HEAD_CLASSES[names[0]] if names else None
 
 
 def load_finetuned(source: str | os.PathLike) -> LoadedFinetuned:

@@ -1726,8 +1726,16 @@ class SpidrForXVector(SpidrHeadModel):
         return self._tuple_or(output, return_dict)
 
 
+# The fine-tuning heads by name: what HEAD_AUTO_CLASSES and HEAD_PIPELINE_TASKS (above, for save_pretrained) name
+HEAD_CLASSES: dict[str, type[SpidrHeadModel]] = {
+    head.__name__: head
+    for head in (SpidrForCTC, SpidrForSequenceClassification, SpidrForAudioFrameClassification, SpidrForXVector)
+}
+
+
 __all__ = [
     "HEAD_AUTO_CLASSES",
+    "HEAD_CLASSES",
     "HEAD_PIPELINE_TASKS",
     "REPRESENTATIONS",
     "UNIT_KINDS",
