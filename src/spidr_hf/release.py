@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +50,24 @@ def save_hub_ready(
 
 
 def write_release_folder(
-    model: SpidrForPreTraining, feature_extractor: SpidrFeatureExtractor, card: ModelCard | None, destination: Path
+    model,
+    feature_extractor: SpidrFeatureExtractor,
+    card: ModelCard | None,
+    destination: Path,
+    tokenizer: object | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write weights, configs, code files (pipelines included) and the card as README.md; all or nothing."""
+    """
+    Write weights, configs, the tokenizer if any, code files (pipelines included) and the card as README.md; all or
+    nothing. `check(staging)` runs on the complete folder before it is renamed into place: a folder that fails its
+    check, or whose check is cut, never appears.
+    """
     with new_folder(destination) as staging:
-        save_hub_ready(model, feature_extractor, staging)
+        save_hub_ready(model, feature_extractor, staging, tokenizer)
         if card is not None:
             card.save(staging / "README.md")
+        if check is not None:
+            check(staging)
     return destination
 
 
@@ -144,23 +156,27 @@ def assemble_release(model_dir: Path, destination: Path, options: CardOptions) -
     model, feature_extractor = load_source(model_dir)
     card = render_model_card(model.config, options)
     layer = recommended_layer(model.config, official_entry(options.official, model.config))
-    # Checked before it is renamed into place: a folder that fails the check, or whose check is cut, never appears
-    with new_folder(destination) as staging:
-        save_hub_ready(model, feature_extractor, staging)
-        card.save(staging / "README.md")
-        check_release_folder(staging, model, feature_extractor, layer, scratch_in=staging)
-    return destination
+    return write_release_folder(
+        model,
+        feature_extractor,
+        card,
+        destination,
+        check=lambda staging: check_release_folder(staging, model, feature_extractor, layer, scratch_in=staging),
+    )
 
 
 def assemble_finetuned_release(model_dir: Path, destination: Path, options: CardOptions) -> Path:
     """The release folder of a fine-tuned model (`training/finetune.py`): weights, processor, code and card."""
     loaded = load_finetuned(model_dir)
     card = render_finetuned_card(loaded.model.config, options, _metrics(model_dir), loaded.tokenizer)
-    with new_folder(destination) as staging:
-        save_hub_ready(loaded.model, loaded.feature_extractor, staging, loaded.tokenizer)
-        card.save(staging / "README.md")
-        check_finetuned_folder(staging, loaded, scratch_in=staging)
-    return destination
+    return write_release_folder(
+        loaded.model,
+        loaded.feature_extractor,
+        card,
+        destination,
+        loaded.tokenizer,
+        check=lambda staging: check_finetuned_folder(staging, loaded, scratch_in=staging),
+    )
 
 
 def _metrics(model_dir: Path) -> dict[str, float]:
