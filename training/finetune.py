@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
-from spidr_hf.errors import is_user_error
+from spidr_hf.errors import run_script
 from spidr_hf.finetune_tasks import FinetuneArguments, FinetuneTrainer, build_task
 from spidr_hf.training_setup import check_output_dir, checkpoint_to_resume, parse_config
 
@@ -68,9 +68,4 @@ def main(argv: list[str]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ValueError as error:
-        if not is_user_error(error):
-            raise
-        raise SystemExit(f"finetune.py: error: {error}") from None
+    run_script(main, sys.argv[1:], "finetune.py")  # a bad config value or file: one line; a bug: its traceback

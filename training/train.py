@@ -19,7 +19,7 @@ from transformers import set_seed
 
 from spidr_hf import SpidrFeatureExtractor
 from spidr_hf.data import PretrainingData
-from spidr_hf.errors import is_user_error
+from spidr_hf.errors import run_script
 from spidr_hf.trainer import SpidrTrainer
 from spidr_hf.training_setup import (
     build_model,
@@ -57,12 +57,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ValueError as error:
-        if not is_user_error(error):  # a bug: its traceback
-            raise
-        raise SystemExit(f"train.py: error: {error}") from None  # a bad config value or file: one line
+    run_script(main, sys.argv[1:], "train.py")  # a bad config value or file: one line; a bug: its traceback
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Everything is saved and closed. A gloo worker thread can still be releasing the last collective's tensors
         # while Python finalizes; it then cannot take the GIL and aborts the process (seen in 1 CPU run in 5).

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
-from spidr_hf.errors import is_user_error
+from spidr_hf.errors import run_script
 from spidr_hf.training_setup import check_output_dir, checkpoint_to_resume, parse_config
 from spidr_hf.unit_lm import describe
 from spidr_hf.unit_lm_training import UnitLMArguments, build_unit_lm, unit_datasets
@@ -50,9 +50,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ValueError as error:
-        if not is_user_error(error):
-            raise
-        raise SystemExit(f"train_ulm.py: error: {error}") from None
+    run_script(main, sys.argv[1:], "train_ulm.py")  # a bad config value or file: one line; a bug: its traceback

@@ -70,6 +70,17 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def run_script(main, argv: list[str], name: str) -> None:
+    """Run a training script's `main(argv)`: a user error (`is_user_error`) exits with one line, a bug keeps its
+    traceback."""
+    try:
+        main(argv)
+    except ValueError as error:
+        if not is_user_error(error):
+            raise
+        raise SystemExit(f"{name}: error: {error}") from None
+
+
 def is_user_error(error: BaseException) -> bool:
     """
     A `SpidrError`, or a ValueError raised by spidr-hf's own code (the model files, which ship as remote code, raise
