@@ -90,6 +90,15 @@ def speech(seconds: float, rate: int = 16000) -> np.ndarray:
     return (0.4 * np.sin(2 * np.pi * (150 + 80 * time) * time) + 0.05 * noise).astype(np.float32)
 
 
+def serve_from_hub_cache(folder: Path, cache: Path) -> None:
+    """Lay `folder` out in a Hub cache as the main revision of REPO_ID, so that offline loads of the id find it."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_cache = cache / f"models--{REPO_ID.replace('/', '--')}"
+    shutil.copytree(folder, repo_cache / "snapshots" / commit)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(commit)
+
+
 def run_clean_python(code: str, cwd: Path, **environment: str) -> subprocess.CompletedProcess:
     """Run `code` in a fresh isolated interpreter that cannot import spidr_hf; offline, with a fresh code cache."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(cwd / "modules"), **environment}
@@ -223,11 +232,7 @@ def test_card_snippets_run(release_dir, tmp_path):
     """Each Python block of the card, verbatim, against the repository id served from an offline Hub cache."""
     snippets = re.findall(r"```python\n(.*?)```", (release_dir / "README.md").read_text(), flags=re.DOTALL)
     assert len(snippets) == 4 and all(f'"{REPO_ID}"' in s for s in snippets)
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo_cache = tmp_path / "hub" / f"models--{REPO_ID.replace('/', '--')}"
-    shutil.copytree(release_dir, repo_cache / "snapshots" / commit)
-    (repo_cache / "refs").mkdir()
-    (repo_cache / "refs" / "main").write_text(commit)
+    serve_from_hub_cache(release_dir, tmp_path / "hub")
     AudioEncoder(torch.from_numpy(speech(3.0))[None], sample_rate=16000).to_file(tmp_path / "speech.wav")
     code = "\n".join(f"exec({snippet!r}, {{}})\nprint('--- snippet done')" for snippet in snippets)
     result = run_clean_python(code, cwd=tmp_path, HF_HUB_CACHE=str(tmp_path / "hub"))
@@ -589,11 +594,7 @@ def test_push_publishes_a_fine_tuned_folder_with_its_processor_and_task_card(sou
     assert list(config["custom_pipelines"]) == ["spidr-features"]  # no units pipeline without codebook heads
     # The card's usage runs, verbatim, against the repository id served from an offline Hub cache
     snippet = re.findall(r"```python\n(.*?)```", card.text, flags=re.DOTALL)[0]
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo_cache = tmp_path / "hub" / f"models--{REPO_ID.replace('/', '--')}"
-    shutil.copytree(out, repo_cache / "snapshots" / commit)
-    (repo_cache / "refs").mkdir()
-    (repo_cache / "refs" / "main").write_text(commit)
+    serve_from_hub_cache(out, tmp_path / "hub")
     AudioEncoder(torch.from_numpy(speech(2.0))[None], sample_rate=16000).to_file(tmp_path / "speech.wav")
     result = run_clean_python(snippet, cwd=tmp_path, HF_HUB_CACHE=str(tmp_path / "hub"))
     assert result.returncode == 0, result.stderr[-3000:]
