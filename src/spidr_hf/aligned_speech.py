@@ -39,7 +39,10 @@ def open_corpus_split(dataset_dir: str | os.PathLike, split: str, columns: Seque
 
     path = Path(dataset_dir)
     if not path.is_dir():
-        raise SpidrError(f"dataset {path} not found (build one with `spidr-hf corpus {path}`)")
+        raise SpidrError(
+            f"dataset {path} not found: {path} is not a dataset saved with DatasetDict.save_to_disk (build one with "
+            f"`spidr-hf corpus {path}`)"
+        )
     if not (path / "dataset_dict.json").is_file():
         raise SpidrError(f"{path} is not a dataset saved with DatasetDict.save_to_disk (see `spidr-hf corpus`)")
     corpus = load_from_disk(str(path))
