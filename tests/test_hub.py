@@ -149,6 +149,16 @@ def test_dry_run_writes_the_release_folder(release_dir, source_dir):
 
 
 @pytest.mark.slow
+def test_dry_run_with_paths_relative_to_the_working_folder(source_dir, tmp_path, monkeypatch):
+    """As the quickstart runs it (`spidr-hf push runs/quickstart/model ... --dry-run runs/quickstart/release`): the
+    check in a fresh interpreter runs elsewhere, where those paths mean nothing."""
+    shutil.copytree(source_dir, tmp_path / "runs" / "model")
+    monkeypatch.chdir(tmp_path)
+    assert main([*push_arguments(Path("runs/model")), "--dry-run", "runs/release"]) == 0
+    assert (tmp_path / "runs" / "release" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
 def test_dry_run_refuses_a_used_folder(source_dir, release_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*push_arguments(source_dir), "--dry-run", str(release_dir)])

@@ -118,18 +118,14 @@ def _die_with_parent() -> None:
 def _run_release_check(folder: Path, arguments: list[str], scratch_in: Path | None) -> dict[str, np.ndarray]:
     """What `release_check.py FOLDER PROBE OUT *arguments` wrote of the probe signal, run without spidr_hf."""
     # In a staging folder, the scratch goes inside it: gone with it, also after a SIGKILL (the next run removes it)
-    with tempfile.TemporaryDirectory(dir=scratch_in, prefix=".spidr-release-check-") as scratch:
-        np.save(Path(scratch) / "probe.npy", probe_signal())
-        output = Path(scratch) / "output.npz"
+    with tempfile.TemporaryDirectory(dir=scratch_in, prefix=".spidr-release-check-") as scratch_name:
+        # Absolute: the check runs in the scratch folder, where a path relative to ours (runs/...) would not resolve
+        scratch = Path(scratch_name).resolve()
+        np.save(scratch / "probe.npy", probe_signal())
+        output = scratch / "output.npz"
         # Offline, with an empty remote-code cache: only the folder itself can provide the code
-        environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(Path(scratch) / "modules")}
-        command = [
-            sys.executable,
-            "-I",
-            release_check.__file__,
-            str(folder.resolve()),
-            str(Path(scratch) / "probe.npy"),
-        ]
+        environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(scratch / "modules")}
+        command = [sys.executable, "-I", release_check.__file__, str(folder.resolve()), str(scratch / "probe.npy")]
         try:
             completed = subprocess.run(
                 [*command, str(output), *arguments],
