@@ -480,6 +480,47 @@ def test_kmeans_in_two_torchrun_processes_fits_the_centroids_of_one_process(sour
     assert not torch.equal(centroids, load_file(in_memory / "model.safetensors")["spidr.kmeans.centroids"])
 
 
+@pytest.mark.slow
+def test_a_process_that_fails_stops_every_process_of_a_kmeans_job(source_dir, corpus, tmp_path):
+    """Launched without torchrun's agent (which kills the rest), as `srun` starts one process a task: no process waits
+    for a failed one in the frame exchange until gloo's 30-minute timeout."""
+    import socket
+
+    audio = tmp_path / "audio"
+    for row in load_split(corpus, "train")[:5]:
+        write_audio(audio / f"{row.id}.wav", row.audio)
+    (audio / "garbage.wav").write_bytes(np.random.default_rng(0).bytes(5000))  # no readable header
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    options = ["--audio", str(audio), "--layer", str(LAYER), "--num-clusters", str(CLUSTERS), "--device", "cpu"]
+    options += ["--batch-size", "1", "--output", str(tmp_path / "m")]  # every file is needed: 100000 frames
+    environ = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "spidr_hf", "kmeans", str(source_dir), *options],
+            env={**environ, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    try:
+        outputs = [process.communicate(timeout=300) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [process.returncode for process in processes] == [2, 2], [stderr[-2000:] for _, stderr in outputs]
+    last_lines = [stderr.strip().splitlines()[-1] for _, stderr in outputs]
+    assert all("Traceback" not in stderr for _, stderr in outputs)
+    failed = [index for index, line in enumerate(last_lines) if "k-means stopped" not in line]
+    assert len(failed) == 1 and "garbage.wav" in last_lines[failed[0]]  # the process that read it: its own error
+    assert f"k-means stopped: process {failed[0]} failed: " in last_lines[1 - failed[0]]
+    assert "garbage.wav" in last_lines[1 - failed[0]]
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_config_naming_centroids_the_weights_lack_is_a_one_line_error(kmeans_dir, tmp_path, capsys):
     from safetensors.torch import save_file
 

@@ -21,7 +21,7 @@ from .errors import SpidrError
 from .loading import DTYPES, check_device, finetuned_head, in_dtype, load, load_config
 from .release import save_hub_ready
 from .representations import ModelRepresentations
-from .sharding import ALONE, Process, process_device, this_process
+from .sharding import ALONE, Process, Shard, process_device, this_process
 
 DEFAULT_FRAMES = 100_000  # 2000 s at 50 Hz: enough for a few hundred centroids
 DEFAULT_BATCH_SIZE = 8  # utterances per forward pass
@@ -46,37 +46,76 @@ def fit_centroids(
     `(num_clusters, hidden)` k-means centroids of the layer results of `layer` on the first `max_frames` frames of the
     audio in a random order (`seed`), decoded batch by batch as the fit needs it: a folder of any size costs its
     listing, and memory holds at most `memory_frames` frames (`StreamingKMeans`). Launched in several processes
-    (torchrun), each computes one batch of every round of as many batches as processes, all of them get the round's
-    frames, and the first fits them in batch order, as one process would, and returns the centroids (the others None).
+    (torchrun), each computes one batch of every round of as many batches as processes, the first gathers the round's
+    frames and fits them in batch order, as one process would, and returns the centroids (the others None).
     """
     representations = ModelRepresentations(model.base_model, feature_extractor, [layer], [], device)
     order = np.random.default_rng(seed).permutation(audio.count).tolist()
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    kmeans = StreamingKMeans(num_clusters, seed, max_frames, min(memory_frames, max_frames))
-    shard, too_short, min_samples = process.shard, [], feature_extractor.min_samples
+    shard, min_samples = process.shard, feature_extractor.min_samples
+    kmeans = None  # only the first process fits
+    if shard.index == 0:
+        kmeans = StreamingKMeans(num_clusters, seed, max_frames, min(memory_frames, max_frames))
+    too_short: list[str] = []
+    seen = 0  # frames used so far, by every process: the fit stops at max_frames
     with tqdm(total=max_frames, desc="Layer features", unit="frame", disable=shard.index != 0) as progress:
         for first in range(0, len(batches), shard.count):
             number = first + shard.index
             frames: list[np.ndarray] = []
-            if number < len(batches):
-                audios = [(index, audio.load(index)) for index in batches[number]]
-                too_short += [audio.name(index) for index, samples in audios if len(samples) < min_samples]
-                audios = [samples for _, samples in audios if len(samples) >= min_samples]
-                if audios:
-                    frames = [item.numpy() for item in representations(audios, with_units=False).features[layer]]
-            round_frames = [frames]
+            short: list[str] = []
+            failure: Exception | None = None
+            try:
+                if number < len(batches):
+                    audios = [(index, audio.load(index)) for index in batches[number]]
+                    short = [audio.name(index) for index, samples in audios if len(samples) < min_samples]
+                    audios = [samples for _, samples in audios if len(samples) >= min_samples]
+                    if audios:
+                        frames = [item.numpy() for item in representations(audios, with_units=False).features[layer]]
+            except Exception as error:
+                if shard.count == 1:
+                    raise
+                failure = error  # raised once every process knows, so that none waits for it forever
+            lengths = [len(item) for item in frames]
             if shard.count > 1:
-                round_frames = [None] * shard.count
-                torch.distributed.all_gather_object(round_frames, frames)  # gloo: numpy arrays on the CPU
-            for item in (item for part in round_frames for item in part):
-                progress.update(min(len(item), max_frames - kmeans.seen))
-                kmeans.add(item)
-            if kmeans.full:
+                frames, lengths, short = gather_round(frames, short, failure, shard)
+            too_short += short
+            for position, length in enumerate(lengths):
+                used = min(length, max_frames - seen)
+                seen += used
+                progress.update(used)
+                if kmeans is not None:
+                    kmeans.add(frames[position])
+            if seen >= max_frames:
                 break
-    if too_short:
+    if too_short and shard.index == 0:
         files = "a file" if len(too_short) == 1 else f"{len(too_short)} files"
         print(f"Skipped {files} shorter than {min_samples} samples (no frame): {name_some(too_short)}")
-    return torch.from_numpy(kmeans.centroids()).float() if shard.index == 0 else None
+    return torch.from_numpy(kmeans.centroids()).float() if kmeans is not None else None
+
+
+def gather_round(
+    frames: list[np.ndarray], too_short: list[str], failure: Exception | None, shard: Shard
+) -> tuple[list[np.ndarray], list[int], list[str]]:
+    """
+    One round of every process (gloo, on the CPU), in process order: the frames of all processes (on the first
+    process; the others, which count frames but do not fit, get none), their lengths and every process's too-short
+    files. A process that failed raises its error and the others one line naming it, all in the same round, so that
+    none waits for the failed one.
+    """
+    summary = ([len(item) for item in frames], too_short, None if failure is None else str(failure))
+    summaries: list = [None] * shard.count
+    torch.distributed.all_gather_object(summaries, summary)
+    if failure is not None:
+        raise failure
+    failed = [(rank, message) for rank, (_, _, message) in enumerate(summaries) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise SpidrError(f"k-means stopped: process {rank} failed: {message}")
+    parts: list | None = [None] * shard.count if shard.index == 0 else None
+    torch.distributed.gather_object(frames, parts, dst=0)
+    lengths = [length for part_lengths, _, _ in summaries for length in part_lengths]
+    all_too_short = [name for _, names, _ in summaries for name in names]
+    return [item for part in parts or [] for item in part], lengths, all_too_short
 
 
 def run(args: argparse.Namespace) -> int:
