@@ -299,3 +299,22 @@ def test_compiled_extraction_gives_the_features_of_eager(source_dir, many_files,
     eager = {id: torch.load(one_process / f"{id}.pt") for id in ids()}
     for id, features in eager.items():
         torch.testing.assert_close(torch.load(output / f"{id}.pt"), features, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("units_format", ["txt", "jsonl"])
+def test_a_finished_units_file_counts_the_rows_it_reads(tmp_path, units_format):
+    from spidr_hf.units_output import UnitsOutput
+
+    def line(id: str, units: list[int]) -> str:
+        if units_format == "txt":
+            return f"{id}\t{' '.join(map(str, units))}\n"
+        return json.dumps({"id": id, "units": units}) + "\n"
+
+    path = tmp_path / f"units.{units_format}"
+    # a rerun may leave an id twice (the first wins) and a kill a cut-off last line (left out)
+    path.write_text(line("a", [1, 2]) + line("b", [3]) + line("a", [4]) + line("d", [5, 6])[:-3])
+    units_out = UnitsOutput(path, units_format, deduplicate=False)
+    rows = dict(units_out.iter_units())
+    assert list(rows) == ["a", "b"] and rows["a"].tolist() == [1, 2]
+    assert units_out.num_rows() == 2
+    assert UnitsOutput(tmp_path / "absent.txt", units_format, deduplicate=False).num_rows() == 0

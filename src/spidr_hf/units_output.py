@@ -255,6 +255,10 @@ class UnitsOutput:
                         yield id, line + "\n"
 
     def num_rows(self) -> int:
+        """Files written so far: a finished job's units file is counted line by line, as `iter_units` reads it
+        (memory holds the ids, not the units)."""
         if self.format == "parquet":
             return sum(table.num_rows for table in self.parquet_tables(columns=["id"]))
-        return len(self._complete_lines())
+        if self.parts_folder.is_dir():
+            return len(self._complete_lines())
+        return sum(1 for _ in self._file_lines(self.path)) if self.path.is_file() else 0
