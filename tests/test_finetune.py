@@ -138,6 +138,30 @@ def test_the_sid_split_holds_out_utterances_of_training_speakers():
     assert "lonely-00000" in train_ids  # a speaker's only utterance is a training one, whatever its hash
 
 
+def test_random_init_is_the_architecture_with_seeded_new_weights(corpus, source_dir):
+    from transformers import set_seed
+
+    from spidr_hf.finetune_tasks import build_task
+
+    def encoder_weights(seed: int, **options) -> dict[str, torch.Tensor]:
+        set_seed(seed)  # what finetune.py does before building the task
+        arguments = FinetuneArguments(task="phones", model_name_or_path=str(source_dir), dataset=str(corpus), **options)
+        return {name: value for name, value in build_task(arguments).model.state_dict().items() if ".encoder." in name}
+
+    # source_dir's weights were drawn from seed 0: another seed gives other weights
+    pretrained, drawn, drawn_again = (
+        encoder_weights(1),
+        encoder_weights(1, random_init=True),
+        encoder_weights(1, random_init=True),
+    )
+    assert pretrained.keys() == drawn.keys()
+    assert all(torch.equal(drawn[name], drawn_again[name]) for name in drawn)  # the same baseline on every run
+    matrices = [name for name in drawn if drawn[name].dim() > 1]  # norms and biases start at 1 and 0 either way
+    assert matrices and not any(torch.equal(drawn[name], pretrained[name]) for name in matrices)
+    seed_zero = encoder_weights(0, random_init=True)
+    assert all(torch.equal(seed_zero[name], pretrained[name]) for name in drawn)  # the same draw as source_dir's
+
+
 @pytest.mark.slow
 def test_phone_recognition_writes_a_hub_folder_whose_pipeline_gives_phones(finetune, corpus, source_dir, tmp_path):
     out = tmp_path / "phones"

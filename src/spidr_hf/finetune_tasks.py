@@ -58,6 +58,10 @@ class FinetuneArguments:
         default=None, metadata={"help": "A SpidR folder or Hub id (a pretraining folder: its student is taken)."}
     )
     dataset: str | None = field(default=None, metadata={"help": "A `spidr-hf corpus` folder (train and dev splits)."})
+    random_init: bool = field(
+        default=False,
+        metadata={"help": "The architecture of model_name_or_path with weights drawn anew (seed): the baseline."},
+    )
     freeze_feature_encoder: bool = field(
         default=True, metadata={"help": "Keep the convolutional feature encoder and projection fixed (wav2vec2's)."}
     )
@@ -322,19 +326,26 @@ def load_head_model(args: FinetuneArguments, model_class: type[SpidrHeadModel], 
     for key, value in values.items():
         setattr(config, key, value)
     config.check_values()
-    try:
-        model = model_class.from_pretrained(
-            args.model_name_or_path, config=config, local_files_only=loaded.local_files_only
-        )
-    except OSError as error:
-        raise ModelLoadError(
-            f"Cannot load the model {args.model_name_or_path}: {' '.join(str(error).split())}"
-        ) from error
+    if args.random_init:  # drawn from the training seed (set before): the same baseline on every run
+        model = model_class(config)
+    else:
+        model = load_pretrained_head_model(args, model_class, config, loaded.local_files_only)
     if args.freeze_base_model:
         model.freeze_base_model()
     elif args.freeze_feature_encoder:
         model.freeze_feature_encoder()
     return model
+
+
+def load_pretrained_head_model(
+    args: FinetuneArguments, model_class: type[SpidrHeadModel], config: SpidrConfig, local_files_only: bool
+) -> SpidrHeadModel:
+    try:
+        return model_class.from_pretrained(args.model_name_or_path, config=config, local_files_only=local_files_only)
+    except OSError as error:
+        raise ModelLoadError(
+            f"Cannot load the model {args.model_name_or_path}: {' '.join(str(error).split())}"
+        ) from error
 
 
 def build_task(args: FinetuneArguments) -> FinetuneTask:
