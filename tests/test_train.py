@@ -533,6 +533,23 @@ def test_quickstart_config_trains_and_writes_a_loadable_model(corpus, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_finished_run_run_again_leaves_its_model_as_it_was(corpus, tmp_path):
+    """As `scripts/quickstart.sh` run twice: the rerun resumes from the last checkpoint, at max_steps, and trains
+    nothing (the Trainer alone would take step max_steps + 1 and save another model)."""
+    output = tmp_path / "run"
+    config = write_config(tmp_path, tiny_run_config(corpus, output, max_steps=3, save_strategy="steps", save_steps=3))
+    train.main([str(config)])
+    weights = (output / "model.safetensors").read_bytes()
+    train.main([str(config)])
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert (output / "model.safetensors").read_bytes() == weights
+    # A killed run whose last checkpoint is its last step: the rerun saves that checkpoint's model
+    (output / "model.safetensors").unlink()
+    train.main([str(config)])
+    assert (output / "model.safetensors").read_bytes() == weights
+
+
+@pytest.mark.slow
 def test_training_never_overwrites_a_saved_model_it_cannot_resume(tmp_path):
     output = tmp_path / "mine"
     output.mkdir()

@@ -23,7 +23,7 @@ from transformers import TrainingArguments, set_seed
 
 from spidr_hf.errors import run_script
 from spidr_hf.finetune_tasks import FinetuneArguments, FinetuneTrainer, build_task
-from spidr_hf.training_setup import check_output_dir, checkpoint_to_resume, parse_config
+from spidr_hf.training_setup import check_output_dir, parse_config, train_or_resume
 
 logger = logging.getLogger("spidr_hf.finetune")
 
@@ -54,10 +54,11 @@ def main(argv: list[str]) -> dict[str, float]:
         processing_class=task.processor,
         compute_metrics=task.compute_metrics,
     )
-    train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
+    train_result = train_or_resume(trainer)
     trainer.save_model()  # the model, its code files and the processor
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
+    if train_result is not None:  # else train_results.json is the finished run's
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)  # OUT/eval_results.json

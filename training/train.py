@@ -24,9 +24,9 @@ from spidr_hf.trainer import SpidrTrainer
 from spidr_hf.training_setup import (
     build_model,
     check_output_dir,
-    checkpoint_to_resume,
     complete_training_arguments,
     parse_config,
+    train_or_resume,
 )
 
 logger = logging.getLogger("spidr_hf.train")
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
         data=PretrainingData.load(data_args, training_args),
         processing_class=SpidrFeatureExtractor(),
     )
-    trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
+    train_or_resume(trainer)
     if summary := trainer.codebook_summary():
         logger.info("Codebooks at the end of training: %s", summary)
     trainer.save_model()  # Hub-ready: model, config with auto_map, code files, preprocessor config

@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
 from spidr_hf.errors import run_script
-from spidr_hf.training_setup import check_output_dir, checkpoint_to_resume, parse_config
+from spidr_hf.training_setup import check_output_dir, parse_config, train_or_resume
 from spidr_hf.unit_lm import describe
 from spidr_hf.unit_lm_training import UnitLMArguments, build_unit_lm, unit_datasets
 
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
         eval_dataset=evaluation,
         data_collator=default_data_collator,
     )
-    trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
+    train_or_resume(trainer)
     if evaluation is not None:
         logger.info("Held-out loss: %.4f", trainer.evaluate()["eval_loss"])
     trainer.save_model()

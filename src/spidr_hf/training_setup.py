@@ -192,6 +192,28 @@ def check_output_dir(output_dir: Path, resume_from_checkpoint: str | None) -> No
         )
 
 
+def train_or_resume(trainer):
+    """
+    `trainer.train`, resumed from `checkpoint_to_resume`, and its `TrainOutput`; None when that checkpoint is at the
+    run's last step already (a run killed after its last checkpoint, or run again when finished): its weights are
+    loaded and nothing is trained, where the Trainer would take one step past `max_steps` (transformers 5.25 resumes
+    at the next batch of the epoch before it checks the step count), so that a rerun would change a finished model.
+    """
+    from transformers import TrainerState
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    checkpoint = checkpoint_to_resume(trainer.args)
+    if checkpoint is not None:
+        state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+        last_step = trainer.args.max_steps if trainer.args.max_steps > 0 else state.max_steps
+        if state.global_step >= last_step:
+            logger.info("%s is at the last step (%d): nothing left to train", checkpoint, state.global_step)
+            trainer._load_from_checkpoint(checkpoint)  # the Trainer's own loading, as train() does it
+            trainer.state = state
+            return None
+    return trainer.train(resume_from_checkpoint=checkpoint)
+
+
 def checkpoint_to_resume(training_args) -> str | None:
     """`resume_from_checkpoint` if set, else the last checkpoint in `output_dir`: a stopped run goes on by itself."""
     checkpoint = training_args.resume_from_checkpoint
