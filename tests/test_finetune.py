@@ -162,6 +162,38 @@ def test_random_init_is_the_architecture_with_seeded_new_weights(corpus, source_
     assert all(torch.equal(seed_zero[name], pretrained[name]) for name in drawn)  # the same draw as source_dir's
 
 
+def test_log_mel_heads_read_the_evaluation_log_mel_and_a_padded_batch_is_each_item_alone():
+    from spidr_hf.evaluation.features import log_mel
+    from spidr_hf.log_mel_heads import LogMelForCTC, LogMelForSequenceClassification
+
+    config = SpidrConfig(**TINY_CONFIG, vocab_size=7, pad_token_id=0, num_labels=3, classifier_proj_size=16)
+    audio = [np.random.default_rng(seed).normal(size=size).astype(np.float32) for seed, size in ((0, 9000), (1, 4000))]
+    batch = SpidrFeatureExtractor()(audio, sampling_rate=16_000, padding="longest", return_tensors="pt")
+    torch.manual_seed(0)
+    for head in (LogMelForCTC(config).eval(), LogMelForSequenceClassification(config).eval()):
+        frames, frame_mask = head.log_mel_frames(batch["input_values"], batch["attention_mask"])
+        for index, item in enumerate(audio):
+            alone = SpidrFeatureExtractor()(item, sampling_rate=16_000, return_tensors="pt")["input_values"]
+            expected = log_mel(alone[0].numpy())
+            assert int(frame_mask[index].sum()) == len(expected)
+            torch.testing.assert_close(frames[index, : len(expected)], expected, atol=1e-4, rtol=1e-4)
+            together, single = head(**batch).logits[index], head(alone).logits[0]
+            torch.testing.assert_close(together[: len(single)] if together.dim() > 1 else together, single)
+    labels = torch.tensor([[1, 2, 3], [4, -100, -100]])
+    assert torch.isfinite(LogMelForCTC(config)(**batch, labels=labels).loss)
+
+
+@pytest.mark.slow
+def test_log_mel_upstream_fine_tunes_through_the_same_script(finetune, corpus, source_dir, tmp_path):
+    out = tmp_path / "log-mel"
+    argv = [str(PHONES_CONFIG), f"--model_name_or_path={source_dir}", f"--dataset={corpus}", f"--output_dir={out}"]
+    metrics = finetune([*argv, *QUICK, "--upstream=log_mel", "--max_steps=3", "--save_steps=3"])
+    assert json.loads((out / "eval_results.json").read_text())["eval_per"] == metrics["eval_per"] > 0
+    from safetensors.torch import load_file
+
+    assert set(load_file(out / "model.safetensors")) == {"lm_head.weight", "lm_head.bias"}  # the head alone
+
+
 @pytest.mark.slow
 def test_phone_recognition_writes_a_hub_folder_whose_pipeline_gives_phones(finetune, corpus, source_dir, tmp_path):
     out = tmp_path / "phones"
@@ -217,6 +249,7 @@ def test_speaker_identification_resumes_and_its_pipeline_names_speakers(
     ("override", "message"),
     [
         ("--task=words", "task must be one of phones, speakers, got 'words'"),
+        ("--upstream=mfcc", "upstream must be one of spidr, log_mel, got 'mfcc'"),
         ("--dataset={tmp}/missing", "dataset {tmp}/missing not found"),
         ("--dataset={tmp}/no-phones", "The train split of {tmp}/no-phones lacks the column(s) phones"),
         ("--model_name_or_path={tmp}/no-model", "Cannot load the model {tmp}/no-model"),

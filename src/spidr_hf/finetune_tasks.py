@@ -33,6 +33,7 @@ from .errors import ConfigError, ModelLoadError
 from .evaluation.report import PHONE_CLASSES
 from .feature_extraction_spidr import SpidrFeatureExtractor
 from .loading import _load_feature_extractor, load_config
+from .log_mel_heads import LogMelForCTC, LogMelForSequenceClassification, LogMelHead
 from .modeling_spidr import SpidrForCTC, SpidrForSequenceClassification, SpidrHeadModel, conv_output_lengths
 from .pipeline_spidr import load_audio
 from .unit_lm_training import held_out
@@ -40,6 +41,8 @@ from .unit_lm_training import held_out
 logger = logging.getLogger(__name__)
 
 TASKS = ("phones", "speakers")
+# What the head reads: the SpidR model's layers, or the log-mel energies of the same frames (SUPERB's FBANK baseline)
+UPSTREAMS = ("spidr", "log_mel")
 # The columns each task reads from the corpus
 TASK_COLUMNS = {"phones": ("id", "audio", "phones"), "speakers": ("id", "audio", "speaker")}
 PAD, UNK = "<pad>", "<unk>"  # the CTC blank is the pad token (wav2vec2's convention)
@@ -58,6 +61,10 @@ class FinetuneArguments:
         default=None, metadata={"help": "A SpidR folder or Hub id (a pretraining folder: its student is taken)."}
     )
     dataset: str | None = field(default=None, metadata={"help": "A `spidr-hf corpus` folder (train and dev splits)."})
+    upstream: str = field(
+        default="spidr",
+        metadata={"help": "spidr (the model's layers) or log_mel (80 log-mel energies per frame: the baseline)."},
+    )
     random_init: bool = field(
         default=False,
         metadata={"help": "The architecture of model_name_or_path with weights drawn anew (seed): the baseline."},
@@ -97,6 +104,10 @@ class FinetuneArguments:
         for name, example in (("model_name_or_path", "SPIDR_FOLDER"), ("dataset", "CORPUS")):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is not set: add --{name}={example}")
+        if self.upstream not in UPSTREAMS:
+            raise ConfigError(f"upstream must be one of {', '.join(UPSTREAMS)}, got {self.upstream!r}")
+        if self.upstream == "log_mel" and self.random_init:
+            raise ConfigError("random_init draws a SpidR model anew: it does not apply to upstream: log_mel")
         if self.weighted_layer_representation not in REPRESENTATIONS:
             raise ConfigError(
                 f"weighted_layer_representation must be one of {', '.join(REPRESENTATIONS)}, got "
@@ -120,7 +131,7 @@ class FinetuneArguments:
 class FinetuneTask:
     """A task ready for the Trainer; `processor` is what the output folder gets beside the model."""
 
-    model: SpidrHeadModel
+    model: SpidrHeadModel | LogMelHead
     processor: Wav2Vec2Processor | SpidrFeatureExtractor
     train: Any  # datasets.Dataset of audio, labels, length
     evaluation: Any
@@ -313,7 +324,15 @@ class AudioCollator:
         return dict(batch)
 
 
-def load_head_model(args: FinetuneArguments, model_class: type[SpidrHeadModel], **task_config) -> SpidrHeadModel:
+LOG_MEL_HEADS: dict[type[SpidrHeadModel], type[LogMelHead]] = {
+    SpidrForCTC: LogMelForCTC,
+    SpidrForSequenceClassification: LogMelForSequenceClassification,
+}
+
+
+def load_head_model(
+    args: FinetuneArguments, model_class: type[SpidrHeadModel], **task_config
+) -> SpidrHeadModel | LogMelHead:
     """The student of `model_name_or_path` under a new head, with the task's and `model_config`'s config values."""
     loaded = load_config(args.model_name_or_path)  # one line for a missing folder or what is not SpidR
     config = loaded.config
@@ -326,6 +345,8 @@ def load_head_model(args: FinetuneArguments, model_class: type[SpidrHeadModel], 
     for key, value in values.items():
         setattr(config, key, value)
     config.check_values()
+    if args.upstream == "log_mel":  # the same head over log-mel frames; nothing to freeze
+        return LOG_MEL_HEADS[model_class](config)
     if args.random_init:  # drawn from the training seed (set before): the same baseline on every run
         model = model_class(config)
     else:
@@ -390,7 +411,7 @@ class FinetuneTrainer(Trainer):
         ignore_keys = [*(ignore_keys or []), "hidden_states", "attentions"]
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         unwrapped = self.accelerator.unwrap_model(model)
-        if logits is None or not isinstance(unwrapped, SpidrForCTC):
+        if logits is None or not isinstance(unwrapped, (SpidrForCTC, LogMelForCTC)):
             return loss, logits, labels
         tokens = logits.argmax(-1)
         if inputs.get("attention_mask") is not None:

@@ -1463,6 +1463,45 @@ class SpidrHeadModel(SpidrPreTrainedModel):
         return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
 
+def ctc_loss(
+    logits: torch.Tensor, labels: torch.Tensor, frame_mask: torch.Tensor | None, config: SpidrConfig
+) -> torch.Tensor:
+    """
+    The CTC loss of `(batch, frames, vocab_size)` logits over their valid frames (`(batch, frames)` mask, None: all)
+    against `(batch, target_length)` token ids padded with -100; the blank is `config.pad_token_id`.
+    """
+    all_frames = torch.full(logits.shape[:1], logits.shape[1], device=logits.device)
+    input_lengths = all_frames if frame_mask is None else frame_mask.sum(-1)
+    label_mask = labels >= 0
+    # The loss in fp32 whatever the model's dtype: CTC's forward-backward sums underflow in half precision
+    log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
+    with torch.backends.cudnn.flags(enabled=False):  # cuDNN's CTC needs targets on the CPU and int32
+        return F.ctc_loss(
+            log_probs,
+            labels.masked_select(label_mask),
+            input_lengths,
+            label_mask.sum(-1),
+            blank=config.pad_token_id,
+            reduction=config.ctc_loss_reduction,
+            zero_infinity=config.ctc_zero_infinity,
+        )
+
+
+def mean_over_frames(values: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """`(batch, frames, dim)` to `(batch, dim)`: the mean over each item's valid frames (mask None: all)."""
+    if frame_mask is None:
+        return values.mean(dim=1)
+    weights = frame_mask.to(values.dtype).unsqueeze(-1)
+    return (values * weights).sum(dim=1) / weights.sum(dim=1)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """Cross-entropy of `(batch, num_labels)` logits, or the mean squared error when `num_labels == 1`."""
+    if num_labels == 1:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits.float(), labels.view(-1))
+
+
 class SpidrForCTC(SpidrHeadModel):
     """SpidR with a linear CTC head over characters or phones (`AutoModelForCTC`, the ASR pipeline)."""
 
@@ -1504,26 +1543,7 @@ class SpidrForCTC(SpidrHeadModel):
             input_values, attention_mask, output_attentions, output_hidden_states, **kwargs
         )
         logits = self.lm_head(self.dropout(head_input))
-        loss = None
-        if labels is not None:
-            input_lengths = (
-                torch.full(logits.shape[:1], logits.shape[1], device=logits.device)
-                if frame_mask is None
-                else frame_mask.sum(-1)
-            )
-            label_mask = labels >= 0
-            # The loss in fp32 whatever the model's dtype: CTC's forward-backward sums underflow in half precision
-            log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
-            with torch.backends.cudnn.flags(enabled=False):  # cuDNN's CTC needs targets on the CPU and int32
-                loss = F.ctc_loss(
-                    log_probs,
-                    labels.masked_select(label_mask),
-                    input_lengths,
-                    label_mask.sum(-1),
-                    blank=self.config.pad_token_id,
-                    reduction=self.config.ctc_loss_reduction,
-                    zero_infinity=self.config.ctc_zero_infinity,
-                )
+        loss = None if labels is None else ctc_loss(logits, labels, frame_mask, self.config)
         output = CausalLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -1559,19 +1579,8 @@ class SpidrForSequenceClassification(SpidrHeadModel):
         head_input, frame_mask, outputs = self._head_input(
             input_values, attention_mask, output_attentions, output_hidden_states, **kwargs
         )
-        projected = self.projector(head_input)
-        if frame_mask is None:
-            pooled = projected.mean(dim=1)
-        else:
-            weights = frame_mask.to(projected.dtype).unsqueeze(-1)
-            pooled = (projected * weights).sum(dim=1) / weights.sum(dim=1)
-        logits = self.classifier(pooled)
-        loss = None
-        if labels is not None:
-            if self.config.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
-                loss = F.cross_entropy(logits.float(), labels.view(-1))
+        logits = self.classifier(mean_over_frames(self.projector(head_input), frame_mask))
+        loss = None if labels is None else classification_loss(logits, labels, self.config.num_labels)
         output = SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

@@ -26,17 +26,33 @@ def log_mel(audio: np.ndarray) -> torch.Tensor:
     `(frames, 80)` log-mel energies on SpidR's frames (25 ms Hann window, 20 ms hop, no padding), each mel bin
     standardized over the utterance so that angular distances compare spectral shapes.
     """
-    filters = torch.from_numpy(_mel_filters()).float()
+    waveform = torch.from_numpy(audio).float()[None]
+    frames, _ = log_mel_batch(waveform, torch.tensor([len(audio)]))
+    return frames[0]
+
+
+def log_mel_batch(waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    `(batch, samples)` zero-padded waveforms of `(batch,)` lengths in samples to `(batch, frames, 80)` log-mel
+    energies as `log_mel` gives each one alone (zero on the frames past an utterance's end), and the `(batch,
+    frames)` mask of the valid frames.
+    """
+    filters = torch.from_numpy(_mel_filters()).to(waveforms.device, torch.float32)
     spectrum = torch.stft(
-        torch.from_numpy(audio).float(),
+        waveforms.float(),
         n_fft=WINDOW_SAMPLES,
         hop_length=HOP_SAMPLES,
-        window=torch.hann_window(WINDOW_SAMPLES),
+        window=torch.hann_window(WINDOW_SAMPLES, device=waveforms.device),
         center=False,
         return_complex=True,
     )
-    energies = (spectrum.abs().square().T @ filters).clamp_min(1e-10).log()
-    return (energies - energies.mean(0)) / (energies.std(0, unbiased=False) + 1e-5)
+    energies = (spectrum.abs().square().transpose(1, 2) @ filters).clamp_min(1e-10).log()
+    num_frames = ((lengths.to(energies.device) - WINDOW_SAMPLES) // HOP_SAMPLES + 1).clamp(min=0)
+    valid = (torch.arange(energies.shape[1], device=energies.device) < num_frames[:, None]).unsqueeze(-1)
+    count = valid.sum(1, keepdim=True).clamp(min=1)
+    mean = (energies * valid).sum(1, keepdim=True) / count
+    std = (((energies - mean) * valid).square().sum(1, keepdim=True) / count).sqrt()
+    return ((energies - mean) / (std + 1e-5)) * valid, valid.squeeze(-1)
 
 
 def _mel_filters() -> np.ndarray:
