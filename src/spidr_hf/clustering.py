@@ -61,8 +61,9 @@ class StreamingKMeans:
     k-means on more frames than memory holds, fed in order: the first `memory_frames` are fitted exactly as
     `fit_kmeans` fits them in memory (so a job that fits in memory gives the same centroids as before), then each
     further `memory_frames` refine the centroids with one pass of `partial_fit` over mini-batches of
-    `STREAM_BATCH_FRAMES` frames (online k-means: each centroid moves to the running mean of its frames). At most
-    `total_frames` frames are used; memory holds at most `memory_frames` (plus the batch being added).
+    `STREAM_BATCH_FRAMES` frames (online k-means: each centroid moves toward its frames by a step that shrinks as its
+    count of frames grows; scikit-learn's counts start from the first fit's, one per frame and pass of that fit). At
+    most `total_frames` frames are used; memory holds at most `memory_frames` (plus the batch being added).
     """
 
     def __init__(self, num_clusters: int, seed: int, total_frames: int, memory_frames: int):
