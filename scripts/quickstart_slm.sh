@@ -2,8 +2,9 @@
 # The spoken-LM ladder on CPU: a benchmark spoken by flite, then for each unit source a tiny unit LM trained on the
 # units of the built-in corpus and its zero-shot sWUGGY / sBLIMP scores.
 #   scripts/quickstart_slm.sh [OUT] [QUICKSTART_DIR]   (defaults: runs/quickstart-slm, runs/quickstart)
-# Unit sources: gold phones (the topline), the quickstart model's codebook units and k-means units, and the codebook
-# units of its random initialisation. Runs the quickstart first when QUICKSTART_DIR has no model; reruns resume.
+# Unit sources: gold phones (the topline), the quickstart model's codebook units and k-means units, the codebook
+# units of its random initialisation, and k-means units of log-mel frames (the spectral baseline). Runs the quickstart
+# first when QUICKSTART_DIR has no model; reruns resume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-runs/quickstart-slm}"
@@ -24,16 +25,18 @@ echo "== 1/3 The benchmark: words vs pseudo-words, grammatical vs not, 4 flite v
 echo "== 2/3 The unit sources"
 [[ -f "$work/models/kmeans/config.json" ]] || spidr-hf kmeans "$model" --dataset "$corpus" --layer 4 \
     --num-clusters 64 --output "$work/models/kmeans"
-python - "$model" "$work/models/random_init" "$corpus" "$benchmark" "$work/phones" <<'PYTHON'
+python - "$model" "$work/models/random_init" "$corpus" "$benchmark" "$work/phones" "$work/log_mel" <<'PYTHON'
+import shutil
 import sys
 from pathlib import Path
 
 import torch
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
+from spidr_hf.log_mel_units import benchmark_log_mel_units, corpus_log_mel_units
 from spidr_hf.phone_units import benchmark_phone_units, corpus_phone_units
 
-model, random_init, corpus, benchmark, phones = map(Path, sys.argv[1:])
+model, random_init, corpus, benchmark, phones, log_mel = map(Path, sys.argv[1:])
 if not (random_init / "config.json").exists():  # the same architecture with its initial random weights
     torch.manual_seed(0)
     SpidrForPreTraining(SpidrConfig.from_pretrained(model)).save_pretrained(random_init)
@@ -41,16 +44,20 @@ if not (random_init / "config.json").exists():  # the same architecture with its
 if not (phones / "train-units").exists():
     corpus_phone_units(corpus, phones / "train-units")
     benchmark_phone_units(benchmark, phones / "benchmark-units")
+if not (log_mel / "benchmark-units" / "syntactic").exists():  # k-means of 64 on the train split's log-mel frames
+    for partial in ("train-units", "benchmark-units"):  # a run cut short: fitted again from the start
+        shutil.rmtree(log_mel / partial, ignore_errors=True)
+    benchmark_log_mel_units(corpus_log_mel_units(corpus, log_mel / "train-units"), benchmark, log_mel / "benchmark-units")
 PYTHON
 
 echo "== 3/3 A unit LM per source, and its scores"
-for source in phones codebook kmeans random_init; do
+for source in phones codebook kmeans random_init log_mel; do
     echo "-- $source"
     case "$source" in
         codebook) units_model="$model" kind=codebook ;;
         kmeans) units_model="$work/models/kmeans" kind=kmeans ;;
         random_init) units_model="$work/models/random_init" kind=codebook ;;
-        phones) units_model="" kind="" ;;
+        phones | log_mel) units_model="" kind="" ;;
     esac
     if [[ -n "$units_model" && ! -f "$work/$source/train-units/extract.json" ]]; then
         spidr-hf extract "$units_model" "$corpus/wavs" "$work/$source/train-units" --units "$kind" \

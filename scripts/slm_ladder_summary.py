@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-SOURCES = ("phones", "codebook", "kmeans", "random_init")
+SOURCES = ("phones", "codebook", "kmeans", "random_init", "log_mel")
 # The evaluation row of each source's units: (system, representation, layer); phones have none (their ABX is 0)
 EVALUATION_ROWS = {
     "codebook": ("model", "codebook", 6),
     "kmeans": ("model", "kmeans", 4),
     "random_init": ("random_init", "codebook", 6),
+    # The evaluation's own log-mel k-means (64 clusters, another sample of frames): the same recipe as the ladder's
+    "log_mel": ("log_mel", "kmeans", None),
 }
 
 

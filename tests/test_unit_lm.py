@@ -278,3 +278,35 @@ def test_gold_phone_units_train_and_score_like_any_other_units(corpus, tmp_path)
     tiny_lm().save_pretrained(tmp_path / "codebook-ulm")
     with pytest.raises(ValueError, match="another quantizer"):
         score_benchmark(tmp_path / "codebook-ulm", None, benchmark, tmp_path / "other", units=benchmark_units)
+
+
+def test_log_mel_units_are_the_nearest_centroids_and_score_like_any_other_units(corpus, slm_benchmark, tmp_path):
+    from spidr_hf.aligned_speech import load_split
+    from spidr_hf.audio import decode
+    from spidr_hf.evaluation.features import log_mel
+    from spidr_hf.log_mel_units import benchmark_log_mel_units, corpus_log_mel_units
+
+    kmeans = corpus_log_mel_units(corpus, tmp_path / "train-units", num_clusters=8, max_frames=2000)
+    source, units = read_extracted_units(tmp_path / "train-units", deduplicate=False)
+    assert source.unit_kind == "log_mel" and source.num_units == 8 and source.weights_sha256 == kmeans.sha256
+    row = load_split(corpus, "dev")[0]
+    frames = log_mel(row.audio).numpy()
+    nearest = ((frames[:, None, :] - kmeans.centroids[None]) ** 2).sum(-1).argmin(1)
+    assert units[row.id].tolist() == nearest.tolist() and len(set(nearest.tolist())) > 1
+    # Refitted with the same seed: the same quantizer, so its units score with a ULM of the first fit's
+    again = corpus_log_mel_units(corpus, tmp_path / "again", num_clusters=8, max_frames=2000)
+    assert again.sha256 == kmeans.sha256
+
+    benchmark_units = benchmark_log_mel_units(kmeans, slm_benchmark, tmp_path / "benchmark-units")
+    lexical = read_extracted_units(benchmark_units / "lexical", deduplicate=False)[1]
+    assert lexical["lex0v11"].tolist() == again.units(decode(slm_benchmark / "lexical/dev/lex0v11.wav")).tolist()
+    train_source, _ = read_extracted_units(tmp_path / "train-units", deduplicate=True)
+    tiny_lm(train_source).save_pretrained(tmp_path / "ulm")
+    results = score_benchmark(tmp_path / "ulm", None, slm_benchmark, tmp_path / "scores", units=benchmark_units)
+    assert results["swuggy"]["pairs"] == 3 and results["sblimp"]["pairs"] == 2
+    other = corpus_log_mel_units(corpus, tmp_path / "other", num_clusters=8, max_frames=2000, seed=1)
+    with pytest.raises(ValueError, match="another quantizer"):
+        score_benchmark(
+            tmp_path / "ulm", None, slm_benchmark, tmp_path / "refused",
+            units=benchmark_log_mel_units(other, slm_benchmark, tmp_path / "other-benchmark"),
+        )  # fmt: skip

@@ -19,7 +19,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +46,7 @@ from .units_output import UNITS_FORMATS, UnitsOutput, check_ids, default_units_p
 ACCELERATOR_BATCH_SECONDS = 200.0
 CPU_BATCH_SECONDS = 20.0
 SETTINGS_FILE = "extract.json"  # OUTPUT's record of the settings its outputs were written with
+WRITTEN_UNITS_FILE = "units.jsonl"  # the units file of `write_unit_sequences`
 SETTINGS_WRITER = "spidr-hf extract"
 SHARD_LOCKS = ".extract-shards"  # one lock file per shard, held while the shard runs (OUTPUT itself: the job's lock)
 MAX_PENDING_WRITES = 2  # batches whose features may wait for the writer thread
@@ -439,6 +440,33 @@ def write_settings(output: Path, model: str | os.PathLike, settings: dict) -> No
     record = {"written_by": SETTINGS_WRITER, "model_as_given": str(model), "settings": settings}
     text = json.dumps(record, indent=2) + "\n"
     write_text_atomically(output / SETTINGS_FILE, text)
+
+
+def write_unit_sequences(output: Path, units: Mapping[str, Sequence[int]], source: dict) -> Path:
+    """
+    `output` as `spidr-hf extract --units ... --units-format jsonl` writes it, for units that another quantizer
+    made (gold phones, log-mel k-means): `units` per id, and `source`, the settings fields that name the quantizer
+    (`model`, `weights_sha256`, `input`, `units`, `num_units`, `deduplicate`), so that `training/train_ulm.py` trains
+    on them and `spidr-hf slm-score --units` checks and scores with them.
+    """
+    if (output / SETTINGS_FILE).exists():
+        raise SpidrError(f"{output} already holds units: choose another folder")
+    settings = {
+        "layer": 0,
+        "representation": None,
+        "features": False,
+        "dtype": None,
+        "batch_seconds": None,
+        **source,
+        "units_format": "jsonl",
+        "units_file": WRITTEN_UNITS_FILE,
+    }
+    lines = "".join(
+        json.dumps({"id": id, "units": [int(unit) for unit in values]}) + "\n" for id, values in units.items()
+    )
+    write_text_atomically(output / WRITTEN_UNITS_FILE, lines)
+    write_settings(output, source["model"], settings)
+    return output
 
 
 def check_output(output: Path, settings: dict, units_out: UnitsOutput | None) -> None:

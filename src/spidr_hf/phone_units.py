@@ -6,17 +6,14 @@ each, which is what deduplicated frame-level phones would be.
 """
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .atomic_files import write_text_atomically
 from .errors import SpidrError
 from .evaluation.report import PHONE_CLASSES
 
 INVENTORY = tuple(phone for name, phones in PHONE_CLASSES.items() if name != "silence" for phone in phones)
 PAUSES = set(PHONE_CLASSES["silence"])
-UNITS_FILE = "units.jsonl"
 
 
 def phone_ids(phones: Sequence[str]) -> list[int]:
@@ -32,30 +29,18 @@ def phone_ids(phones: Sequence[str]) -> list[int]:
 
 def write_phone_units(output: Path, sequences: Mapping[str, Sequence[str]], input: str) -> Path:
     """`output` as `spidr-hf extract --units ... --units-format jsonl --deduplicate` would write it, for phones."""
-    from .extract import SETTINGS_FILE, write_settings
+    from .extract import write_unit_sequences
 
-    if (output / SETTINGS_FILE).exists():
-        raise SpidrError(f"{output} already holds units: choose another folder")
-    lines = "".join(json.dumps({"id": id, "units": phone_ids(phones)}) + "\n" for id, phones in sequences.items())
-    settings = {
+    source = {
         "model": "gold phones",
         # The phone inventory stands for the weights: phone units are the same language as long as it is
         "weights_sha256": hashlib.sha256(" ".join(INVENTORY).encode()).hexdigest(),
         "input": input,
-        "layer": 0,
-        "representation": None,
-        "features": False,
         "units": "phones",
         "num_units": len(INVENTORY),
         "deduplicate": True,
-        "dtype": None,
-        "batch_seconds": None,
-        "units_format": "jsonl",
-        "units_file": UNITS_FILE,
     }
-    write_text_atomically(output / UNITS_FILE, lines)
-    write_settings(output, "gold phones", settings)
-    return output
+    return write_unit_sequences(output, {id: phone_ids(phones) for id, phones in sequences.items()}, source)
 
 
 def corpus_phone_units(corpus: str | Path, output: str | Path) -> Path:
