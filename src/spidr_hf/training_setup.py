@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import HfArgumentParser, Trainer, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from .configuration_spidr import SpidrConfig
 from .data import DataArguments
@@ -192,16 +193,13 @@ def check_output_dir(output_dir: Path, resume_from_checkpoint: str | None) -> No
         )
 
 
-def train_or_resume(trainer):
+def train_or_resume(trainer: Trainer) -> TrainOutput | None:
     """
     `trainer.train`, resumed from `checkpoint_to_resume`, and its `TrainOutput`; None when that checkpoint is at the
     run's last step already (a run killed after its last checkpoint, or run again when finished): its weights are
     loaded and nothing is trained, where the Trainer would take one step past `max_steps` (transformers 5.25 resumes
     at the next batch of the epoch before it checks the step count), so that a rerun would change a finished model.
     """
-    from transformers import TrainerState
-    from transformers.trainer import TRAINER_STATE_NAME
-
     checkpoint = checkpoint_to_resume(trainer.args)
     if checkpoint is not None:
         state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
