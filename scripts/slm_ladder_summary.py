@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-SOURCES = ("phones", "codebook", "kmeans", "random_init", "log_mel")
+SOURCES = ("phones", "codebook", "kmeans", "random_init", "log_mel", "text_phones")
 # The evaluation row of each source's units: (system, representation, layer); phones have none (their ABX is 0)
 EVALUATION_ROWS = {
     "codebook": ("model", "codebook", 6),
@@ -65,7 +65,7 @@ def main() -> None:
     text = "\n".join(lines)
     if correlations:
         text += (
-            "\n\nPearson r over the SpidR sources ("
+            "\n\nPearson r over the sources with ABX and PNMI ("
             + str(len(measured))
             + " points): "
             + ", ".join(f"{key} {value:+.2f}" for key, value in correlations.items())

@@ -310,3 +310,19 @@ def test_log_mel_units_are_the_nearest_centroids_and_score_like_any_other_units(
             tmp_path / "ulm", None, slm_benchmark, tmp_path / "refused",
             units=benchmark_log_mel_units(other, slm_benchmark, tmp_path / "other-benchmark"),
         )  # fmt: skip
+
+
+def test_text_phones_are_the_phones_flite_speaks_for_the_drawn_sentences(tmp_path):
+    import random
+
+    from spidr_hf.corpus import SPEAKERS, find_flite, load_sentences
+    from spidr_hf.phone_units import phone_ids, text_phone_units
+    from spidr_hf.slm_benchmark import phones_of
+
+    source, units = read_extracted_units(text_phone_units(tmp_path / "text", 6, seed=3), deduplicate=True)
+    assert source.unit_kind == "phones" and len(units) == 6
+    sentences = load_sentences()
+    random.Random(3).shuffle(sentences)
+    flite = find_flite()
+    spoken = [phone_ids(phones_of(flite, sentence, SPEAKERS[0])) for sentence in sentences[:6]]
+    assert [values.tolist() for values in units.values()] == spoken

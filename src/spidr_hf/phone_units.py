@@ -6,6 +6,7 @@ each, which is what deduplicated frame-level phones would be.
 """
 
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -72,3 +73,34 @@ def benchmark_phone_units(benchmark: str | Path, output: str | Path) -> Path:
         write_phone_units(output / task, {row["filename"]: spoken[row[text_column], row["voice"]] for row in rows},
                           str(benchmark / task))  # fmt: skip
     return output
+
+
+def text_phone_units(output: str | Path, num_sentences: int | None = None, seed: int = 0) -> Path:
+    """
+    The phones of sentences of the built-in corpus' sentence pool (`corpus.load_sentences`: 10,873 sentences, about
+    12 h of speech), `num_sentences` of them drawn with `seed` (None: all), from flite's `t2p` (its lexicon and
+    letter-to-sound rules, no speech, a few ms a sentence): a topline with far more language than a corpus a CPU speaks
+    and extracts in minutes, which shows whether the benchmark measures anything.
+    """
+    import random
+    import shutil
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .corpus import load_sentences
+
+    t2p = shutil.which("t2p")
+    if t2p is None:
+        raise SpidrError("flite's t2p is not installed: `sudo apt-get install flite` (Debian/Ubuntu)")
+    sentences = load_sentences()
+    random.Random(seed).shuffle(sentences)
+    sentences = sentences[:num_sentences]
+
+    def phones(sentence: str) -> list[str]:
+        spoken = subprocess.run([t2p, sentence], capture_output=True, text=True, check=True).stdout.split()
+        return [phone.rstrip("012") for phone in spoken]  # t2p marks vowels' stress, which flite's phones leave out
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # one t2p process per sentence
+        spoken = list(pool.map(phones, sentences))
+    sequences = {f"sentence-{index:05d}": phones for index, phones in enumerate(spoken)}
+    return write_phone_units(Path(output), sequences, f"t2p of {len(sentences)} sentences (seed {seed})")
