@@ -53,6 +53,9 @@ def main(argv: list[str]) -> None:
     trainer.save_model()  # Hub-ready: model, config with auto_map, code files, preprocessor config
     if trainer.is_world_process_zero():
         logger.info("Saved the pretrained model to %s", training_args.output_dir)
+    # Every process waits for the first to finish saving: a process tearing the gloo group down while another still
+    # used it was seen to abort at exit (SIGABRT, "terminate called without an active exception"), once in CI
+    trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()  # closes the trackers and the process group of a multi-process run
 
 
