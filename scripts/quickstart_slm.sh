@@ -2,10 +2,10 @@
 # The spoken-LM ladder on CPU: a benchmark spoken by flite, then for each unit source a tiny unit LM trained on the
 # units of the built-in corpus and its zero-shot sWUGGY / sBLIMP scores.
 #   scripts/quickstart_slm.sh [OUT] [QUICKSTART_DIR]   (defaults: runs/quickstart-slm, runs/quickstart)
-# Unit sources: gold phones (the topline), the quickstart model's codebook units and k-means units, the codebook
-# units of its random initialisation, k-means units of log-mel frames (the spectral baseline), and the phones of the
-# whole sentence pool as text (12 h of speech: the topline with enough language to be above chance). Runs the
-# quickstart first when QUICKSTART_DIR has no model; reruns resume.
+# Unit sources: gold phones, the quickstart model's codebook units and k-means units of layers 2, 4 and 6, the
+# codebook units of its random initialisation, k-means units of log-mel frames (the spectral baseline), and the
+# phones of the whole sentence pool as text (12 h of speech: the topline with enough language to be above chance).
+# Runs the quickstart first when QUICKSTART_DIR has no model; reruns resume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-runs/quickstart-slm}"
@@ -24,8 +24,13 @@ echo "== 1/3 The benchmark: words vs pseudo-words, grammatical vs not, 4 flite v
 [[ -f "$benchmark/syntactic/dev/gold.csv" ]] || spidr-hf slm-benchmark "$benchmark" --words 100 --sentences 100
 
 echo "== 2/3 The unit sources"
-[[ -f "$work/models/kmeans/config.json" ]] || spidr-hf kmeans "$model" --dataset "$corpus" --layer 4 \
-    --num-clusters 64 --output "$work/models/kmeans"
+# k-means units of three layers (`kmeans` is layer 4's), for ABX and PNMI against the scores across layers
+for layer in 2 4 6; do
+    name=kmeans_layer$layer
+    [[ $layer == 4 ]] && name=kmeans
+    [[ -f "$work/models/$name/config.json" ]] || spidr-hf kmeans "$model" --dataset "$corpus" --layer "$layer" \
+        --num-clusters 64 --output "$work/models/$name"
+done
 python - "$model" "$work/models/random_init" "$corpus" "$benchmark" "$work/phones" "$work/log_mel" \
     "$work/text_phones" <<'PYTHON'
 import shutil
@@ -65,12 +70,12 @@ if missing(text_phones, "train-units"):  # the phones of the whole sentence pool
 PYTHON
 
 echo "== 3/3 A unit LM per source, and its scores"
-for source in phones codebook kmeans random_init log_mel text_phones; do
+for source in phones codebook kmeans_layer2 kmeans kmeans_layer6 random_init log_mel text_phones; do
     echo "-- $source"
     units_model="" kind="" benchmark_units="$work/$source/benchmark-units" source_steps="$steps"
     case "$source" in
         codebook) units_model="$model" kind=codebook ;;
-        kmeans) units_model="$work/models/kmeans" kind=kmeans ;;
+        kmeans*) units_model="$work/models/$source" kind=kmeans ;;
         random_init) units_model="$work/models/random_init" kind=codebook ;;
         # 24 times the corpus' language: more steps to learn it; scored with the benchmark's gold phones
         text_phones) benchmark_units="$work/phones/benchmark-units" source_steps=600 ;;

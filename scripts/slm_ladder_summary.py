@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-SOURCES = ("phones", "codebook", "kmeans", "random_init", "log_mel", "text_phones")
+SOURCES = ("phones", "codebook", "kmeans_layer2", "kmeans", "kmeans_layer6", "random_init", "log_mel", "text_phones")
 # The evaluation row of each source's units: (system, representation, layer); phones have none (their ABX is 0)
 EVALUATION_ROWS = {
     "codebook": ("model", "codebook", 6),
+    "kmeans_layer2": ("model", "kmeans", 2),
     "kmeans": ("model", "kmeans", 4),
+    "kmeans_layer6": ("model", "kmeans", 6),
     "random_init": ("random_init", "codebook", 6),
     # The evaluation's own log-mel k-means (64 clusters, another sample of frames): the same recipe as the ladder's
     "log_mel": ("log_mel", "kmeans", None),
@@ -55,12 +57,12 @@ def main() -> None:
         cells.append(f"{row['pnmi']:.3f}" if row["pnmi"] is not None else "")
         lines.append(f"| {source} | " + " | ".join(cells) + " |")
     correlations = {}
-    measured = [row for row in table.values() if row["abx_within"] is not None]
+    measured = {name: row for name, row in table.items() if row["abx_within"] is not None}
     for unit_metric in ("abx_within", "pnmi"):
         for lm_metric in ("swuggy", "sblimp"):
             if len(measured) >= 3:
-                x = np.array([row[unit_metric] for row in measured])
-                y = np.array([row[lm_metric] for row in measured])
+                x = np.array([row[unit_metric] for row in measured.values()])
+                y = np.array([row[lm_metric] for row in measured.values()])
                 correlations[f"{unit_metric}~{lm_metric}"] = float(np.corrcoef(x, y)[0, 1])
     text = "\n".join(lines)
     if correlations:
@@ -91,7 +93,33 @@ def main() -> None:
     axes.set_title("Tiny unit LMs on the built-in benchmark")
     figure.tight_layout()
     figure.savefig(args.work / "ladder.png", dpi=120)
-    print(f"Wrote {args.work / 'summary.md'}, summary.json and ladder.png")
+    plot_correlations(measured, args.work / "correlation.png")
+    plots = "ladder.png and correlation.png" if measured else "ladder.png"
+    print(f"Wrote {args.work / 'summary.md'}, summary.json, {plots}")
+
+
+def plot_correlations(table: dict[str, dict], path: Path) -> None:
+    """ABX within and PNMI of each source's units against its sWUGGY and sBLIMP, a panel per pair, sources named."""
+    if not table:
+        return
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 2, figsize=(8, 6.5), sharey="row")
+    for column, (unit_metric, unit_label) in enumerate((("abx_within", "ABX within (%)"), ("pnmi", "PNMI"))):
+        for row_index, (lm_metric, lm_label) in enumerate((("swuggy", "sWUGGY (%)"), ("sblimp", "sBLIMP (%)"))):
+            axis = axes[row_index][column]
+            for name, row in table.items():
+                axis.scatter(row[unit_metric], row[lm_metric], color="tab:blue")
+                axis.annotate(name, (row[unit_metric], row[lm_metric]), fontsize=8, xytext=(3, 3),
+                              textcoords="offset points")  # fmt: skip
+            axis.axhline(50, color="black", linestyle="--", linewidth=1)
+            axis.axhspan(40, 60, color="grey", alpha=0.15)  # chance +- 2 standard deviations over 100 pairs
+            axis.set_ylim(30, 80)
+            axis.set_xlabel(unit_label)
+            axis.set_ylabel(lm_label)
+    figure.suptitle("Unit quality against spoken-LM scores (dashed: chance; grey: chance +- 2 s.d., 100 pairs)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
