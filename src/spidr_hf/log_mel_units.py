@@ -22,10 +22,11 @@ DEFAULT_FRAMES = 100_000  # as `spidr-hf kmeans`: 2000 s at 50 Hz
 
 
 class LogMelKMeans:
-    """k-means centroids of log-mel frames and the units they give audio."""
+    """Fitted k-means of log-mel frames (scikit-learn's MiniBatchKMeans, as `fit_kmeans` gives it) and the units it
+    gives audio: its `predict`, as the evaluation's log-mel k-means units."""
 
-    def __init__(self, centroids: np.ndarray):
-        self.centroids = centroids.astype(np.float32)
+    def __init__(self, kmeans):
+        self.kmeans = kmeans
 
     @classmethod
     def fit(cls, audios: Iterable[np.ndarray], num_clusters: int, max_frames: int, seed: int) -> "LogMelKMeans":
@@ -36,7 +37,11 @@ class LogMelKMeans:
             count += len(frames[-1])
             if count >= max_frames:
                 break
-        return cls(fit_kmeans(np.concatenate(frames)[:max_frames], num_clusters, seed).cluster_centers_)
+        return cls(fit_kmeans(np.concatenate(frames)[:max_frames], num_clusters, seed))
+
+    @property
+    def centroids(self) -> np.ndarray:
+        return self.kmeans.cluster_centers_.astype(np.float32)
 
     @property
     def sha256(self) -> str:
@@ -44,9 +49,7 @@ class LogMelKMeans:
 
     def units(self, audio: np.ndarray) -> np.ndarray:
         """`(frames,)` index of the nearest centroid (L2) of each log-mel frame of 16 kHz `audio`."""
-        frames = log_mel(audio).numpy()
-        distances = (frames**2).sum(1, keepdims=True) - 2 * frames @ self.centroids.T + (self.centroids**2).sum(1)
-        return distances.argmin(1)
+        return self.kmeans.predict(log_mel(audio).numpy())
 
     def write(self, output: Path, units: dict[str, np.ndarray], input: str) -> Path:
         from .extract import write_unit_sequences

@@ -102,5 +102,5 @@ def text_phone_units(output: str | Path, num_sentences: int | None = None, seed:
 
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # one t2p process per sentence
         spoken = list(pool.map(phones, sentences))
-    sequences = {f"sentence-{index:05d}": phones for index, phones in enumerate(spoken)}
+    sequences = {f"sentence-{index:05d}": sentence_phones for index, sentence_phones in enumerate(spoken)}
     return write_phone_units(Path(output), sequences, f"t2p of {len(sentences)} sentences (seed {seed})")

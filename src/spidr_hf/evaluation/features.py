@@ -1,5 +1,6 @@
 """Evaluation inputs: batches of utterances, and the log-mel baseline features."""
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -55,6 +56,7 @@ def log_mel_batch(waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch
     return ((energies - mean) / (std + 1e-5)) * valid, valid.squeeze(-1)
 
 
+@functools.cache  # the same filters for every utterance and batch (the log-mel heads call it at each step)
 def _mel_filters() -> np.ndarray:
     return mel_filter_bank(
         num_frequency_bins=WINDOW_SAMPLES // 2 + 1,
