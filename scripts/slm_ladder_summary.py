@@ -42,10 +42,13 @@ def main() -> None:
             continue
         scores = json.loads(path.read_text())
         row = {"swuggy": scores["swuggy"]["all"], "sblimp": scores["sblimp"]["all"]}
+        row["pairs"] = min(scores["swuggy"]["pairs"], scores["sblimp"]["pairs"])
         row["sblimp_by_type"] = {name: value["score"] for name, value in scores["sblimp"]["by_type"].items()}
         figures = evaluation.get(EVALUATION_ROWS.get(source), {})
         row |= {metric: figures.get(metric) for metric in ("abx_within", "abx_across", "pnmi")}
         table[source] = row
+    if not table:
+        raise SystemExit(f"No SOURCE/scores.json under {args.work}: run scripts/quickstart_slm.sh {args.work} first")
 
     lines = [
         "| units | sWUGGY (%) | sBLIMP (%) | ABX within (%) | ABX across (%) | PNMI |",
@@ -81,24 +84,33 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 3.5))
+    pairs = min(row["pairs"] for row in table.values())
+    band = chance_band(pairs)
+    figure, axes = plt.subplots(figsize=(7, 4))
     positions = np.arange(len(table))
     for offset, metric, label in ((-0.2, "swuggy", "sWUGGY"), (0.2, "sblimp", "sBLIMP")):
         axes.bar(positions + offset, [row[metric] for row in table.values()], width=0.4, label=label)
     axes.axhline(50, color="black", linestyle="--", linewidth=1, label="chance")
-    axes.set_xticks(positions, list(table))
+    axes.axhspan(50 - band, 50 + band, color="grey", alpha=0.2, zorder=0, label="chance ± 2 s.d.")
+    axes.set_xticks(positions, list(table), rotation=30, ha="right")
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(30, 100)
     axes.legend(loc="upper right")
     axes.set_title("Tiny unit LMs on the built-in benchmark")
     figure.tight_layout()
     figure.savefig(args.work / "ladder.png", dpi=120)
-    plot_correlations(measured, args.work / "correlation.png")
+    plot_correlations(measured, pairs, args.work / "correlation.png")
     plots = "ladder.png and correlation.png" if measured else "ladder.png"
     print(f"Wrote {args.work / 'summary.md'}, summary.json, {plots}")
 
 
-def plot_correlations(table: dict[str, dict], path: Path) -> None:
+def chance_band(pairs: int) -> float:
+    """Two standard deviations, in points, of an accuracy at chance over `pairs` pairs: coin flips land outside
+    50 +- this one time in twenty."""
+    return 2 * 100 * np.sqrt(0.25 / pairs)
+
+
+def plot_correlations(table: dict[str, dict], pairs: int, path: Path) -> None:
     """ABX within and PNMI of each source's units against its sWUGGY and sBLIMP, a panel per pair, sources named."""
     if not table:
         return
@@ -113,11 +125,11 @@ def plot_correlations(table: dict[str, dict], path: Path) -> None:
                 axis.annotate(name, (row[unit_metric], row[lm_metric]), fontsize=8, xytext=(3, 3),
                               textcoords="offset points")  # fmt: skip
             axis.axhline(50, color="black", linestyle="--", linewidth=1)
-            axis.axhspan(40, 60, color="grey", alpha=0.15)  # chance +- 2 standard deviations over 100 pairs
+            axis.axhspan(50 - chance_band(pairs), 50 + chance_band(pairs), color="grey", alpha=0.15, zorder=0)
             axis.set_ylim(30, 80)
             axis.set_xlabel(unit_label)
             axis.set_ylabel(lm_label)
-    figure.suptitle("Unit quality against spoken-LM scores (dashed: chance; grey: chance +- 2 s.d., 100 pairs)")
+    figure.suptitle(f"Unit quality against spoken-LM scores (dashed: chance; grey: chance ± 2 s.d., {pairs} pairs)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 

@@ -326,3 +326,45 @@ def test_text_phones_are_the_phones_flite_speaks_for_the_drawn_sentences(tmp_pat
     flite = find_flite()
     spoken = [phone_ids(phones_of(flite, sentence, SPEAKERS[0])) for sentence in sentences[:6]]
     assert [values.tolist() for values in units.values()] == spoken
+
+
+def test_ladder_summary_tables_the_scores_and_their_correlation_with_abx_and_pnmi(tmp_path):
+    """`scripts/slm_ladder_summary.py`: each source's scores.json in the table, ABX / PNMI from the evaluation
+    report, Pearson r over the sources with both, and the two plots; without scores, one line."""
+    from spidr_hf.evaluation.schema import EvaluationReport, EvaluationResult
+
+    work = tmp_path / "ladder"
+    scores = {"phones": (56.5, 43.0), "codebook": (53.4, 50.2), "kmeans": (57.2, 56.0), "random_init": (49.2, 48.0)}
+    for source, (swuggy, sblimp) in scores.items():
+        (work / source).mkdir(parents=True)
+        by_type = {"agreement": {"n": 60, "score": sblimp}, "word_order": {"n": 40, "score": sblimp}}
+        written = {"swuggy": {"all": swuggy, "pairs": 100}, "sblimp": {"all": sblimp, "pairs": 100, "by_type": by_type}}
+        (work / source / "scores.json").write_text(json.dumps(written))
+    quality = {"codebook": (34.5, 0.173), "kmeans": (33.3, 0.200), "random_init": (49.8, 0.032)}
+    rows = {("model", "codebook", 6): "codebook", ("model", "kmeans", 4): "kmeans"}
+    rows[("random_init", "codebook", 6)] = "random_init"
+    results = [
+        EvaluationResult(*row, metric, value)
+        for row, name in rows.items()
+        for metric, value in (("abx_within", quality[name][0]), ("abx_across", quality[name][0] + 5),
+                              ("pnmi", quality[name][1]))
+    ]  # fmt: skip
+    EvaluationReport("model", "corpus", "dev", 100, results).dump(tmp_path / "results.json")
+    script = Path(__file__).parents[1] / "scripts" / "slm_ladder_summary.py"
+    done = subprocess.run(
+        [sys.executable, script, work, "--evaluation", tmp_path / "results.json"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((work / "summary.json").read_text())
+    assert list(summary["sources"]) == list(scores)  # the ladder's order, the sources that have scores
+    assert [summary["sources"][name]["swuggy"] for name in scores] == [value[0] for value in scores.values()]
+    assert summary["sources"]["phones"]["abx_within"] is None
+    assert summary["sources"]["kmeans"]["pnmi"] == 0.200
+    names = list(quality)
+    expected = np.corrcoef([quality[name][1] for name in names], [scores[name][1] for name in names])[0, 1]
+    assert summary["pearson"]["pnmi~sblimp"] == pytest.approx(expected)
+    assert "| kmeans | 57.2 | 56.0 | 33.30 | 38.30 | 0.200 |" in (work / "summary.md").read_text()
+    assert (work / "ladder.png").stat().st_size > 0 and (work / "correlation.png").stat().st_size > 0
+
+    empty = subprocess.run([sys.executable, script, tmp_path / "nothing"], capture_output=True, text=True)
+    assert empty.returncode == 1 and len(empty.stderr.strip().splitlines()) == 1, empty.stderr
