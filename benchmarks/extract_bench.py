@@ -1,19 +1,28 @@
 """
-End-to-end speed of `spidr-hf extract` against the reference's own extraction loop, side by side on the same files.
+End-to-end speed of `spidr-hf extract` against the reference's own extraction script, side by side on the same files.
 
-    python benchmarks/extract_bench.py AUDIO_DIR [--model MODEL] [--files 60] [--layer 6] [--repeats 2]
-        [--config extract=--dtype float32 --config extract-bf16=--dtype bfloat16 ...] [--output bench.json]
+    python benchmarks/extract_bench.py AUDIO_DIR [--model MODEL [--reference-checkpoint CKPT]] [--files 60]
+        [--layer 6] [--repeats 2] [--config extract=--dtype float32 --config extract-bf16=--dtype bfloat16 ...]
+        [--output bench.json]
 
 The reference's `paper/extract_features.py` (facebookresearch/spidr) loops over a manifest one file at a time: decode,
-normalise, run *every* encoder layer at batch 1, `torch.save` the layer asked for, on the main thread. This
-re-implements that behaviour with our model and decoder (its own `WavDecoder` needs a torchcodec newer than torch 2.13
-allows), so that both sides compute the same function and only the loop differs. Each system runs as its own command,
-start-up (imports, model load, listing) included, in the order reference, ours, reference, ours... so that machine
-load weighs on both alike; the figure of a system is its median wall time, and the ratio is reference / ours. The run
-checks that both wrote the same features (to float tolerance: batch composition changes the rounding).
+normalise (`F.layer_norm` over the whole waveform), run *every* encoder layer of the reference's model at batch 1
+(`get_intermediate_outputs`), `torch.save` the layer asked for, on the main thread. Two re-implementations of it run:
 
-Without --model, a SpidR base model with random weights is saved to a scratch folder (the speed does not depend on the
-weights). Each --config is `NAME=ARGS`: extra `spidr-hf extract` arguments, e.g. `--num-workers 1 --dtype bfloat16`.
+- `reference script`: its loop and its model (`spidr==0.2.0`, the test oracle of `scripts/install.sh dev`), with our
+  decoder in place of its `WavDecoder`, which needs a torchcodec newer than torch 2.13 allows. This is what a user of
+  the reference runs; the speed-ups are against it.
+- `reference loop, our model`: the same loop around our model, so that only the loop differs from `spidr-hf extract`.
+
+Each system runs as its own command, start-up (imports, model load, listing) included, in turn (reference script,
+reference loop, ours, ..., then again), so that machine load weighs on all alike; the figure of a system is its median
+wall time. The run checks that all wrote the same features (to float tolerance: batch composition and the two models'
+kernels round differently).
+
+Without --model, a SpidR base model with random weights (the speed does not depend on the weights) is drawn by the
+reference's code, written as its checkpoint, and converted to ours (`spidr_hf.convert`). With --model, the reference
+script runs only when --reference-checkpoint names the reference checkpoint the model was converted from. Each
+--config is `NAME=ARGS`: extra `spidr-hf extract` arguments, e.g. `--num-workers 1 --dtype bfloat16`.
 """
 
 import argparse
@@ -28,7 +37,29 @@ import tempfile
 import time
 from pathlib import Path
 
-REFERENCE_LOOP = "reference-loop"
+REFERENCE_SCRIPT = "reference script"
+REFERENCE_LOOP = "reference loop, our model"
+# How a system's subprocess is told which loop to run (argv[1]); spidr-hf extract runs as `python -m spidr_hf`
+LOOP_COMMANDS = {REFERENCE_SCRIPT: "reference-script", REFERENCE_LOOP: "reference-loop"}
+
+
+def reference_script(checkpoint: str, files: list[str], output: Path, layer: int, device: str) -> None:
+    """The reference's `extract_features.py`: its model and its loop (batch 1, all layers, save on the main thread)."""
+    import torch
+    import torch.nn.functional as F
+    from spidr.models import build_model
+    from tqdm import tqdm
+
+    from spidr_hf.audio import decode
+
+    model = build_model(model_type="spidr", checkpoint=checkpoint).to(device).eval()  # as its `spidr_base` loads it
+    output.mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode():
+        for path in tqdm(files):
+            waveform = torch.from_numpy(decode(Path(path)))
+            waveform = F.layer_norm(waveform, waveform.shape)
+            outputs = model.get_intermediate_outputs(waveform.to(device).unsqueeze(0))
+            torch.save(outputs[layer - 1].squeeze().cpu(), output / Path(path).with_suffix(".pt").name)
 
 
 def reference_loop(model_dir: str, files: list[str], output: Path, layer: int, device: str) -> None:
@@ -48,6 +79,41 @@ def reference_loop(model_dir: str, files: list[str], output: Path, layer: int, d
             waveform = loaded.feature_extractor(decode(Path(path)), sampling_rate=SAMPLING_RATE, return_tensors="pt")
             outputs = model(waveform["input_values"].to(device), output_layer_results=True).layer_results
             torch.save(outputs[layer - 1].squeeze().cpu(), output / Path(path).with_suffix(".pt").name)
+
+
+def random_reference_model(folder: Path) -> tuple[str, str]:
+    """
+    A SpidR base with random weights drawn by the reference's code and written as its checkpoint, and the same
+    weights converted to our folder: (checkpoint, model folder). Without the reference installed, our model only.
+    """
+    import torch
+
+    from spidr_hf import SpidrConfig, SpidrModel
+    from spidr_hf.feature_extraction_spidr import SpidrFeatureExtractor
+
+    model_dir = folder / "model"
+    try:
+        import dataclasses
+
+        from spidr.config import SpidRConfig
+        from spidr.models import SpidR
+    except ImportError:
+        print("spidr==0.2.0 (the reference) is not installed: timing the reference loop with our model only")
+        SpidrModel(SpidrConfig()).save_pretrained(model_dir)
+        SpidrFeatureExtractor().save_pretrained(model_dir)
+        return "", str(model_dir)
+    from spidr_hf.convert import load_original_model
+
+    torch.manual_seed(0)
+    config = SpidRConfig()
+    checkpoint = folder / "reference" / "spidr.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"model": SpidR(config).state_dict()}, checkpoint)
+    run_config = {"run": {"model_type": "spidr"}, "model": dataclasses.asdict(config)}
+    (checkpoint.parent / "config.json").write_text(json.dumps(run_config))
+    load_original_model(checkpoint).save_pretrained(model_dir)
+    SpidrFeatureExtractor().save_pretrained(model_dir)
+    return str(checkpoint), str(model_dir)
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
@@ -76,6 +142,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("audio", type=Path, help="folder of audio files (searched recursively)")
     parser.add_argument("--model", help="model folder or Hub id (default: SpidR base, random weights)")
+    parser.add_argument(
+        "--reference-checkpoint", help="with --model: the reference checkpoint (.pt) it was converted from"
+    )
     parser.add_argument("--files", type=int, default=60, help="how many files of the folder (sorted paths)")
     parser.add_argument("--layer", type=int, default=6)
     parser.add_argument("--device", default="cpu")
@@ -83,6 +152,8 @@ def main() -> None:
     parser.add_argument("--config", action="append", default=[], metavar="NAME=ARGS", help="a `spidr-hf extract` run")
     parser.add_argument("--output", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
+    if args.reference_checkpoint and not args.model:
+        parser.error("--reference-checkpoint goes with --model (the folder converted from it)")
 
     from spidr_hf.audio import audio_duration, audio_files
 
@@ -95,53 +166,67 @@ def main() -> None:
     env = {**os.environ, "TQDM_DISABLE": "1"}
     with tempfile.TemporaryDirectory(prefix="extract-bench-") as scratch:
         scratch = Path(scratch)
-        model = args.model
+        checkpoint, model = args.reference_checkpoint or "", args.model
         if model is None:
-            from spidr_hf import SpidrConfig, SpidrModel
-            from spidr_hf.feature_extraction_spidr import SpidrFeatureExtractor
-
-            model = str(scratch / "model")
-            SpidrModel(SpidrConfig()).save_pretrained(model)
-            SpidrFeatureExtractor().save_pretrained(model)
-        input_dir = scratch / "input"  # the same files under flat names, for both loops
+            checkpoint, model = random_reference_model(scratch)
+        input_dir = scratch / "input"  # the same files under flat names, for every system
         input_dir.mkdir()
         for index, path in enumerate(files):
             (input_dir / f"{index:05d}{path.suffix}").symlink_to(path.resolve())
         inputs = sorted(str(path) for path in input_dir.iterdir())
         names = [Path(path).stem for path in inputs]
-        reference_command = [sys.executable, __file__, REFERENCE_LOOP, model, str(scratch / "reference")]
-        systems: dict[str, list[str]] = {"reference loop": [*reference_command, str(args.layer), args.device, *inputs]}
+        # name -> (command, the folder it writes)
+        systems: dict[str, tuple[list[str], Path]] = {}
+        for name, source in ((REFERENCE_SCRIPT, checkpoint), (REFERENCE_LOOP, model)):
+            if source:
+                out = scratch / LOOP_COMMANDS[name]
+                command = [sys.executable, __file__, LOOP_COMMANDS[name], source, str(out), str(args.layer)]
+                systems[name] = ([*command, args.device, *inputs], out)
         for name, extra in configs.items():
-            systems[name] = [
-                sys.executable, "-m", "spidr_hf", "extract", model, str(input_dir), str(scratch / name),
+            out = scratch / f"extract-{name}"
+            command = [
+                sys.executable, "-m", "spidr_hf", "extract", model, str(input_dir), str(out),
                 "--layer", str(args.layer), "--device", args.device, *shlex.split(extra),
             ]  # fmt: skip
+            systems[name] = (command, out)
         times: dict[str, list[float]] = {name: [] for name in systems}
         for repeat in range(args.repeats):
-            for name, command in systems.items():
-                out = Path(command[4]) if name == "reference loop" else Path(command[6])
+            for name, (command, out) in systems.items():
                 subprocess.run(["rm", "-rf", str(out)], check=True)
                 times[name].append(timed(command, env))
                 print(f"repeat {repeat + 1}: {name}: {times[name][-1]:.1f} s", flush=True)
-        differences = {name: compare_outputs(scratch / "reference", scratch / name, names) for name in configs}
-    reference = statistics.median(times["reference loop"])
+        baseline = REFERENCE_SCRIPT if REFERENCE_SCRIPT in systems else REFERENCE_LOOP
+        differences = {
+            name: compare_outputs(systems[baseline][1], out, names)
+            for name, (_, out) in systems.items()
+            if name != baseline
+        }
+    reference = statistics.median(times[baseline])
     print(f"\n{len(files)} files, {seconds:.0f} s of audio, layer {args.layer}, {args.device}, {os.cpu_count()} cores")
-    print(f"{'system':<24} {'median s':>9} {'audio s/s':>10} {'vs reference':>13} {'max |diff|':>11}")
+    print(f"{'system':<26} {'median s':>9} {'audio s/s':>10} {'speed-up':>9} {'max |diff|':>11}")
     results = []
     for name, values in times.items():
         median = statistics.median(values)
         difference = differences.get(name, 0.0)
-        print(f"{name:<24} {median:9.1f} {seconds / median:10.1f} {reference / median:12.2f}x {difference:11.2g}")
+        print(f"{name:<26} {median:9.1f} {seconds / median:10.1f} {reference / median:8.2f}x {difference:11.2g}")
         results.append({"system": name, "seconds": values, "median_s": median, "speedup": reference / median})
+    print(f"(speed-up: over the {baseline}; max |diff|: the largest difference to its features)")
     if args.output:
         machine = {"cpu_count": os.cpu_count(), "processor": platform.processor(), "platform": platform.platform()}
-        record = {"files": len(files), "audio_seconds": seconds, "layer": args.layer, "machine": machine}
+        record = {
+            "files": len(files),
+            "audio_seconds": seconds,
+            "layer": args.layer,
+            "baseline": baseline,
+            "machine": machine,
+        }
         args.output.write_text(json.dumps({**record, "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == REFERENCE_LOOP:
-        model_dir, output, layer, device, *paths = sys.argv[2:]
-        reference_loop(model_dir, paths, Path(output), int(layer), device)
+    loops = {LOOP_COMMANDS[REFERENCE_SCRIPT]: reference_script, LOOP_COMMANDS[REFERENCE_LOOP]: reference_loop}
+    if len(sys.argv) > 1 and sys.argv[1] in loops:
+        source, output, layer, device, *paths = sys.argv[2:]
+        loops[sys.argv[1]](source, paths, Path(output), int(layer), device)
     else:
         main()

@@ -1,6 +1,7 @@
 """The three write primitives every spidr-hf output goes through: nothing half written, nothing of the old lost."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,39 @@ def test_replacing_in_a_folder_keeps_its_other_files_and_replaces_the_last_file_
     os.umask(umask)
     assert (folder / "new.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (folder / "checkpoint").read_text() == "mine"
+
+
+def test_a_staging_folder_taken_for_abandoned_before_it_is_locked_is_made_again(tmp_path, monkeypatch) -> None:
+    # Another run's sweep of abandoned staging folders between this run's mkdtemp and its lock: the sweep finds the
+    # folder unlocked and removes it (flock locks of two descriptors conflict within one process as between two).
+    make_folder = tempfile.mkdtemp
+    swept: list[str] = []
+
+    def mkdtemp_then_another_run_sweeps(*args, **kwargs) -> str:
+        folder = make_folder(*args, **kwargs)
+        if not swept:
+            swept.append(folder)
+            with atomic_files.staging_folder(tmp_path, ".release.staging-"):
+                assert not Path(folder).exists()
+        return folder
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_another_run_sweeps)
+    with new_folder(tmp_path / "release") as staging:
+        assert staging.is_dir() and str(staging) != swept[0]
+        (staging / "model.safetensors").write_bytes(b"weights")
+    assert [path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*")] == [
+        "release",
+        "release/model.safetensors",
+    ]
+
+
+def test_abandoned_staging_folders_are_removed_and_those_in_use_kept(tmp_path: Path) -> None:
+    abandoned = tmp_path / ".release.staging-dead"
+    (abandoned / "sub").mkdir(parents=True)
+    (abandoned / "sub" / "weights").write_bytes(b"half")
+    (tmp_path / ".release.staging-file").write_text("not a folder")  # not ours to remove: kept
+    with atomic_files.staging_folder(tmp_path, ".release.staging-") as in_use:
+        with atomic_files.staging_folder(tmp_path, ".release.staging-") as other:
+            assert in_use.is_dir() and other.is_dir()
+        assert not abandoned.exists() and in_use.is_dir() and not other.exists()
+    assert [path.name for path in tmp_path.iterdir()] == [".release.staging-file"]

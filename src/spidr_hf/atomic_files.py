@@ -10,16 +10,14 @@ spidr-hf writes for a user goes through one of these three.
   all are written into a hidden staging folder first, then each is renamed over its old version, `last` last.
 """
 
-import glob
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import WriteError, writing
-from .file_locks import exclusive_lock
+from .file_locks import locked_temporary_folder, remove_unlocked_folders
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -54,15 +52,9 @@ def staging_folder(parent: Path, prefix: str) -> Iterator[Path]:
     A hidden temporary folder in `parent`, removed at the end, and locked while in use: the staging folders of runs
     that died (SIGKILL, power loss) are unlocked, and the next run with the same `prefix` removes them first.
     """
-    for abandoned in parent.glob(f"{glob.escape(prefix)}*"):
-        if abandoned.is_dir() and not abandoned.is_symlink():
-            try:
-                with exclusive_lock(abandoned, wait=False):
-                    shutil.rmtree(abandoned)
-            except (BlockingIOError, FileNotFoundError):  # in use by a live run, or removed by another
-                pass
-    with tempfile.TemporaryDirectory(dir=parent, prefix=prefix) as staging, exclusive_lock(Path(staging)):
-        yield Path(staging)
+    remove_unlocked_folders(parent, prefix)
+    with locked_temporary_folder(parent, prefix) as staging:
+        yield staging
 
 
 @contextmanager
@@ -81,7 +73,6 @@ def new_folder(destination: Path) -> Iterator[Path]:
         if destination.exists():
             destination.rmdir()
         shutil.move(staging, destination)
-        Path(staging).mkdir()  # the context manager removes it again
 
 
 @contextmanager

@@ -5,7 +5,10 @@ them when their process dies, even by SIGKILL, so that a lock never outlives its
 
 import contextlib
 import fcntl
+import glob
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +42,51 @@ def exclusive_lock(
                     path.parent.rmdir()
     finally:
         os.close(descriptor)  # closing releases the lock
+
+
+def remove_unlocked_folders(parent: Path, prefix: str) -> None:
+    """Remove the folders `parent/prefix...` that no process holds locked: left by runs that died (SIGKILL, power
+    loss), whose locks died with them."""
+    for folder in parent.glob(f"{glob.escape(prefix)}*"):
+        if folder.is_symlink():
+            continue
+        try:  # the descriptor of the folder itself: removed meanwhile by another run, it is skipped, not created
+            descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(folder, ignore_errors=True)  # another remover may be at it too
+        except BlockingIOError:  # in use by a live run
+            pass
+        finally:
+            os.close(descriptor)
+
+
+@contextmanager
+def locked_temporary_folder(parent: Path, prefix: str) -> Iterator[Path]:
+    """
+    A new folder `parent/prefix...`, locked while in use, then removed (with what it holds, if still there). Between
+    its creation and its lock another run may see it unlocked, take it for abandoned and remove it: the lock is taken
+    on the folder's descriptor and then checked to hold the folder still, else a new one is made.
+    """
+    while True:
+        folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+        try:
+            descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # waits for a remover that took the lock first
+        if os.fstat(descriptor).st_nlink > 0:  # a removed folder has no link left
+            break
+        os.close(descriptor)
+    try:
+        yield folder
+    finally:
+        try:
+            shutil.rmtree(folder, ignore_errors=True)  # gone already when the caller moved it into place
+        finally:
+            os.close(descriptor)  # closing releases the lock
 
 
 def is_locked(path: Path) -> bool:
