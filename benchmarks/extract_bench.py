@@ -84,36 +84,36 @@ def reference_loop(model_dir: str, files: list[str], output: Path, layer: int, d
 def random_reference_model(folder: Path) -> tuple[str, str]:
     """
     A SpidR base with random weights drawn by the reference's code and written as its checkpoint, and the same
-    weights converted to our folder: (checkpoint, model folder). Without the reference installed, our model only.
+    weights converted to our folder: (checkpoint, model folder). Without the reference installed, our model only
+    (checkpoint "").
     """
+    import dataclasses
+
     import torch
 
     from spidr_hf import SpidrConfig, SpidrModel
+    from spidr_hf.convert import load_original_model
     from spidr_hf.feature_extraction_spidr import SpidrFeatureExtractor
 
-    model_dir = folder / "model"
     try:
-        import dataclasses
-
         from spidr.config import SpidRConfig
         from spidr.models import SpidR
     except ImportError:
         print("spidr==0.2.0 (the reference) is not installed: timing the reference loop with our model only")
-        SpidrModel(SpidrConfig()).save_pretrained(model_dir)
-        SpidrFeatureExtractor().save_pretrained(model_dir)
-        return "", str(model_dir)
-    from spidr_hf.convert import load_original_model
-
-    torch.manual_seed(0)
-    config = SpidRConfig()
-    checkpoint = folder / "reference" / "spidr.pt"
-    checkpoint.parent.mkdir()
-    torch.save({"model": SpidR(config).state_dict()}, checkpoint)
-    run_config = {"run": {"model_type": "spidr"}, "model": dataclasses.asdict(config)}
-    (checkpoint.parent / "config.json").write_text(json.dumps(run_config))
-    load_original_model(checkpoint).save_pretrained(model_dir)
+        checkpoint, model = "", SpidrModel(SpidrConfig())
+    else:
+        torch.manual_seed(0)
+        config = SpidRConfig()
+        path = folder / "reference" / "spidr.pt"
+        path.parent.mkdir()
+        torch.save({"model": SpidR(config).state_dict()}, path)
+        run_config = {"run": {"model_type": "spidr"}, "model": dataclasses.asdict(config)}
+        (path.parent / "config.json").write_text(json.dumps(run_config))
+        checkpoint, model = str(path), load_original_model(path)
+    model_dir = folder / "model"
+    model.save_pretrained(model_dir)
     SpidrFeatureExtractor().save_pretrained(model_dir)
-    return str(checkpoint), str(model_dir)
+    return checkpoint, str(model_dir)
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
