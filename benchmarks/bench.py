@@ -55,8 +55,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import HubertConfig, HubertModel
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining, compute_span_mask
-from spidr_hf.configuration_spidr import SAMPLING_RATE
-from spidr_hf.convert import config_from_reference, convert_reference_state_dict
+from spidr_hf.hub.convert import config_from_reference, convert_reference_state_dict
+from spidr_hf.model.configuration_spidr import SAMPLING_RATE
 
 MAX_GRAD_NORM = 10.0
 TEACHER_STEP = 1000  # an optimizer step where the SpidR teacher EMA is active

@@ -1,6 +1,6 @@
 """
-Throughput of the pretraining data pipeline alone: decode, resample, standardize, crop and mask, as spidr_hf.data does
-it for the Trainer, on the built-in corpus (synthesized with flite on first use).
+Throughput of the pretraining data pipeline alone: decode, resample, standardize, crop and mask, as
+spidr_hf.pretraining.data does it for the Trainer, on the built-in corpus (synthesized with flite on first use).
 
     python benchmarks/bench_loader.py [--corpus DIR] [--hours 0.2] [--epochs 2] [--output loader.json]
 
@@ -23,9 +23,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from spidr_hf import SpidrConfig
-from spidr_hf.configuration_spidr import SAMPLING_RATE
-from spidr_hf.corpus import build_corpus
-from spidr_hf.data import (
+from spidr_hf.data.corpus import build_corpus
+from spidr_hf.model.configuration_spidr import SAMPLING_RATE
+from spidr_hf.pretraining.data import (
     BucketBatchSampler,
     DecodedSpeech,
     SpeechCollator,

@@ -17,10 +17,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import set_seed
 
-from spidr_hf.aligned_speech import load_split
-from spidr_hf.codebook_init import KMEANS_FRAMES_PER_CODEWORD, kmeans_codewords, set_codewords, teacher_target_frames
-from spidr_hf.feature_extraction_spidr import SpidrFeatureExtractor
-from spidr_hf.training_setup import build_model, parse_config
+from spidr_hf.data.aligned_speech import load_split
+from spidr_hf.model.feature_extraction_spidr import SpidrFeatureExtractor
+from spidr_hf.pretraining.codebook_init import (
+    KMEANS_FRAMES_PER_CODEWORD,
+    kmeans_codewords,
+    set_codewords,
+    teacher_target_frames,
+)
+from spidr_hf.pretraining.setup import build_model, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

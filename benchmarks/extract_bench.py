@@ -20,7 +20,7 @@ wall time. The run checks that all wrote the same features (to float tolerance: 
 kernels round differently).
 
 Without --model, a SpidR base model with random weights (the speed does not depend on the weights) is drawn by the
-reference's code, written as its checkpoint, and converted to ours (`spidr_hf.convert`). With --model, the reference
+reference's code, written as its checkpoint, and converted to ours (`spidr_hf.hub.convert`). With --model, the reference
 script runs only when --reference-checkpoint names the reference checkpoint the model was converted from. Each
 --config is `NAME=ARGS`: extra `spidr-hf extract` arguments, e.g. `--num-workers 1 --dtype bfloat16`.
 """
@@ -50,7 +50,7 @@ def reference_script(checkpoint: str, files: list[str], output: Path, layer: int
     from spidr.models import build_model
     from tqdm import tqdm
 
-    from spidr_hf.audio import decode
+    from spidr_hf.data.audio import decode
 
     model = build_model(model_type="spidr", checkpoint=checkpoint).to(device).eval()  # as its `spidr_base` loads it
     output.mkdir(parents=True, exist_ok=True)
@@ -67,9 +67,9 @@ def reference_loop(model_dir: str, files: list[str], output: Path, layer: int, d
     import torch
     from tqdm import tqdm
 
-    from spidr_hf.audio import decode
-    from spidr_hf.configuration_spidr import SAMPLING_RATE
-    from spidr_hf.loading import load
+    from spidr_hf.data.audio import decode
+    from spidr_hf.model.configuration_spidr import SAMPLING_RATE
+    from spidr_hf.model.loading import load
 
     loaded = load(model_dir, "student")
     model = loaded.model.to(device).eval()
@@ -92,8 +92,8 @@ def random_reference_model(folder: Path) -> tuple[str, str]:
     import torch
 
     from spidr_hf import SpidrConfig, SpidrModel
-    from spidr_hf.convert import load_original_model
-    from spidr_hf.feature_extraction_spidr import SpidrFeatureExtractor
+    from spidr_hf.hub.convert import load_original_model
+    from spidr_hf.model.feature_extraction_spidr import SpidrFeatureExtractor
 
     try:
         from spidr.config import SpidRConfig
@@ -155,7 +155,7 @@ def main() -> None:
     if args.reference_checkpoint and not args.model:
         parser.error("--reference-checkpoint goes with --model (the folder converted from it)")
 
-    from spidr_hf.audio import audio_duration, audio_files
+    from spidr_hf.data.audio import audio_duration, audio_files
 
     files = audio_files(args.audio)[: args.files]
     if not files:

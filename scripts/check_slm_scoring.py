@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def write(folder: Path, seed: int = 0) -> None:
-    from spidr_hf.slm_score import lexical_accuracy, read_gold, read_submission, syntactic_accuracy
+    from spidr_hf.slm.score import lexical_accuracy, read_gold, read_submission, syntactic_accuracy
 
     rng = random.Random(seed)
     ours = {}

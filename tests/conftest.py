@@ -40,7 +40,7 @@ def renames_cut_after(monkeypatch, count: int) -> Iterator[list[str]]:
     staging folder) go through `count` times, then raise `Cut`: an interruption just before the next one. Yields the
     names renamed so far.
     """
-    from spidr_hf import atomic_files
+    from spidr_hf.io import atomic_files
 
     done: list[str] = []
     real_replace, real_move = os.replace, shutil.move
@@ -93,7 +93,7 @@ def tiny_config_kwargs() -> dict:
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """A tiny built-in corpus (2 speakers, about a minute of speech) for training runs."""
-    from spidr_hf.corpus import build_corpus
+    from spidr_hf.data.corpus import build_corpus
 
     folder = tmp_path_factory.mktemp("corpus")
     build_corpus(folder, hours=0.02, num_speakers=2, dev_speakers=1, seed=0)

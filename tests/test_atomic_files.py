@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from spidr_hf import atomic_files
-from spidr_hf.atomic_files import new_folder, replace_in_folder, write_atomically, write_text_atomically
-from spidr_hf.audio import audio_files
+from spidr_hf.data.audio import audio_files
+from spidr_hf.io import atomic_files
+from spidr_hf.io.atomic_files import new_folder, replace_in_folder, write_atomically, write_text_atomically
 
 
 class Interrupted(Exception):

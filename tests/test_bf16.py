@@ -9,13 +9,13 @@ from conftest import TINY_CONFIG
 from transformers import pipeline
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
-from spidr_hf.aligned_speech import load_split
-from spidr_hf.cli import main
-from spidr_hf.clustering import fit_kmeans
-from spidr_hf.configuration_spidr import SAMPLING_RATE
+from spidr_hf.data.aligned_speech import load_split
 from spidr_hf.evaluation import evaluate_model
-from spidr_hf.loading import load
-from spidr_hf.representations import ModelRepresentations
+from spidr_hf.model.configuration_spidr import SAMPLING_RATE
+from spidr_hf.model.loading import load
+from spidr_hf.model.representations import ModelRepresentations
+from spidr_hf.units.clustering import fit_kmeans
+from spidr_hf_cli import main
 
 LAYERS = [3, 4]  # TINY_CONFIG's codebook layers
 

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 import spidr_hf_cli
-from spidr_hf import extract as extract_module
-from spidr_hf import kmeans as kmeans_module
-from spidr_hf.cli import main
-from spidr_hf.configuration_spidr import OBJECTIVES
-from spidr_hf.corpus import build_corpus
+from spidr_hf.data.corpus import build_corpus
 from spidr_hf.errors import SpidrError, is_user_error
 from spidr_hf.evaluation import evaluate_model
-from spidr_hf.loading import DTYPES
-from spidr_hf.modeling_spidr import UNIT_KINDS
-from spidr_hf.units_output import UNITS_FORMATS
+from spidr_hf.model.configuration_spidr import OBJECTIVES
+from spidr_hf.model.loading import DTYPES
+from spidr_hf.model.modeling_spidr import UNIT_KINDS
+from spidr_hf.units import extract as extract_module
+from spidr_hf.units import kmeans as kmeans_module
+from spidr_hf.units.formats import UNITS_FORMATS
+from spidr_hf_cli import main
 
 
 def test_parsing_and_help_import_neither_torch_nor_transformers():

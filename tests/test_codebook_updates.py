@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from conftest import TINY_CONFIG, two_process_launcher
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining, compute_span_mask
-from spidr_hf.codebook_init import kmeans_codewords
-from spidr_hf.modeling_spidr import SpidrCodebookStatistics
+from spidr_hf.model.modeling_spidr import SpidrCodebookStatistics
+from spidr_hf.pretraining.codebook_init import kmeans_codewords
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ ACCUMULATION_RUN = textwrap.dedent(
     import torch
     from torch.utils.data import DataLoader
     from spidr_hf import SpidrConfig, SpidrForPreTraining, compute_span_mask
-    from spidr_hf.trainer import SpidrTrainer, SpidrTrainingArguments
+    from spidr_hf.pretraining.trainer import SpidrTrainer, SpidrTrainingArguments
 
     out, accumulation, per_batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     config = SpidrConfig(**{tiny_config!r}, hidden_dropout=0.0, attention_dropout=0.0, ema_timescale=20)
@@ -245,7 +245,7 @@ def test_restart_setting_is_validated(value):
 
 @pytest.mark.parametrize("value", [-1, 2.5, "2"])
 def test_kmeans_init_setting_is_validated(tmp_path, value):
-    from spidr_hf.trainer import SpidrTrainingArguments
+    from spidr_hf.pretraining.trainer import SpidrTrainingArguments
 
     with pytest.raises(ValueError, match="codebook_init_batches"):
         SpidrTrainingArguments(output_dir=str(tmp_path), codebook_init_batches=value, use_cpu=True)

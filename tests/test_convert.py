@@ -12,8 +12,8 @@ from reference import build_reference, write_reference_checkpoint
 from transformers import AutoFeatureExtractor, AutoModelForPreTraining
 
 from spidr_hf import SpidrFeatureExtractor, SpidrForPreTraining
-from spidr_hf.cli import main as cli_main
-from spidr_hf.convert import ConversionError, convert
+from spidr_hf.hub.convert import ConversionError, convert
+from spidr_hf_cli import main as cli_main
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -7,10 +7,10 @@ import wave
 import pytest
 from datasets import load_from_disk
 
-from spidr_hf import corpus
-from spidr_hf.cli import main
+from spidr_hf.data import corpus
 from spidr_hf.evaluation import frame_span, read_item_file
 from spidr_hf.evaluation.report import PHONE_CLASSES
+from spidr_hf_cli import main
 
 # Every phone flite prints has a class in the evaluation heatmap's table
 PHONES = {phone for phones in PHONE_CLASSES.values() for phone in phones}
@@ -217,7 +217,7 @@ def test_an_interrupted_resynthesis_never_pairs_old_audio_with_a_new_alignment(t
     """A kill between the alignment's rename and the wav's must not leave an earlier text's wav passing as done."""
     import os
 
-    from spidr_hf import atomic_files
+    from spidr_hf.io import atomic_files
 
     flite = corpus.find_flite()
     speaker = corpus.SPEAKERS[0]
@@ -276,7 +276,7 @@ def run_evaluate_error(folder, tmp_path, capsys) -> str:
 
 
 def test_two_corpus_runs_into_one_folder_are_refused(tmp_path, capsys):
-    from spidr_hf.file_locks import exclusive_lock
+    from spidr_hf.io.file_locks import exclusive_lock
 
     folder = tmp_path / "corpus"
     folder.mkdir()

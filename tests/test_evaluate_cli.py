@@ -10,14 +10,13 @@ import torch
 from datasets import load_from_disk
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel
-from spidr_hf.cli import main
-from spidr_hf.corpus import build_corpus
+from spidr_hf.data.corpus import build_corpus
 from spidr_hf.evaluation import evaluate_model, log_mel
 from spidr_hf.evaluation.items import num_frames
 from spidr_hf.evaluation.report import compare_to_initialisation, format_comparison
 from spidr_hf.evaluation.schema import EvaluationReport, EvaluationResult
-from spidr_hf.representations import ModelRepresentations
-from spidr_hf_cli import parse_layers
+from spidr_hf.model.representations import ModelRepresentations
+from spidr_hf_cli import main, parse_layers
 
 SYSTEMS = {"model", "random_init", "log_mel"}
 REPRESENTATIONS = {"layer_results", "codebook", "kmeans", "log_mel"}

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import write_audio
 
-from spidr_hf.aligned_speech import load_split
-from spidr_hf.cli import main
+from spidr_hf.data.aligned_speech import load_split
 from spidr_hf.evaluation import evaluate_model
 from spidr_hf.evaluation.items import ITEM_FILE
 from spidr_hf.evaluation.standard import read_alignments
+from spidr_hf_cli import main
 
 # Codebook units of the heads' layers and k-means units, on few layers and clusters to keep it quick
 SETTINGS = {"layers": [1, 4], "units": ["codebook", "kmeans"], "num_clusters": 8, "kmeans_frames": 500, "seed": 3}

@@ -11,11 +11,11 @@ from conftest import write_audio
 from transformers import AutoModelForPreTraining, pipeline
 
 from spidr_hf import SpidrFeatureExtractor
-from spidr_hf import extract as extract_module
-from spidr_hf.cli import main
-from spidr_hf.configuration_spidr import SAMPLING_RATE
-from spidr_hf.extract import extract
-from spidr_hf.pipeline_spidr import load_audio
+from spidr_hf.model.configuration_spidr import SAMPLING_RATE
+from spidr_hf.model.pipeline_spidr import load_audio
+from spidr_hf.units import extract as extract_module
+from spidr_hf.units.extract import extract
+from spidr_hf_cli import main
 
 # (relative path, seconds, sampling rate of the file): subfolders, several formats, resampling
 FILES = [("a.wav", 1.3, 16000), ("sub/b.flac", 2.9, 22050), ("sub/deeper/c.wav", 0.7, 16000)]
@@ -483,10 +483,10 @@ def test_bfloat16_is_close_to_float32(source_dir, audio_dir, tmp_path):
 @pytest.mark.slow
 def test_extracted_features_give_the_abx_of_the_model(source_dir, corpus, tmp_path):
     """Read back, `extract`'s features and units give the ABX of the same model's outputs computed in memory."""
-    from spidr_hf.aligned_speech import load_split
+    from spidr_hf.data.aligned_speech import load_split
     from spidr_hf.evaluation.abx import abx_error
     from spidr_hf.evaluation.items import FRAME_RATE, ITEM_FILE, frame_span, read_item_file
-    from spidr_hf.representations import ModelRepresentations
+    from spidr_hf.model.representations import ModelRepresentations
 
     audio_dir = tmp_path / "audio"
     utterances = load_split(corpus, "dev")

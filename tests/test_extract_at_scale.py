@@ -18,10 +18,10 @@ import torch
 from conftest import write_audio
 from test_extract import run_cli, speech_like
 
-from spidr_hf.cli import main
-from spidr_hf.extract import SHARD_LOCKS, extract
-from spidr_hf.file_locks import exclusive_lock
-from spidr_hf.sharding import Shard, balanced_split, parse_shard, this_process
+from spidr_hf.io.file_locks import exclusive_lock
+from spidr_hf.io.sharding import Shard, balanced_split, parse_shard, this_process
+from spidr_hf.units.extract import SHARD_LOCKS, extract
+from spidr_hf_cli import main
 
 SECONDS = [2.1, 0.6, 1.4, 3.0, 0.9, 1.7, 0.8, 2.4, 1.1, 0.7]
 LAYER = ["--layer", "3"]
@@ -243,7 +243,7 @@ def test_features_on_one_thread_equal_features_with_decoding_workers(source_dir,
 def hub_api(monkeypatch):
     from test_hub import RecordingHfApi
 
-    from spidr_hf import push as push_module
+    from spidr_hf.hub import push as push_module
 
     RecordingHfApi.instances = []
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
@@ -303,7 +303,7 @@ def test_compiled_extraction_gives_the_features_of_eager(source_dir, many_files,
 
 @pytest.mark.parametrize("units_format", ["txt", "jsonl"])
 def test_a_finished_units_file_counts_the_rows_it_reads(tmp_path, units_format):
-    from spidr_hf.units_output import UnitsOutput
+    from spidr_hf.units.formats import UnitsOutput
 
     def line(id: str, units: list[int]) -> str:
         if units_format == "txt":

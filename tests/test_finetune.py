@@ -14,7 +14,7 @@ from conftest import TINY_CONFIG, load_script
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor
 from spidr_hf.errors import is_user_error
-from spidr_hf.finetune_tasks import (
+from spidr_hf.finetuning.tasks import (
     PAD,
     AudioCollator,
     FinetuneArguments,
@@ -25,8 +25,8 @@ from spidr_hf.finetune_tasks import (
     phone_string,
     speaker_split,
 )
-from spidr_hf.modeling_spidr import SpidrForCTC
-from spidr_hf.pipeline_spidr import load_audio
+from spidr_hf.model.modeling_spidr import SpidrForCTC
+from spidr_hf.model.pipeline_spidr import load_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 PHONES_CONFIG = ROOT / "training/configs/finetune_phones_cpu.yaml"
@@ -44,7 +44,7 @@ def finetune():
 @pytest.fixture(scope="module")
 def speakers_corpus(tmp_path_factory) -> Path:
     """A tiny corpus whose train split has 2 speakers (the shared one has 1)."""
-    from spidr_hf.corpus import build_corpus
+    from spidr_hf.data.corpus import build_corpus
 
     folder = tmp_path_factory.mktemp("speakers-corpus")
     build_corpus(folder, hours=0.03, num_speakers=3, dev_speakers=1, seed=0)
@@ -141,7 +141,7 @@ def test_the_sid_split_holds_out_utterances_of_training_speakers():
 def test_random_init_is_the_architecture_with_seeded_new_weights(corpus, source_dir):
     from transformers import set_seed
 
-    from spidr_hf.finetune_tasks import build_task
+    from spidr_hf.finetuning.tasks import build_task
 
     def encoder_weights(seed: int, **options) -> dict[str, torch.Tensor]:
         set_seed(seed)  # what finetune.py does before building the task
@@ -164,7 +164,7 @@ def test_random_init_is_the_architecture_with_seeded_new_weights(corpus, source_
 
 def test_log_mel_heads_read_the_evaluation_log_mel_and_a_padded_batch_is_each_item_alone():
     from spidr_hf.evaluation.features import log_mel
-    from spidr_hf.log_mel_heads import LogMelForCTC, LogMelForSequenceClassification
+    from spidr_hf.finetuning.log_mel_heads import LogMelForCTC, LogMelForSequenceClassification
 
     config = SpidrConfig(**TINY_CONFIG, vocab_size=7, pad_token_id=0, num_labels=3, classifier_proj_size=16)
     audio = [np.random.default_rng(seed).normal(size=size).astype(np.float32) for seed, size in ((0, 9000), (1, 4000))]

@@ -32,11 +32,11 @@ from spidr_hf import (
     SpidrForPreTraining,
     SpidrUnitsPipeline,
 )
-from spidr_hf import push as push_module
-from spidr_hf.cli import main
 from spidr_hf.evaluation.schema import EvaluationReport
-from spidr_hf.model_card import CardOptions, official_checkpoints, render_model_card
-from spidr_hf.release import check_release_folder, load_source
+from spidr_hf.hub import push as push_module
+from spidr_hf.hub.model_card import CardOptions, official_checkpoints, render_model_card
+from spidr_hf.hub.release import check_release_folder, load_source
+from spidr_hf_cli import main
 
 REPO_ID = "me/tiny-spidr"
 RELEASE_FILES = {
@@ -616,7 +616,7 @@ def test_push_publishes_a_fine_tuned_folder_with_its_processor_and_task_card(sou
 
 
 def test_a_release_folder_that_fails_its_check_never_appears_and_leaves_nothing(source_dir, tmp_path, monkeypatch):
-    from spidr_hf import release
+    from spidr_hf.hub import release
 
     def broken_check(*args, **kwargs):
         raise ValueError("the folder gives other units than the source model")

@@ -14,7 +14,7 @@ from conftest import Cut, renames_cut_after, write_audio
 from reference import build_reference, write_reference_checkpoint
 from test_extract import speech_like
 
-from spidr_hf.cli import main
+from spidr_hf_cli import main
 
 
 def contents(folder: Path) -> dict[str, bytes]:

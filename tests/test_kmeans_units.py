@@ -18,17 +18,17 @@ from sklearn.cluster import KMeans
 from transformers import pipeline
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining, SpidrModel
-from spidr_hf.aligned_speech import load_split
-from spidr_hf.cli import main
-from spidr_hf.clustering import StreamingKMeans, fit_kmeans
+from spidr_hf.data.aligned_speech import load_split
 from spidr_hf.evaluation import evaluate_model
 from spidr_hf.evaluation.abx import abx_error
 from spidr_hf.evaluation.evaluator import dev_tokens
 from spidr_hf.evaluation.items import ITEM_FILE, read_item_file
 from spidr_hf.evaluation.report import format_table
 from spidr_hf.evaluation.units_quality import LABEL_RATE, UNIT_RATE, frame_labels, units_quality
-from spidr_hf.extract import extract
-from spidr_hf.modeling_spidr import SpidrKMeans
+from spidr_hf.model.modeling_spidr import SpidrKMeans
+from spidr_hf.units.clustering import StreamingKMeans, fit_kmeans
+from spidr_hf.units.extract import extract
+from spidr_hf_cli import main
 
 LAYER, CLUSTERS = 3, 8
 
@@ -137,7 +137,7 @@ def test_kmeans_command_stores_centroids_fitted_on_the_layer(kmeans_dir):
 
 @pytest.mark.slow
 def test_pipeline_extract_and_model_give_the_same_kmeans_units(kmeans_dir, tmp_path):
-    from spidr_hf.pipeline_spidr import load_audio
+    from spidr_hf.model.pipeline_spidr import load_audio
 
     audio = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
     path = write_audio(tmp_path / "audio" / "a.wav", audio)
@@ -315,8 +315,8 @@ def test_a_refit_cut_at_any_replacement_never_gives_other_units_and_a_rerun_repa
     gives the old model's units, the new one's, or a one-line error naming the mismatch, never other units; the same
     command run again then gives the uninterrupted result. With --output, a cut leaves no folder.
     """
-    from spidr_hf import atomic_files
-    from spidr_hf.loading import load
+    from spidr_hf.io import atomic_files
+    from spidr_hf.model.loading import load
 
     arguments = ["--layer", "2", "--num-clusters", str(new_clusters), "--kmeans-frames", "2000", "--device", "cpu"]
     inputs = units_inputs(np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1)
@@ -364,7 +364,7 @@ def test_a_refit_cut_at_any_replacement_never_gives_other_units_and_a_rerun_repa
 
 
 def test_kmeans_in_place_checks_it_can_write_before_fitting(source_dir, corpus, tmp_path, capsys, monkeypatch):
-    from spidr_hf import atomic_files
+    from spidr_hf.io import atomic_files
 
     folder = tmp_path / "parent" / "model"
     shutil.copytree(source_dir, folder)

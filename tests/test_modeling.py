@@ -14,7 +14,7 @@ from conftest import SAVED_AUTO_MAP, TINY_CONFIG
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel, compute_span_mask
-from spidr_hf.modeling_spidr import SpidrPreTrainedModel
+from spidr_hf.model.modeling_spidr import SpidrPreTrainedModel
 
 TOLERANCE = 1e-4
 
@@ -445,7 +445,7 @@ CODEBOOK_WORKER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from conftest import SAVED_AUTO_MAP, TINY_CONFIG
     from spidr_hf import SpidrConfig
-    from spidr_hf.modeling_spidr import SpidrCodebooks
+    from spidr_hf.model.modeling_spidr import SpidrCodebooks
 
     rank = int(sys.argv[1])
     dist.init_process_group("gloo", init_method="file://" + {store!r}, rank=rank, world_size=2)
@@ -464,7 +464,7 @@ CODEBOOK_WORKER = textwrap.dedent(
 
 @pytest.mark.slow
 def test_codebook_update_is_summed_over_processes(tmp_path):
-    from spidr_hf.modeling_spidr import SpidrCodebooks
+    from spidr_hf.model.modeling_spidr import SpidrCodebooks
 
     targets = torch.randn(2, 2, 30, TINY_CONFIG["hidden_size"])  # (rank, codebook, frames, hidden)
     torch.save(targets, tmp_path / "targets.pt")

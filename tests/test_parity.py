@@ -6,7 +6,7 @@ from reference import build_reference, compute_mask_indices, mask_indices, write
 from transformers import AutoModel, AutoModelForPreTraining
 
 from spidr_hf import SpidrForPreTraining, SpidrModel, compute_span_mask
-from spidr_hf.cli import main as cli_main
+from spidr_hf_cli import main as cli_main
 
 TOLERANCE = 1e-4
 

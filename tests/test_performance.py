@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from conftest import TINY_CONFIG, load_script
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining, SpidrModel, compute_span_mask
-from spidr_hf.modeling_spidr import channels_last_conv1d
+from spidr_hf.model.modeling_spidr import channels_last_conv1d
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench.py"
 NO_DROPOUT = {"hidden_dropout": 0.0, "attention_dropout": 0.0}

@@ -15,7 +15,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 import spidr_hf
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
-from spidr_hf.pipeline_spidr import SpidrFeaturesPipeline, SpidrUnitsPipeline, plan_chunks, resample
+from spidr_hf.model.pipeline_spidr import SpidrFeaturesPipeline, SpidrUnitsPipeline, plan_chunks, resample
 
 RATE = 16000
 HOP = 320

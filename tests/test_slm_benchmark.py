@@ -5,10 +5,10 @@ from collections import defaultdict
 
 import pytest
 
-from spidr_hf import slm_benchmark
-from spidr_hf.cli import main
-from spidr_hf.corpus import SPEAKERS, find_flite, load_sentences
-from spidr_hf.slm_score import read_gold
+from spidr_hf.data.corpus import SPEAKERS, find_flite, load_sentences
+from spidr_hf.slm import benchmark as slm_benchmark
+from spidr_hf.slm.score import read_gold
+from spidr_hf_cli import main
 
 ARGUMENTS = ["--words", "8", "--sentences", "8", "--voices", "2"]
 

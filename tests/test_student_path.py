@@ -7,7 +7,7 @@ from conftest import TINY_CONFIG
 from transformers import pipeline
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, compute_span_mask
-from spidr_hf.representations import ModelRepresentations
+from spidr_hf.model.representations import ModelRepresentations
 
 OBJECTIVES = [{}, {"objective": "dinosr", "do_stable_layer_norm": True}]
 

@@ -20,9 +20,9 @@ from conftest import TINY_CONFIG, load_script, two_process_launcher, write_audio
 from safetensors.torch import load_file
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining
-from spidr_hf.data import DataArguments, PretrainingData
-from spidr_hf.trainer import SpidrTrainer, SpidrTrainingArguments
-from spidr_hf.training_setup import build_model, parse_config
+from spidr_hf.pretraining.data import DataArguments, PretrainingData
+from spidr_hf.pretraining.setup import build_model, parse_config
+from spidr_hf.pretraining.trainer import SpidrTrainer, SpidrTrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "training" / "train.py"
@@ -315,7 +315,7 @@ def test_tri_stage_schedule_matches_the_reference():
     from spidr.config import OptimizerConfig
     from spidr.optimizer import build_scheduler
 
-    from spidr_hf.trainer import tri_stage_schedule
+    from spidr_hf.pretraining.trainer import tri_stage_schedule
 
     parameter = torch.nn.Parameter(torch.zeros(1))
     reference_optimizer = torch.optim.SGD([parameter], lr=5e-4)
@@ -398,7 +398,7 @@ def test_other_schedules_come_from_transformers_and_unknown_ones_are_refused(tmp
 
 
 def usable_utterances(dataset, min_samples: int) -> int:
-    from spidr_hf.data import audio_lengths
+    from spidr_hf.pretraining.data import audio_lengths
 
     return int((audio_lengths(dataset) >= min_samples).sum())
 
@@ -434,7 +434,7 @@ def test_pretraining_data_batches_every_usable_utterance_once(corpus, tmp_path):
 
 
 def test_bucket_batches_are_bounded_deterministic_and_fixed_in_number():
-    from spidr_hf.data import UNREADABLE, BucketBatchSampler
+    from spidr_hf.pretraining.data import UNREADABLE, BucketBatchSampler
 
     lengths = np.random.default_rng(0).integers(1000, 40_000, size=300)
     lengths[:3] = UNREADABLE
@@ -458,7 +458,7 @@ def test_bucket_batches_are_bounded_deterministic_and_fixed_in_number():
 
 def test_collator_crops_to_the_shortest_and_masks_valid_frames_only():
     from spidr_hf import SpidrConfig
-    from spidr_hf.data import SpeechCollator, SpeechItem
+    from spidr_hf.pretraining.data import SpeechCollator, SpeechItem
 
     config = SpidrConfig(**TINY_CONFIG)
     rng = np.random.default_rng(0)
@@ -525,8 +525,8 @@ def test_quickstart_config_trains_and_writes_a_loadable_model(corpus, tmp_path):
     assert units.shape == (1, 49) and units.dtype == torch.long
     # Hub-ready as it is: AutoModel, the feature extractor and both pipelines load it with trust_remote_code in a
     # fresh interpreter without spidr_hf, and give this model's features and units
-    from spidr_hf.feature_extraction_spidr import SpidrFeatureExtractor
-    from spidr_hf.release import check_release_folder
+    from spidr_hf.hub.release import check_release_folder
+    from spidr_hf.model.feature_extraction_spidr import SpidrFeatureExtractor
 
     assert (output / "pipeline_spidr.py").is_file()
     check_release_folder(output, model.eval(), SpidrFeatureExtractor(), layer=6)

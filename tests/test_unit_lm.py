@@ -15,16 +15,16 @@ from test_extract import speech_like
 from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
-from spidr_hf.cli import main
-from spidr_hf.extract import extract
-from spidr_hf.slm_score import (
+from spidr_hf.slm.score import (
     lexical_accuracy,
     read_gold,
     read_submission,
     score_benchmark,
     syntactic_accuracy,
 )
-from spidr_hf.unit_lm import UnitSource, iter_blocks, read_extracted_units, sequence_log_probs, write_source
+from spidr_hf.slm.unit_lm import UnitSource, iter_blocks, read_extracted_units, sequence_log_probs, write_source
+from spidr_hf.units.extract import extract
+from spidr_hf_cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = UnitSource("m", "0" * 64, 3, "codebook", 16, True)
@@ -68,7 +68,7 @@ def test_tokens_and_packed_blocks():
 
 
 def test_unit_datasets_pack_the_files_in_id_order_whatever_the_format_or_shards(source_dir, tmp_path, monkeypatch):
-    from spidr_hf.unit_lm_training import UnitLMArguments, held_out, unit_datasets
+    from spidr_hf.slm.training import UnitLMArguments, held_out, unit_datasets
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     audio = tmp_path / "audio"
@@ -256,8 +256,8 @@ def test_train_then_score_a_unit_lm_end_to_end(source_dir, slm_benchmark, tmp_pa
 
 
 def test_gold_phone_units_train_and_score_like_any_other_units(corpus, tmp_path):
-    from spidr_hf.phone_units import INVENTORY, benchmark_phone_units, corpus_phone_units
-    from spidr_hf.slm_benchmark import build_benchmark
+    from spidr_hf.slm.benchmark import build_benchmark
+    from spidr_hf.units.phones import INVENTORY, benchmark_phone_units, corpus_phone_units
 
     train_units = corpus_phone_units(corpus, tmp_path / "train-units")
     source, units = read_extracted_units(train_units, deduplicate=True)
@@ -281,10 +281,10 @@ def test_gold_phone_units_train_and_score_like_any_other_units(corpus, tmp_path)
 
 
 def test_log_mel_units_are_the_nearest_centroids_and_score_like_any_other_units(corpus, slm_benchmark, tmp_path):
-    from spidr_hf.aligned_speech import load_split
-    from spidr_hf.audio import decode
+    from spidr_hf.data.aligned_speech import load_split
+    from spidr_hf.data.audio import decode
     from spidr_hf.evaluation.features import log_mel
-    from spidr_hf.log_mel_units import benchmark_log_mel_units, corpus_log_mel_units
+    from spidr_hf.units.log_mel import benchmark_log_mel_units, corpus_log_mel_units
 
     kmeans = corpus_log_mel_units(corpus, tmp_path / "train-units", num_clusters=8, max_frames=2000)
     source, units = read_extracted_units(tmp_path / "train-units", deduplicate=False)
@@ -315,9 +315,9 @@ def test_log_mel_units_are_the_nearest_centroids_and_score_like_any_other_units(
 def test_text_phones_are_the_phones_flite_speaks_for_the_drawn_sentences(tmp_path):
     import random
 
-    from spidr_hf.corpus import SPEAKERS, find_flite, load_sentences
-    from spidr_hf.phone_units import phone_ids, text_phone_units
-    from spidr_hf.slm_benchmark import phones_of
+    from spidr_hf.data.corpus import SPEAKERS, find_flite, load_sentences
+    from spidr_hf.slm.benchmark import phones_of
+    from spidr_hf.units.phones import phone_ids, text_phone_units
 
     source, units = read_extracted_units(text_phone_units(tmp_path / "text", 6, seed=3), deduplicate=True)
     assert source.unit_kind == "phones" and len(units) == 6

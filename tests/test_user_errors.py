@@ -15,11 +15,11 @@ from reference import build_reference, write_reference_checkpoint
 from transformers import BertConfig, BertModel, pipeline
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel
-from spidr_hf.cli import main
-from spidr_hf.data import DataArguments, PretrainingData, load_audio_dataset
-from spidr_hf.loading import load
-from spidr_hf.trainer import SpidrTrainingArguments, check_checkpoint_fits
-from spidr_hf.training_setup import ModelArguments, build_model, check_value_types, parse_config, read_config_file
+from spidr_hf.model.loading import load
+from spidr_hf.pretraining.data import DataArguments, PretrainingData, load_audio_dataset
+from spidr_hf.pretraining.setup import ModelArguments, build_model, check_value_types, parse_config, read_config_file
+from spidr_hf.pretraining.trainer import SpidrTrainingArguments, check_checkpoint_fits
+from spidr_hf_cli import main
 
 RATE = 16000
 
@@ -407,7 +407,7 @@ def test_training_warnings_name_the_skipped_files(tmp_path, caplog):
     arguments = DataArguments(dataset=str(folder), max_batch_samples=64_000, min_samples=4_000, max_samples=16_000)
     training_arguments = SpidrTrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none")
     data = PretrainingData.load(arguments, training_arguments)
-    with caplog.at_level(logging.WARNING, logger="spidr_hf.data"):
+    with caplog.at_level(logging.WARNING, logger="spidr_hf.pretraining.data"):
         loader = data.train_dataloader(SpidrConfig(**TINY_CONFIG))
         skipped = sum(batch["num_skipped"] for batch in loader)
     assert "Left out of training: 1 unreadable and 1 too short" in caplog.text

@@ -69,7 +69,7 @@ def test_the_virtualenv_imports_the_installed_wheel(venv, tmp_path):
 
         print(sysconfig.get_paths()["purelib"])
         print(spidr_hf.__file__)
-        print(files("spidr_hf").joinpath("model_cards", "template.md").is_file())
+        print(files("spidr_hf.hub").joinpath("model_cards", "template.md").is_file())
     """
     output = run([venv / "bin" / "python", "-c", textwrap.dedent(code)], tmp_path).stdout
     purelib, module_file, has_template = output.split()

@@ -5,7 +5,7 @@
     python training/finetune.py training/configs/finetune_speakers_cpu.yaml \
         --model_name_or_path=SPIDR_FOLDER --dataset=CORPUS --output_dir=OUT
 
-The config file (YAML or JSON) holds the fields of `FinetuneArguments` (spidr_hf.finetune_tasks: the task, phones or
+The config file (YAML or JSON) holds the fields of `FinetuneArguments` (spidr_hf.finetuning.tasks: the task, phones or
 speakers, the model, the `spidr-hf corpus` folder, what to freeze, the weighted layer sum) and of transformers'
 `TrainingArguments`; `--key=value` overrides them. The tasks are SUPERB's: phones is phone recognition (CTC, phone
 error rate on the corpus' dev split, other speakers), speakers is speaker identification (accuracy on utterances of
@@ -22,8 +22,8 @@ from pathlib import Path
 from transformers import TrainingArguments, set_seed
 
 from spidr_hf.errors import run_script
-from spidr_hf.finetune_tasks import FinetuneArguments, FinetuneTrainer, build_task
-from spidr_hf.training_setup import check_output_dir, parse_config, train_or_resume
+from spidr_hf.finetuning.tasks import FinetuneArguments, FinetuneTrainer, build_task
+from spidr_hf.pretraining.setup import check_output_dir, parse_config, train_or_resume
 
 logger = logging.getLogger("spidr_hf.finetune")
 

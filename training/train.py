@@ -3,11 +3,11 @@
     accelerate launch training/train.py training/configs/spidr_base_librispeech.yaml
     python training/train.py training/configs/quickstart_cpu.yaml --dataset=data/spidr-corpus --max_steps=50
 
-The config file (YAML or JSON) holds the fields of `ModelArguments` (spidr_hf.training_setup), `DataArguments`
-(spidr_hf.data) and `SpidrTrainingArguments` (spidr_hf.trainer: transformers' `TrainingArguments` plus the tri-stage
-LR schedule and the codebook initialisation); `extends: OTHER_FILE` starts from another config. `--key=value`
-arguments override it (dotted keys reach into `model_config`; values are read as JSON, or else as strings). A run
-whose `output_dir` holds checkpoints resumes from the last one.
+The config file (YAML or JSON) holds the fields of `ModelArguments` (spidr_hf.pretraining.setup), `DataArguments`
+(spidr_hf.pretraining.data) and `SpidrTrainingArguments` (spidr_hf.pretraining.trainer: transformers'
+`TrainingArguments` plus the tri-stage LR schedule and the codebook initialisation); `extends: OTHER_FILE` starts from
+another config. `--key=value` arguments override it (dotted keys reach into `model_config`; values are read as JSON,
+or else as strings). A run whose `output_dir` holds checkpoints resumes from the last one.
 """
 
 import logging
@@ -18,16 +18,16 @@ from pathlib import Path
 from transformers import set_seed
 
 from spidr_hf import SpidrFeatureExtractor
-from spidr_hf.data import PretrainingData
 from spidr_hf.errors import run_script
-from spidr_hf.trainer import SpidrTrainer
-from spidr_hf.training_setup import (
+from spidr_hf.pretraining.data import PretrainingData
+from spidr_hf.pretraining.setup import (
     build_model,
     check_output_dir,
     complete_training_arguments,
     parse_config,
     train_or_resume,
 )
+from spidr_hf.pretraining.trainer import SpidrTrainer
 
 logger = logging.getLogger("spidr_hf.train")
 

@@ -3,7 +3,7 @@
     accelerate launch training/train_ulm.py training/configs/ulm_opt125m.yaml --units=units-out
     python training/train_ulm.py training/configs/ulm_tiny.yaml --units=runs/units --output_dir=runs/ulm
 
-The config file (YAML or JSON) holds the fields of `UnitLMArguments` (spidr_hf.unit_lm_training: the units folder,
+The config file (YAML or JSON) holds the fields of `UnitLMArguments` (spidr_hf.slm.training: the units folder,
 any transformers causal LM type and its config, the block size, deduplication) and of transformers'
 `TrainingArguments`; `--key=value` overrides them. The saved model loads with `AutoModelForCausalLM.from_pretrained`
 and its config records the unit source (`unit_source`: SpidR model and weights hash, layer, unit kind, number of
@@ -17,9 +17,9 @@ from pathlib import Path
 from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
 from spidr_hf.errors import run_script
-from spidr_hf.training_setup import check_output_dir, parse_config, train_or_resume
-from spidr_hf.unit_lm import describe
-from spidr_hf.unit_lm_training import UnitLMArguments, build_unit_lm, unit_datasets
+from spidr_hf.pretraining.setup import check_output_dir, parse_config, train_or_resume
+from spidr_hf.slm.training import UnitLMArguments, build_unit_lm, unit_datasets
+from spidr_hf.slm.unit_lm import describe
 
 logger = logging.getLogger("spidr_hf.train_ulm")
 

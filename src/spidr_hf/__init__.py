@@ -10,9 +10,9 @@ Importing this package registers the model with the Auto classes (`AutoConfig`, 
 import transformers
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
 
-from .configuration_spidr import SpidrConfig
-from .feature_extraction_spidr import SpidrFeatureExtractor
-from .modeling_spidr import (
+from .model.configuration_spidr import SpidrConfig
+from .model.feature_extraction_spidr import SpidrFeatureExtractor
+from .model.modeling_spidr import (
     HEAD_AUTO_CLASSES,
     HEAD_CLASSES,
     SpidrForAudioFrameClassification,
@@ -24,7 +24,7 @@ from .modeling_spidr import (
     SpidrPreTrainedModel,
     compute_span_mask,
 )
-from .pipeline_spidr import SpidrFeaturesPipeline, SpidrUnitsPipeline, register_pipelines
+from .model.pipeline_spidr import SpidrFeaturesPipeline, SpidrUnitsPipeline, register_pipelines
 
 AutoConfig.register(SpidrConfig.model_type, SpidrConfig, exist_ok=True)
 AutoModel.register(SpidrConfig, SpidrModel, exist_ok=True)

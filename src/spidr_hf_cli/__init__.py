@@ -15,19 +15,19 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-UNIT_KINDS = ("codebook", "kmeans")  # spidr_hf.modeling_spidr.UNIT_KINDS
-DTYPES = ("float32", "bfloat16")  # spidr_hf.loading.DTYPES
-OBJECTIVES = ("spidr", "dinosr")  # spidr_hf.configuration_spidr.OBJECTIVES
-# spidr_hf.extract.ACCELERATOR_BATCH_SECONDS, CPU_BATCH_SECONDS
+UNIT_KINDS = ("codebook", "kmeans")  # spidr_hf.model.modeling_spidr.UNIT_KINDS
+DTYPES = ("float32", "bfloat16")  # spidr_hf.model.loading.DTYPES
+OBJECTIVES = ("spidr", "dinosr")  # spidr_hf.model.configuration_spidr.OBJECTIVES
+# spidr_hf.units.extract.ACCELERATOR_BATCH_SECONDS, CPU_BATCH_SECONDS
 ACCELERATOR_BATCH_SECONDS, CPU_BATCH_SECONDS = 200.0, 20.0
-DEFAULT_CHUNK_SECONDS = 60.0  # spidr_hf.extract.DEFAULT_CHUNK_SECONDS
-UNITS_FORMATS = ("txt", "jsonl", "parquet")  # spidr_hf.units_output.UNITS_FORMATS
-DEFAULT_BATCH_SIZE = 8  # spidr_hf.evaluation.evaluate_model, spidr_hf.kmeans.fit_centroids
+DEFAULT_CHUNK_SECONDS = 60.0  # spidr_hf.units.extract.DEFAULT_CHUNK_SECONDS
+UNITS_FORMATS = ("txt", "jsonl", "parquet")  # spidr_hf.units.formats.UNITS_FORMATS
+DEFAULT_BATCH_SIZE = 8  # spidr_hf.evaluation.evaluate_model, spidr_hf.units.kmeans.fit_centroids
 DEFAULT_NUM_CLUSTERS = 256
 DEFAULT_EVALUATE_KMEANS_FRAMES = 30_000  # spidr_hf.evaluation.evaluate_model
-DEFAULT_KMEANS_FRAMES = 100_000  # spidr_hf.kmeans.DEFAULT_FRAMES: 2000 s at 50 Hz, for a few hundred centroids
-DEFAULT_KMEANS_MEMORY_FRAMES = 500_000  # spidr_hf.kmeans.DEFAULT_MEMORY_FRAMES
-DEFAULT_CORPUS_HOURS, DEFAULT_SPEAKERS, DEFAULT_DEV_SPEAKERS = 1.0, 8, 2  # spidr_hf.corpus.build_corpus
+DEFAULT_KMEANS_FRAMES = 100_000  # spidr_hf.units.kmeans.DEFAULT_FRAMES: 2000 s at 50 Hz, for a few hundred centroids
+DEFAULT_KMEANS_MEMORY_FRAMES = 500_000  # spidr_hf.units.kmeans.DEFAULT_MEMORY_FRAMES
+DEFAULT_CORPUS_HOURS, DEFAULT_SPEAKERS, DEFAULT_DEV_SPEAKERS = 1.0, 8, 2  # spidr_hf.data.corpus.build_corpus
 
 
 class DeprecatedAlias(argparse.Action):
@@ -371,7 +371,7 @@ def slm_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--units",
         type=Path,
         help="the benchmark's units already made: UNITS/lexical and UNITS/syntactic in spidr-hf extract's format "
-        "(e.g. gold phones: spidr_hf.phone_units)",
+        "(e.g. gold phones: spidr_hf.units.phones)",
     )
     parser.add_argument(
         "--data",
@@ -402,38 +402,42 @@ def slm_score_arguments(parser: argparse.ArgumentParser) -> None:
 # sub-command -> (module whose `run(args)` does the work, one-line help, arguments)
 SUBCOMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
     "convert": (
-        "spidr_hf.convert",
+        "spidr_hf.hub.convert",
         "convert an official SpidR/DinoSR checkpoint to a Hub-ready folder",
         convert_arguments,
     ),
     "push": (
-        "spidr_hf.push",
+        "spidr_hf.hub.push",
         "assemble, check and upload a model to the Hugging Face Hub, with its model card",
         push_arguments,
     ),
-    "corpus": ("spidr_hf.corpus", "synthesize the built-in phone-aligned speech corpus with flite", corpus_arguments),
+    "corpus": (
+        "spidr_hf.data.corpus",
+        "synthesize the built-in phone-aligned speech corpus with flite",
+        corpus_arguments,
+    ),
     "extract": (
-        "spidr_hf.extract",
+        "spidr_hf.units.extract",
         "write a model's features (.pt per file) and/or units for an audio folder, in one or many processes",
         extract_arguments,
     ),
     "slm-benchmark": (
-        "spidr_hf.slm_benchmark",
+        "spidr_hf.slm.benchmark",
         "speak a spoken-LM benchmark (words vs pseudo-words, grammatical vs not) with flite, in the sLM21 layout",
         slm_benchmark_arguments,
     ),
     "slm-score": (
-        "spidr_hf.slm_score",
+        "spidr_hf.slm.score",
         "score a unit LM zero-shot on an sLM21-layout benchmark (sWUGGY, sBLIMP), with a ZeroSpeech submission",
         slm_score_arguments,
     ),
     "push-units": (
-        "spidr_hf.units_dataset",
+        "spidr_hf.units.card",
         "upload the parquet units of `spidr-hf extract` to the Hub as a dataset, with its card",
         push_units_arguments,
     ),
     "kmeans": (
-        "spidr_hf.kmeans",
+        "spidr_hf.units.kmeans",
         "fit k-means units on a layer and store the centroids with the model",
         kmeans_arguments,
     ),

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..aligned_speech import Utterance, load_random_audio, load_split
-from ..clustering import fit_kmeans, kmeans_training_frames
+from ..data.aligned_speech import Utterance, load_random_audio, load_split
 from ..errors import SpidrError
-from ..loading import DTYPES, LoadedModel, check_device, in_dtype, load
-from ..modeling_spidr import UNIT_KINDS
-from ..representations import ModelRepresentations
+from ..model.loading import DTYPES, LoadedModel, check_device, in_dtype, load
+from ..model.modeling_spidr import UNIT_KINDS
+from ..model.representations import ModelRepresentations
+from ..units.clustering import fit_kmeans, kmeans_training_frames
 from .abx import abx_error
 from .features import LogMelRepresentations, batches
 from .items import FRAME_RATE, HOP_SAMPLES, ITEM_FILE, WINDOW_SAMPLES, AbxItem, frame_span, num_frames, read_item_file

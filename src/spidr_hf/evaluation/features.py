@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from transformers.audio_utils import mel_filter_bank
 
-from ..aligned_speech import Utterance
-from ..configuration_spidr import SAMPLING_RATE
-from ..representations import Representations
+from ..data.aligned_speech import Utterance
+from ..model.configuration_spidr import SAMPLING_RATE
+from ..model.representations import Representations
 from .items import HOP_SAMPLES, WINDOW_SAMPLES
 
 NUM_MEL_BINS = 80

@@ -6,8 +6,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from ..atomic_files import write_text_atomically
-from ..configuration_spidr import SAMPLING_RATE
+from ..io.atomic_files import write_text_atomically
+from ..model.configuration_spidr import SAMPLING_RATE
 
 ITEM_FILE = "dev.item"  # name of a corpus folder's item file, for its dev split
 ITEM_HEADER = "#file onset offset #phone prev-phone next-phone speaker"

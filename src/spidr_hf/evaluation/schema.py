@@ -15,7 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Self, get_args
 
-from ..atomic_files import write_text_atomically
+from ..io.atomic_files import write_text_atomically
 
 System = Literal["model", "random_init", "log_mel"]
 Representation = Literal["layer_results", "codebook", "kmeans", "log_mel"]

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..aligned_speech import Utterance, check_alignment
-from ..audio import audio_files, draw_audio, draw_folder_audio, name_some
-from ..configuration_spidr import SAMPLING_RATE
-from ..pipeline_spidr import load_audio
+from ..data.aligned_speech import Utterance, check_alignment
+from ..data.audio import audio_files, draw_audio, draw_folder_audio, name_some
+from ..model.configuration_spidr import SAMPLING_RATE
+from ..model.pipeline_spidr import load_audio
 from .items import AbxItem, read_item_file
 
 TABLE_HEADER = ("file", "start", "end", "phone")

@@ -1,0 +1,254 @@
+"""
+`spidr-hf slm-score`: zero-shot spoken-LM scores of a unit LM on a benchmark in the ZeroSpeech 2021 sLM21 layout
+(`lexical/dev/*.wav` + `gold.csv`, `syntactic/dev/*.wav` + `gold.csv`): the units of every file from the quantizer
+the LM was trained on (through `spidr-hf extract`), a score per file (the LM's log-probability of its units), a
+submission folder the official ZeroSpeech tools read, and the accuracies as the official sLM21 scoring computes them.
+
+- sWUGGY (lexical): a word and its non-word pair up by (voice, id); a pair scores 1 when the word's score is higher,
+  0.5 on a tie, 0 else; the mean over voices gives each id's score, the mean over ids the accuracy ("all"). With word
+  frequencies in the gold file, "in-vocabulary" leaves out the ids whose word has frequency 0 (the "oov" band), and
+  the bands oov, 1-5, 6-20, 21-100, >100 follow the official edges [0, 1, 5, 20, 100, inf) (closed on the left).
+- sBLIMP (syntactic): a sentence and its ungrammatical pair up by (voice, type, subtype, id), scored the same way,
+  then averaged over voices for each (type, subtype, id) and over those; also by type.
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from statistics import fmean
+
+from ..errors import SpidrError
+from ..io.atomic_files import write_text_atomically
+
+TASKS = {"lexical": "swuggy", "syntactic": "sblimp"}
+GOLD_COLUMNS = {
+    "lexical": {"id", "filename", "voice", "frequency", "word", "correct"},
+    "syntactic": {"filename", "id", "voice", "type", "subtype", "correct"},
+}
+FREQUENCY_BANDS = ((0, 1, "oov"), (1, 5, "1-5"), (5, 20, "6-20"), (20, 100, "21-100"), (100, math.inf, ">100"))
+SCORES_FILE = "scores.json"
+
+
+def read_gold(path: Path, task: str) -> list[dict[str, str]]:
+    """The rows of a gold.csv, checked for the columns the task's scoring reads."""
+    with open(path, newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    missing = GOLD_COLUMNS[task] - set(rows[0] if rows else ())
+    if missing:
+        raise SpidrError(f"{path} lacks the column(s) {', '.join(sorted(missing))} of a {task} gold.csv")
+    return rows
+
+
+def pair_score(good: float, bad: float) -> float:
+    return 1.0 if good > bad else 0.5 if good == bad else 0.0
+
+
+def pair_scores(gold: Sequence[Mapping[str, str]], scores: Mapping[str, float], key: Sequence[str]) -> dict:
+    """(key without voice) -> the pair scores of every voice; a row's pair is the other row with the same key."""
+    sides: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for row in gold:
+        sides[tuple(row[column] for column in key)][row["correct"]] = scores[row["filename"]]
+    by_item: dict[tuple, list[float]] = defaultdict(list)
+    for item, side in sides.items():
+        if "1" in side and "0" in side:
+            by_item[item[1:]].append(pair_score(side["1"], side["0"]))  # item[0] is the voice
+    return by_item
+
+
+def frequency_band(text: str) -> str | None:
+    if text.strip() == "":
+        return None
+    frequency = float(text)
+    return next(name for low, high, name in FREQUENCY_BANDS if low <= frequency < high)
+
+
+def lexical_accuracy(gold: Sequence[Mapping[str, str]], scores: Mapping[str, float]) -> dict:
+    """sWUGGY in % (see the module's docstring): all, in-vocabulary and by frequency band."""
+    by_id = {item[0]: fmean(values) for item, values in pair_scores(gold, scores, ("voice", "id")).items()}
+    if not by_id:
+        raise SpidrError("The lexical gold file pairs no word with a non-word (same voice and id)")
+    word_band = {row["id"]: frequency_band(row["frequency"]) for row in gold if row["correct"] == "1"}
+    bands: dict[str, list[float]] = defaultdict(list)
+    for id, score in by_id.items():
+        if word_band.get(id) is not None:
+            bands[word_band[id]].append(score)
+    in_vocab = [score for band, values in bands.items() if band != "oov" for score in values]
+    return {
+        "all": 100 * fmean(by_id.values()),
+        "in_vocab": 100 * fmean(in_vocab) if in_vocab else None,
+        "pairs": len(by_id),
+        "by_frequency": {
+            name: {"n": len(bands[name]), "score": 100 * fmean(bands[name])}
+            for _, _, name in FREQUENCY_BANDS
+            if bands[name]
+        },
+    }
+
+
+def syntactic_accuracy(gold: Sequence[Mapping[str, str]], scores: Mapping[str, float]) -> dict:
+    """sBLIMP in % (see the module's docstring): all and by type."""
+    by_item = {
+        item: fmean(values) for item, values in pair_scores(gold, scores, ("voice", "type", "subtype", "id")).items()
+    }
+    if not by_item:
+        raise SpidrError("The syntactic gold file pairs no sentence with an ungrammatical one")
+    by_type: dict[str, list[float]] = defaultdict(list)
+    for (type, _subtype, _id), score in by_item.items():
+        by_type[type].append(score)
+    return {
+        "all": 100 * fmean(by_item.values()),
+        "pairs": len(by_item),
+        "by_type": {type: {"n": len(values), "score": 100 * fmean(values)} for type, values in sorted(by_type.items())},
+    }
+
+
+ACCURACY = {"lexical": lexical_accuracy, "syntactic": syntactic_accuracy}
+
+
+def read_submission(path: Path) -> dict[str, float]:
+    """filename -> score of a submission's dev.txt."""
+    scores = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        filename, _, value = line.rpartition(" ")
+        try:
+            scores[filename] = float(value)
+        except ValueError as error:
+            raise SpidrError(f"{path}, line {number}: not a 'filename score' line") from error
+    return scores
+
+
+def write_submission(folder: Path, task: str, gold: Sequence[Mapping[str, str]], scores: Mapping[str, float]) -> None:
+    lines = "".join(f"{row['filename']} {scores[row['filename']]!r}\n" for row in gold)
+    write_text_atomically(folder / task / "dev.txt", lines)
+
+
+META = """# The submission's description for the ZeroSpeech tools (fill in before submitting to zerospeech.com)
+username: null
+submission_id: null
+benchmark_name: sLM21
+model_info:
+  model_id: null
+  system_description: "{description}"
+  train_set: "{train_set}"
+  gpu_budget: null
+publication:
+  author_label: null
+  authors: null
+  paper_title: null
+  paper_url: null
+  publication_year: null
+  institution: null
+  team: null
+  code: null
+  DOI: null
+  open_science: true
+open_source: true
+code_url: "https://github.com/"
+"""
+
+
+def score_benchmark(
+    ulm: str | os.PathLike,
+    units_model: str | os.PathLike | None,
+    data: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    mean_per_unit: bool = False,
+    device: str | None = None,
+    dtype: str = "float32",
+    batch_size: int = 16,
+    overwrite: bool = False,
+    units: str | os.PathLike | None = None,
+) -> dict:
+    """
+    Score the unit LM `ulm` on the sLM21-layout benchmark `data`, with the units of `units_model` (the quantizer the
+    LM was trained on: checked), or those already in `units`/TASK (folders in `spidr-hf extract`'s format, e.g. gold
+    phones); writes OUTPUT/units/TASK (the extracted units, resumable), OUTPUT/submission (the challenge's layout)
+    and OUTPUT/scores.json, and returns the scores.
+    """
+    if (units_model is None) == (units is None):
+        raise SpidrError("Give the units model (--units-model) or folders of units (--units), one of them")
+    from ..model.loading import check_device
+    from ..units.extract import extract
+    from .unit_lm import load_unit_lm, read_extracted_units, sequence_log_probs
+
+    data, output = Path(data), Path(output)
+    if (output / SCORES_FILE).exists() and not overwrite:
+        raise SpidrError(f"{output} already holds scores ({SCORES_FILE}): pass --overwrite, or choose another --output")
+    tasks = {task: data / task / "dev" for task in TASKS if (data / task / "dev" / "gold.csv").is_file()}
+    if not tasks:
+        raise SpidrError(f"{data} holds neither lexical/dev/gold.csv nor syntactic/dev/gold.csv (the sLM21 layout)")
+    golds = {task: read_gold(folder / "gold.csv", task) for task, folder in tasks.items()}
+    device = check_device(device)
+    lm, source = load_unit_lm(ulm, device)
+    results: dict = {
+        "ulm": str(ulm),
+        "unit_source": dataclasses.asdict(source),
+        "score": "mean" if mean_per_unit else "sum",
+    }
+    for task, folder in tasks.items():
+        if units is not None:
+            units_dir = Path(units) / task
+        else:
+            units_dir = output / "units" / task
+            extract(
+                units_model, folder, units_dir, layer=source.layer, features=False, units=source.unit_kind,
+                units_format="jsonl", device=device, dtype=dtype,
+            )  # fmt: skip
+        extracted, file_units = read_extracted_units(units_dir, source.deduplicate)
+        differences = source.differences(extracted)
+        if differences:
+            raise SpidrError(
+                f"{ulm} was trained on units of another quantizer than {units_model or units_dir} gives "
+                f"({'; '.join(differences)}): score it with the model and layer it was trained on"
+            )
+        missing = [row["filename"] for row in golds[task] if row["filename"] not in file_units]
+        if missing:
+            raise SpidrError(f"{len(missing)} file(s) of {folder / 'gold.csv'} have no audio in {folder}: {missing[0]}")
+        names = [row["filename"] for row in golds[task]]
+        sequences = [source.tokens(file_units[name]) for name in names]
+        values = sequence_log_probs(lm, sequences, source.pad, batch_size, mean=mean_per_unit)
+        scores = dict(zip(names, values, strict=True))
+        write_submission(output / "submission", task, golds[task], scores)
+        results[TASKS[task]] = ACCURACY[task](golds[task], scores)
+    description = f"{source.unit_kind} units (layer {source.layer}) of {Path(source.model).name}, scored by {ulm}"
+    write_text_atomically(output / "submission" / "meta.yaml", META.format(description=description, train_set=""))
+    write_text_atomically(output / SCORES_FILE, json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def format_scores(results: Mapping) -> str:
+    lines = []
+    if "swuggy" in results:
+        lexical = results["swuggy"]
+        in_vocab = f", in-vocabulary {lexical['in_vocab']:.2f}" if lexical["in_vocab"] is not None else ""
+        lines.append(f"sWUGGY {lexical['all']:.2f} % ({lexical['pairs']} pairs{in_vocab})")
+    if "sblimp" in results:
+        syntactic = results["sblimp"]
+        types = ", ".join(f"{type} {value['score']:.1f}" for type, value in syntactic["by_type"].items())
+        lines.append(f"sBLIMP {syntactic['all']:.2f} % ({syntactic['pairs']} pairs; {types})")
+    return "\n".join(lines) + "\n(chance: 50 %)"
+
+
+def run(args: argparse.Namespace) -> int:
+    results = score_benchmark(
+        args.ulm,
+        args.units_model,
+        args.data,
+        args.output,
+        mean_per_unit=args.mean_per_unit,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        units=args.units,
+    )
+    print(format_scores(results))
+    print(f"Submission folder: {Path(args.output) / 'submission'}; scores: {Path(args.output) / SCORES_FILE}")
+    return 0

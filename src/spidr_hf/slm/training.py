@@ -1,0 +1,109 @@
+"""
+Training a unit language model (`training/train_ulm.py`): its arguments, the datasets of packed unit blocks, and the
+causal LM whose vocabulary is the units'.
+"""
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from ..errors import ConfigError
+from .unit_lm import UnitSource, extracted_units, iter_blocks, write_source
+
+
+@dataclass
+class UnitLMArguments:
+    units: str = field(
+        metadata={"help": "The OUTPUT folder of `spidr-hf extract --units ...` (txt, jsonl or parquet)."}
+    )
+    model_type: str = field(default="opt", metadata={"help": "Any transformers causal LM type (opt, llama, gpt2...)."})
+    model_config: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Fields of that model type's config, e.g. {hidden_size: 768}."}
+    )
+    block_size: int = field(default=512, metadata={"help": "Tokens per training sequence."})
+    deduplicate: bool = field(default=True, metadata={"help": "Merge runs of a unit into one token (the paper's)."})
+    eval_fraction: float = field(default=0.05, metadata={"help": "Files held out (by a hash of the id) for eval loss."})
+
+
+def held_out(id: str, fraction: float) -> bool:
+    """The same split on every run and machine: a hash of the id, not a random draw."""
+    return zlib.crc32(id.encode("utf-8")) % 10_000 < fraction * 10_000
+
+
+def unit_datasets(args: UnitLMArguments):
+    """
+    The source of the units, and the train / eval `datasets.Dataset`s of packed blocks (eval None when empty). Built
+    on disk, file by file, through `datasets` (Arrow files in its cache, reused while the units do not change): memory
+    holds a batch of rows, whatever the corpus (Libri-Light's 6k h of deduplicated units are ~5e8 tokens).
+    """
+    from datasets import Dataset, Features, Sequence, Value
+
+    if args.block_size < 2:
+        raise ConfigError(f"block_size must be at least 2, got {args.block_size}")
+    if not 0 <= args.eval_fraction < 1:
+        raise ConfigError(f"eval_fraction must be in [0, 1), got {args.eval_fraction}")
+    source, units_out = extracted_units(args.units, args.deduplicate)
+    # Files in id order, whatever order the shards of the extraction wrote them in
+    files = Dataset.from_generator(
+        _token_rows,
+        features=Features({"id": Value("string"), "tokens": Sequence(Value("int32"))}),
+        # No list among the arguments: datasets would take a list for shards, one generator call each
+        gen_kwargs={"units_out": units_out, "source": source, "signature": units_signature(units_out)},
+    ).sort("id")
+    held = [held_out(id, args.eval_fraction) for id in files["id"]]
+    splits = {
+        part: files.select([index for index, is_held in enumerate(held) if is_held == part]) for part in (False, True)
+    }
+    if not len(splits[False]):
+        raise ConfigError(f"No file of {args.units} is left for training: lower eval_fraction")
+    block = Features(
+        {name: Sequence(Value("int32"), length=args.block_size) for name in ("input_ids", "attention_mask", "labels")}
+    )
+
+    def packed(split):
+        kwargs = {"files": split, "block_size": args.block_size, "pad": source.pad}
+        return Dataset.from_generator(_blocks, features=block, gen_kwargs=kwargs)
+
+    return source, packed(splits[False]), packed(splits[True]) if len(splits[True]) else None
+
+
+def units_signature(units_out) -> str:
+    """What tells one content of a units output from another: its files' names, sizes and modification times (the
+    cache of `unit_datasets` is keyed on it)."""
+    paths = units_out.parquet_files() if units_out.format == "parquet" else [units_out.path]
+    return ";".join(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in paths)
+
+
+def _token_rows(units_out, source: UnitSource, signature: str) -> Iterator[dict]:
+    for id, units in units_out.iter_units():
+        yield {"id": id, "tokens": source.tokens(units)}
+
+
+def _blocks(files, block_size: int, pad: int) -> Iterator[dict]:
+    sequences = (tokens for batch in files.iter(batch_size=1000) for tokens in batch["tokens"])
+    yield from iter_blocks(sequences, block_size, pad)
+
+
+def build_unit_lm(args: UnitLMArguments, source: UnitSource) -> PreTrainedModel:
+    """A new causal LM of `model_type` whose tokens are the source's units, BOS, EOS and PAD."""
+    fixed = {
+        "vocab_size": source.vocab_size,
+        "bos_token_id": source.bos,
+        "eos_token_id": source.eos,
+        "pad_token_id": source.pad,
+    }
+    clashes = sorted(set(fixed) & set(args.model_config))
+    if clashes:
+        raise ConfigError(f"model_config cannot set {', '.join(clashes)}: the units decide them")
+    try:
+        config = AutoConfig.for_model(args.model_type, **args.model_config, **fixed)
+    except (ValueError, KeyError) as error:
+        raise ConfigError(f"model_type {args.model_type!r}: {error}") from error
+    context = getattr(config, "max_position_embeddings", None)
+    if context is not None and context < args.block_size:
+        raise ConfigError(f"block_size {args.block_size} exceeds the model's max_position_embeddings {context}")
+    write_source(config, source)
+    return AutoModelForCausalLM.from_config(config)
