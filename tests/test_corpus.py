@@ -8,8 +8,10 @@ import pytest
 from datasets import load_from_disk
 
 from spidr_hf.data import corpus
+from spidr_hf.data import sentences as sentences_module
+from spidr_hf.data.flite import PHONE_CLASSES, SPEAKERS, Speaker, parse_psdur
+from spidr_hf.data.sentences import load_sentences
 from spidr_hf.evaluation import frame_span, read_item_file
-from spidr_hf.evaluation.report import PHONE_CLASSES
 from spidr_hf_cli import main
 
 # Every phone flite prints has a class in the evaluation heatmap's table
@@ -110,8 +112,8 @@ def test_build_is_deterministic_and_resumable(tiny, tmp_path, monkeypatch):
 
 
 def test_another_seed_draws_other_sentences():
-    sentences = corpus.load_sentences()
-    speakers = corpus.SPEAKERS[:8]
+    sentences = load_sentences()
+    speakers = SPEAKERS[:8]
     plan = corpus.plan_utterances(sentences, speakers, hours=0.5, seed=0)
     assert plan == corpus.plan_utterances(sentences, speakers, hours=0.5, seed=0)
     assert [u.text for u in plan] != [u.text for u in corpus.plan_utterances(sentences, speakers, 0.5, seed=1)]
@@ -122,20 +124,22 @@ def test_another_seed_draws_other_sentences():
 
 
 def test_sentences_are_plain_english():
-    sentences = corpus.load_sentences()
+    sentences = load_sentences()
     assert len(sentences) > 5000  # more than 10 hours of speech
     assert sentences == sorted(set(sentences))
-    assert all(corpus.MIN_WORDS <= len(s.split()) <= corpus.MAX_WORDS and s[0].isupper() for s in sentences)
-    assert corpus._is_plain_sentence("The quick brown fox jumps over the lazy dog.")
-    assert not corpus._is_plain_sentence("Call 555-1234 now.")
-    assert not corpus._is_plain_sentence("The NASA rocket flew very high.")
-    assert not corpus._is_plain_sentence("Too short.")
+    assert all(
+        sentences_module.MIN_WORDS <= len(s.split()) <= sentences_module.MAX_WORDS and s[0].isupper() for s in sentences
+    )
+    assert sentences_module._is_plain_sentence("The quick brown fox jumps over the lazy dog.")
+    assert not sentences_module._is_plain_sentence("Call 555-1234 now.")
+    assert not sentences_module._is_plain_sentence("The NASA rocket flew very high.")
+    assert not sentences_module._is_plain_sentence("Too short.")
 
 
 def test_at_least_eight_distinct_speakers():
-    voices = {(s.voice, s.f0_mean, s.duration_stretch) for s in corpus.SPEAKERS[:8]}
-    assert len(voices) == 8 and {s.voice for s in corpus.SPEAKERS} == {"awb", "rms", "slt", "kal16"}
-    assert corpus.Speaker("x", "slt", 220, 0.9).flite_options() == [
+    voices = {(s.voice, s.f0_mean, s.duration_stretch) for s in SPEAKERS[:8]}
+    assert len(voices) == 8 and {s.voice for s in SPEAKERS} == {"awb", "rms", "slt", "kal16"}
+    assert Speaker("x", "slt", 220, 0.9).flite_options() == [
         "-voice",
         "slt",
         "--setf",
@@ -146,7 +150,7 @@ def test_at_least_eight_distinct_speakers():
 
 
 def test_parse_flite_alignment():
-    segments = corpus.parse_psdur("pau:0.164 hh:0.255 ax:0.304 pau:0.500 \n")
+    segments = parse_psdur("pau:0.164 hh:0.255 ax:0.304 pau:0.500 \n")
     assert segments == [("pau", 0.164), ("hh", 0.255), ("ax", 0.304), ("pau", 0.5)]
     # The diphone voice's audio stops inside the final pause: the pause is cut to the audio
     phones = corpus.phone_alignment(segments, duration=0.4)
@@ -159,12 +163,12 @@ def test_parse_flite_alignment():
     with pytest.raises(RuntimeError, match="ends at"):
         corpus.phone_alignment(segments, duration=2.0)
     with pytest.raises(ValueError, match="Unexpected"):
-        corpus.parse_psdur("pau:0.1 garbage")
+        parse_psdur("pau:0.1 garbage")
 
 
 def test_missing_tools_say_how_to_install(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match="apt-get install fortunes"):
-        corpus.load_sentences(tmp_path)
+        load_sentences(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SystemExit) as exit_info:
         main(["corpus", str(tmp_path / "out")])
@@ -220,7 +224,7 @@ def test_an_interrupted_resynthesis_never_pairs_old_audio_with_a_new_alignment(t
     from spidr_hf.io import atomic_files
 
     flite = corpus.find_flite()
-    speaker = corpus.SPEAKERS[0]
+    speaker = SPEAKERS[0]
     corpus.synthesize(flite, tmp_path, corpus.PlannedUtterance("u1", speaker, "An earlier sentence."))
     later = corpus.PlannedUtterance("u1", speaker, "Another sentence, longer than the first one.")
     assert not corpus._is_done(tmp_path, later)

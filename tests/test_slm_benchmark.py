@@ -5,7 +5,8 @@ from collections import defaultdict
 
 import pytest
 
-from spidr_hf.data.corpus import SPEAKERS, find_flite, load_sentences
+from spidr_hf.data.flite import SPEAKERS, find_flite, phones_of
+from spidr_hf.data.sentences import load_sentences
 from spidr_hf.slm import benchmark as slm_benchmark
 from spidr_hf.slm.score import read_gold
 from spidr_hf_cli import main
@@ -60,7 +61,7 @@ def test_sentence_pairs_differ_by_their_error(built):
         if type == "word_order":
             assert sorted(good.split()) == sorted(bad.split())  # the same words, another order
         # As many phones: no length for a summed log-probability to favour
-        assert len(slm_benchmark.phones_of(flite, good, voice)) == len(slm_benchmark.phones_of(flite, bad, voice))
+        assert len(phones_of(flite, good, voice)) == len(phones_of(flite, bad, voice))
     for row in rows:
         assert seconds(built / "syntactic/dev" / f"{row['filename']}.wav") > 0.3
 

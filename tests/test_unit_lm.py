@@ -315,8 +315,8 @@ def test_log_mel_units_are_the_nearest_centroids_and_score_like_any_other_units(
 def test_text_phones_are_the_phones_flite_speaks_for_the_drawn_sentences(tmp_path):
     import random
 
-    from spidr_hf.data.corpus import SPEAKERS, find_flite, load_sentences
-    from spidr_hf.slm.benchmark import phones_of
+    from spidr_hf.data.flite import SPEAKERS, find_flite, phones_of
+    from spidr_hf.data.sentences import load_sentences
     from spidr_hf.units.phones import phone_ids, text_phone_units
 
     source, units = read_extracted_units(text_phone_units(tmp_path / "text", 6, seed=3), deduplicate=True)

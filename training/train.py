@@ -18,7 +18,6 @@ from pathlib import Path
 from transformers import set_seed
 
 from spidr_hf import SpidrFeatureExtractor
-from spidr_hf.errors import run_script
 from spidr_hf.pretraining.data import PretrainingData
 from spidr_hf.pretraining.setup import (
     build_model,
@@ -28,6 +27,7 @@ from spidr_hf.pretraining.setup import (
     train_or_resume,
 )
 from spidr_hf.pretraining.trainer import SpidrTrainer
+from spidr_hf_cli import run_script
 
 logger = logging.getLogger("spidr_hf.train")
 

@@ -8,11 +8,12 @@ against the library's by a test (tests/test_cli.py).
 """
 
 import argparse
+import contextlib
 import importlib
 import re
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 UNIT_KINDS = ("codebook", "kmeans")  # spidr_hf.model.modeling_spidr.UNIT_KINDS
@@ -461,14 +462,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
-    try:
+    with user_errors_in_one_line(f"spidr-hf {args.command}", exit_code=2):
         return module.run(args)
+
+
+def run_script(script_main: Callable[[list[str]], object], argv: list[str], name: str) -> None:
+    """Run a training script's `main(argv)` (training/*.py) as the sub-commands run: user errors in one line."""
+    with user_errors_in_one_line(name, exit_code=1):
+        script_main(argv)
+
+
+@contextlib.contextmanager
+def user_errors_in_one_line(name: str, exit_code: int) -> Iterator[None]:
+    """A user error (`spidr_hf.errors.is_user_error`) exits with `name: error: message`; a bug keeps its traceback."""
+    try:
+        yield
     except ValueError as error:
         from spidr_hf.errors import is_user_error
 
         if not is_user_error(error):  # a bug, not the input: its traceback
             raise
-        parser.exit(2, f"spidr-hf {args.command}: error: {error}\n")
+        sys.stderr.write(f"{name}: error: {error}\n")
+        raise SystemExit(exit_code) from None
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ import json
 import math
 import os
 import random
-import re
-import shutil
 import subprocess
 import time
 import wave
@@ -28,51 +26,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..evaluation.items import ITEM_FILE, SILENCE, items_from_alignment, num_frames, write_item_file
+from ..evaluation.items import ITEM_FILE, items_from_alignment, num_frames, write_item_file
 from ..io.atomic_files import write_atomically, write_text_atomically
 from ..io.file_locks import exclusive_lock
 from ..model.configuration_spidr import SAMPLING_RATE
+from .flite import PAUSE, SPEAKERS, Speaker, find_flite, parse_psdur
+from .sentences import load_sentences
 
 DEFAULT_HOURS = 1.0  # about a minute to build; enough for the CPU pretraining quickstart
 WAV_DIR = "wavs"
-
-FORTUNES_DIR = Path("/usr/share/games/fortunes")
-# The English cookie files with ordinary sentences (others are ASCII art, code, or offensive material).
-FORTUNE_FILES = (
-    "computers",
-    "cookie",
-    "definitions",
-    "education",
-    "food",
-    "fortunes",
-    "goedel",
-    "humorists",
-    "kids",
-    "knghtbrd",
-    "law",
-    "literature",
-    "love",
-    "magic",
-    "medicine",
-    "miscellaneous",
-    "paradoxum",
-    "people",
-    "pets",
-    "platitudes",
-    "riddles",
-    "science",
-    "songs-poems",
-    "sports",
-    "startrek",
-    "tao",
-    "wisdom",
-    "work",
-)
-# Plain sentences only: letters and light punctuation, so that flite's text normalization has nothing to guess
-_SENTENCE = re.compile(r"[A-Z][A-Za-z ,.;!?'-]*[.!?]")
-_ACRONYM = re.compile(r"[A-Z]{2,}")
-MIN_WORDS, MAX_WORDS = 5, 30
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 # Seconds of speech per character of text for each voice at normal tempo, measured on fortune sentences; used to
 # plan how many sentences each speaker gets before anything is synthesized (the plan must not depend on timing).
@@ -83,77 +45,12 @@ _MAX_FINAL_PAUSE_OVERRUN = 0.25
 
 
 @dataclass(frozen=True)
-class Speaker:
-    """A flite voice with an optional mean pitch (Hz) and a tempo factor (>1 is slower)."""
-
-    name: str
-    voice: str
-    f0_mean: float | None = None
-    duration_stretch: float = 1.0
-
-    def flite_options(self) -> list[str]:
-        options = ["-voice", self.voice]
-        if self.f0_mean is not None:
-            options += ["--setf", f"int_f0_target_mean={self.f0_mean:g}"]
-        if self.duration_stretch != 1.0:
-            options += ["--setf", f"duration_stretch={self.duration_stretch:g}"]
-        return options
-
-
-# The first N are used. The rms voice ignores pitch settings, so its variants differ in tempo only. With the
-# default 8 speakers and 2 dev speakers, dev holds rms_slow and kal_high: two different voices.
-SPEAKERS = (
-    Speaker("awb", "awb"),
-    Speaker("slt", "slt"),
-    Speaker("rms", "rms"),
-    Speaker("kal", "kal16"),
-    Speaker("awb_low", "awb", 100, 1.1),
-    Speaker("slt_high", "slt", 220, 0.9),
-    Speaker("rms_slow", "rms", None, 1.2),
-    Speaker("kal_high", "kal16", 125, 0.95),
-    Speaker("awb_high", "awb", 165, 0.9),
-    Speaker("slt_low", "slt", 140, 1.15),
-    Speaker("rms_fast", "rms", None, 0.85),
-    Speaker("kal_low", "kal16", 70, 1.1),
-)
-
-
-@dataclass(frozen=True)
 class PlannedUtterance:
     """An utterance to synthesize: its id, voice and sentence."""
 
     id: str
     speaker: Speaker
     text: str
-
-
-def load_sentences(fortunes_dir: Path = FORTUNES_DIR) -> list[str]:
-    """Sorted distinct plain English sentences of 5 to 30 words from Debian's fortune-cookie files."""
-    missing = [name for name in FORTUNE_FILES if not (fortunes_dir / name).is_file()]
-    if missing:
-        raise ValueError(
-            f"The sentence source {fortunes_dir} is missing {', '.join(missing)}: install it with "
-            "`sudo apt-get install fortunes` (Debian/Ubuntu)."
-        )
-    sentences = set()
-    for name in FORTUNE_FILES:
-        # latin-1 decodes any byte; sentences with non-ASCII characters are dropped by the filter anyway
-        for cookie in (fortunes_dir / name).read_text(encoding="latin-1").split("\n%\n"):
-            # Attribution lines ("-- Author") are not part of the text
-            body = " ".join(line for line in cookie.splitlines() if not line.strip().startswith("--"))
-            for sentence in _SENTENCE_END.split(" ".join(body.split())):
-                if _is_plain_sentence(sentence):
-                    sentences.add(sentence)
-    return sorted(sentences)
-
-
-def _is_plain_sentence(sentence: str) -> bool:
-    return (
-        _SENTENCE.fullmatch(sentence) is not None
-        and "--" not in sentence
-        and _ACRONYM.search(sentence) is None
-        and MIN_WORDS <= len(sentence.split()) <= MAX_WORDS
-    )
 
 
 def plan_utterances(
@@ -186,35 +83,13 @@ def _planned_hours(sentences: Sequence[str]) -> float:
     return sum(map(len, sentences)) * mean_seconds_per_char / 3600
 
 
-def find_flite() -> str:
-    """Path of the flite executable, or a ValueError that says how to install it."""
-    flite = shutil.which("flite")
-    if flite is None:
-        raise ValueError("flite is not installed: install it with `sudo apt-get install flite` (Debian/Ubuntu).")
-    return flite
-
-
-def parse_psdur(output: str) -> list[tuple[str, float]]:
-    """Parse flite's `-psdur` output, `phone:end_time` pairs separated by spaces, into (phone, end seconds)."""
-    segments = []
-    for field in output.split():
-        phone, _, end = field.partition(":")
-        try:
-            segments.append((phone, float(end)))
-        except ValueError:
-            raise ValueError(f"Unexpected flite -psdur field {field!r}") from None
-    if not segments:
-        raise ValueError("flite printed no phone segments")
-    return segments
-
-
 def phone_alignment(segments: Sequence[tuple[str, float]], duration: float) -> list[dict]:
     """
     Phones with start and end seconds from flite's end times, covering [0, `duration`] exactly: the final pause is
     cut or stretched to the end of the audio.
     """
     last_phone, last_end = segments[-1]
-    if last_phone != SILENCE or abs(last_end - duration) > _MAX_FINAL_PAUSE_OVERRUN:
+    if last_phone != PAUSE or abs(last_end - duration) > _MAX_FINAL_PAUSE_OVERRUN:
         raise RuntimeError(
             f"flite's alignment ends at {last_end:.3f} s ({last_phone}) but the audio at {duration:.3f} s"
         )

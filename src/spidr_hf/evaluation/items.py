@@ -6,12 +6,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from ..data.flite import PAUSE
 from ..io.atomic_files import write_text_atomically
 from ..model.configuration_spidr import SAMPLING_RATE
 
 ITEM_FILE = "dev.item"  # name of a corpus folder's item file, for its dev split
 ITEM_HEADER = "#file onset offset #phone prev-phone next-phone speaker"
-SILENCE = "pau"  # flite's silence phone; never an ABX token, but a valid context
 # The evaluation's frames, on which ABX items, alignments and the log-mel baseline are read: a 25 ms window (400
 # samples) every 20 ms (320 samples), no padding, as SpidR base's feature encoder gives them. A model with other frames
 # is refused (`evaluator.check_frame_geometry`), not read at these indices
@@ -43,7 +43,7 @@ def num_frames(num_samples: int) -> int:
 
 
 def items_from_alignment(
-    file: str, speaker: str, phones: Sequence[Mapping], total_frames: int, silence: str = SILENCE
+    file: str, speaker: str, phones: Sequence[Mapping], total_frames: int, silence: str = PAUSE
 ) -> list[AbxItem]:
     """
     ABX tokens of an aligned utterance (`phones`: dicts with "phone", "start", "end"): every non-silence phone with a

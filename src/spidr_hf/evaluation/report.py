@@ -9,20 +9,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..data.flite import PHONE_CLASSES
 from .schema import METRICS, EvaluationReport, EvaluationResult, Metric, Representation, Row
 
-# Phone classes of the CMU/ARPAbet set (flite's phones), in heatmap order; other phones come last
-PHONE_CLASSES = {
-    "vowel": ("iy", "ih", "ey", "eh", "ae", "aa", "ao", "ah", "ax", "uh", "uw", "ow", "er", "axr"),
-    "diphthong": ("ay", "aw", "oy"),
-    "stop": ("p", "b", "t", "d", "k", "g"),
-    "affricate": ("ch", "jh"),
-    "fricative": ("f", "v", "th", "dh", "s", "z", "sh", "zh", "hh"),
-    "nasal": ("m", "n", "ng"),
-    "liquid": ("l", "r"),
-    "glide": ("w", "y"),
-    "silence": ("pau", "sil", "sp"),
-}
 _PHONE_RANK = {phone: rank for rank, phone in enumerate(p for phones in PHONE_CLASSES.values() for p in phones)}
 _CLASS_OF = {phone: name for name, phones in PHONE_CLASSES.items() for phone in phones}
 # What `write_report` writes; other files of the folder are left alone

@@ -28,8 +28,8 @@ import torch
 from transformers import EvalPrediction, Trainer, Wav2Vec2PhonemeCTCTokenizer, Wav2Vec2Processor
 
 from ..data.aligned_speech import open_corpus_split
+from ..data.flite import PHONE_CLASSES
 from ..errors import ConfigError, ModelLoadError
-from ..evaluation.report import PHONE_CLASSES
 from ..model.configuration_spidr import REPRESENTATIONS, SAMPLING_RATE, SpidrConfig
 from ..model.feature_extraction_spidr import SpidrFeatureExtractor
 from ..model.loading import _load_feature_extractor, load_config

@@ -10,16 +10,51 @@ spidr-hf writes for a user goes through one of these three.
   all are written into a hidden staging folder first, then each is renamed over its old version, `last` last.
 """
 
+import errno
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import WriteError, writing
+from ..errors import WriteError
 from .file_locks import locked_temporary_folder, remove_unlocked_folders
 
 PARTIAL_SUFFIX = ".partial"
+
+# What the user can act on: space, quotas, permissions, read-only file systems
+_WRITE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+}
+_LOW_SPACE_BYTES = 1 << 20  # free space under which a failed write is taken for a full disk
+
+
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """
+    Turn the failures of writing `path` that come from the machine (a full disk, permissions) into a one-line
+    `WriteError` naming it. torch.save reports a full disk as a RuntimeError of its zip writer, told apart here by the
+    free space left.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        raise WriteError(f"Could not write {path}: {_WRITE_ERRNOS[error.errno]}") from error
+    except RuntimeError as error:
+        folder = Path(path).parent
+        try:
+            full = shutil.disk_usage(folder).free < _LOW_SPACE_BYTES
+        except OSError:
+            full = False
+        if not full:
+            raise
+        raise WriteError(f"Could not write {path}: {_WRITE_ERRNOS[errno.ENOSPC]}") from error
 
 
 def partial_path(path: Path) -> Path:

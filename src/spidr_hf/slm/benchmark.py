@@ -20,7 +20,6 @@ import hashlib
 import itertools
 import random
 import re
-import subprocess
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..data.corpus import SPEAKERS, Speaker, find_flite, load_sentences, parse_psdur
+from ..data.flite import SPEAKERS, Speaker, find_flite, phones_of
+from ..data.sentences import load_sentences
 from ..errors import SpidrError
 from ..io.atomic_files import new_folder
 
@@ -52,17 +52,6 @@ class Item:
     text: str
     voice: Speaker
     row: dict
-
-
-def phones_of(flite: str, text: str, voice: Speaker, wav: Path | None = None) -> list[str]:
-    """The phones flite speaks for `text` (pauses left out), writing the audio to `wav` if given."""
-    output = str(wav) if wav is not None else "none"
-    result = subprocess.run(
-        [flite, *voice.flite_options(), "-psdur", "-t", text, "-o", output], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"flite failed on {text!r}: {result.stderr.strip()}")
-    return [phone for phone, _ in parse_psdur(result.stdout) if phone != "pau"]
 
 
 def corpus_words(sentences: list[str]) -> Counter:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SpidrError, writing
-from ..io.atomic_files import write_atomically, write_text_atomically
+from ..errors import SpidrError
+from ..io.atomic_files import write_atomically, write_text_atomically, writing
 from ..io.sharding import Shard
 from ..model.pipeline_spidr import run_starts
 

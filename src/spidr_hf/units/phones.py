@@ -10,8 +10,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..data.flite import PHONE_CLASSES
 from ..errors import SpidrError
-from ..evaluation.report import PHONE_CLASSES
 
 INVENTORY = tuple(phone for name, phones in PHONE_CLASSES.items() if name != "silence" for phone in phones)
 PAUSES = set(PHONE_CLASSES["silence"])
@@ -57,8 +57,7 @@ def corpus_phone_units(corpus: str | Path, output: str | Path) -> Path:
 
 def benchmark_phone_units(benchmark: str | Path, output: str | Path) -> Path:
     """The phones flite spoke for every file of a `spidr-hf slm-benchmark` folder (output/lexical, output/syntactic)."""
-    from ..data.corpus import SPEAKERS, find_flite
-    from ..slm.benchmark import phones_of
+    from ..data.flite import SPEAKERS, find_flite, phones_of
     from ..slm.score import read_gold
 
     benchmark, output = Path(benchmark), Path(output)
@@ -87,7 +86,7 @@ def text_phone_units(output: str | Path, num_sentences: int | None = None, seed:
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..data.corpus import load_sentences
+    from ..data.sentences import load_sentences
 
     t2p = shutil.which("t2p")
     if t2p is None:
