@@ -25,7 +25,7 @@ from spidr_hf.pretraining.codebook_init import (
     set_codewords,
     teacher_target_frames,
 )
-from spidr_hf.pretraining.setup import build_model, parse_config
+from spidr_hf.pretraining.setup import build_model, parse_pretraining_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--restart-after", type=positive, default=5, help="the remedy's restart setting")
     args = parser.parse_args(argv)
 
-    model_args, _, training_args = parse_config([str(args.config)])
+    model_args, _, training_args = parse_pretraining_config([str(args.config)])
     try:  # a missing or unreadable corpus is a one-line error, before the model is built
         utterances = load_split(args.corpus, "train", args.utterances, training_args.seed)
     except ValueError as error:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining
 from spidr_hf.pretraining.data import DataArguments, PretrainingData
-from spidr_hf.pretraining.setup import build_model, parse_config
+from spidr_hf.pretraining.setup import build_model, parse_pretraining_config
 from spidr_hf.pretraining.trainer import SpidrTrainer, SpidrTrainingArguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def train_and_record(config_path: Path) -> list[dict]:
 @pytest.mark.slow
 def test_tiny_model_learns_and_the_teacher_follows(corpus, tmp_path):
     config = tiny_run_config(corpus, tmp_path / "run", eval_split="dev", eval_strategy="steps", eval_steps=15)
-    initial = build_model(parse_config([str(write_config(tmp_path, config))])[0])
+    initial = build_model(parse_pretraining_config([str(write_config(tmp_path, config))])[0])
     trainer_log = train_and_record(tmp_path / "config.yaml")
     logs = training_logs(trainer_log)
     assert len(logs) == config["max_steps"]
@@ -267,7 +267,7 @@ def test_two_processes_keep_codebooks_and_teacher_identical(corpus, tmp_path):
         assert torch.equal(value, rank1[key]), key
 
     # The first step's loss is the mean over the masked frames of both processes' batches
-    model_args, data_args, training_args = parse_config([str(config_path)])
+    model_args, data_args, training_args = parse_pretraining_config([str(config_path)])
     from transformers import set_seed
 
     set_seed(0)
@@ -368,7 +368,7 @@ def test_recipes_follow_the_reference_tri_stage_schedule(name, tmp_path):
     from spidr.optimizer import build_scheduler
 
     config = ROOT / "training" / "configs" / f"{name}.yaml"
-    _, _, args = parse_config([str(config), *CPU_RUN, f"--output_dir={tmp_path}"])
+    _, _, args = parse_pretraining_config([str(config), *CPU_RUN, f"--output_dir={tmp_path}"])
     assert args.lr_scheduler_type == "tri_stage"
     reference_settings = OptimizerConfig(
         lr=args.learning_rate,
@@ -387,13 +387,13 @@ def test_other_schedules_come_from_transformers_and_unknown_ones_are_refused(tmp
     from transformers import get_cosine_schedule_with_warmup
 
     config = write_config(tmp_path, tiny_run_config(Path("somewhere"), tmp_path / "run"))
-    _, _, args = parse_config([str(config), "--lr_scheduler_type=cosine"])
+    _, _, args = parse_pretraining_config([str(config), "--lr_scheduler_type=cosine"])
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
     expected = learning_rates(get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps), 30)
     np.testing.assert_allclose(trainer_schedule(args), expected, rtol=1e-12, atol=0)
     # A name neither ours nor transformers' is a one-line error that lists the choices
     with pytest.raises(ValueError, match=r"lr_scheduler_type.*tri_stage.*cosine.*got 'tristage'") as error:
-        parse_config([str(config), "--lr_scheduler_type=tristage"])
+        parse_pretraining_config([str(config), "--lr_scheduler_type=tristage"])
     assert "\n" not in str(error.value)
 
 
@@ -493,21 +493,21 @@ def test_collator_crops_to_the_shortest_and_masks_valid_frames_only():
 def test_config_file_and_overrides(tmp_path):
     config = tiny_run_config(Path("somewhere"), tmp_path / "run")
     path = write_config(tmp_path, config)
-    model_args, data_args, training_args = parse_config(
+    model_args, data_args, training_args = parse_pretraining_config(
         [str(path), "--max_steps=7", "--model_config.num_hidden_layers=3", "--pad=true", "--save_strategy=no"]
     )
     assert training_args.max_steps == 7 and data_args.pad is True and training_args.save_strategy == "no"
     assert model_args.model_config["num_hidden_layers"] == 3
     assert build_model(model_args).config.num_hidden_layers == 3
     with pytest.raises(ValueError, match="--key=value"):
-        parse_config([str(path), "--max_steps", "7"])
+        parse_pretraining_config([str(path), "--max_steps", "7"])
     with pytest.raises(ValueError):
-        parse_config([str(path), "--not_an_option=1"])
+        parse_pretraining_config([str(path), "--not_an_option=1"])
     with pytest.raises(ValueError, match="num_codebooks"):
-        build_model(parse_config([str(path), "--model_config.num_codebooks=9"])[0])
+        build_model(parse_pretraining_config([str(path), "--model_config.num_codebooks=9"])[0])
     # A mistyped model setting is an error naming the closest one, not a silent extra entry of config.json
     with pytest.raises(ValueError, match="Unknown model_config key 'hiden_size'; did you mean 'hidden_size'"):
-        build_model(parse_config([str(path), "--model_config.hiden_size=64"])[0])
+        build_model(parse_pretraining_config([str(path), "--model_config.hiden_size=64"])[0])
 
 
 @pytest.mark.slow
@@ -567,7 +567,7 @@ def test_paper_recipes(objective):
     """The LibriSpeech configs hold the paper recipe (bf16 and the fused optimizer need a GPU, hence the overrides)."""
     path = ROOT / "training" / "configs" / f"{objective}_base_librispeech.yaml"
     cpu = ["--bf16=false", "--torch_compile=false", "--optim=adamw_torch", "--use_cpu=true"]
-    model_args, data_args, args = parse_config([str(path), *cpu])
+    model_args, data_args, args = parse_pretraining_config([str(path), *cpu])
     assert model_args.objective == objective and model_args.model_config == {}
     assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (5e-4, 0.9, 0.95, 1e-6)
     assert (args.weight_decay, args.max_grad_norm, args.max_steps) == (0.01, 10.0, 400_000)
@@ -577,15 +577,15 @@ def test_paper_recipes(objective):
     assert data_args.num_buckets == 1000 and data_args.pad is False
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="bf16"):
-            parse_config([str(path)])  # as written, the recipe needs a GPU
+            parse_pretraining_config([str(path)])  # as written, the recipe needs a GPU
 
 
 @pytest.mark.parametrize(("name", "processes"), [("spidr_base_1gpu", 1), ("spidr_base_8gpu", 8)])
 def test_fewer_gpu_recipes_keep_the_paper_global_batch(name, processes):
     """1 and 8 GPU recipes: the paper's recipe, with accumulation making up its 16 GPUs of 3.8M samples."""
     cpu = ["--bf16=false", "--torch_compile=false", "--optim=adamw_torch", "--use_cpu=true"]
-    paper = parse_config([str(ROOT / "training" / "configs" / "spidr_base_librispeech.yaml"), *cpu])
-    variant = parse_config([str(ROOT / "training" / "configs" / f"{name}.yaml"), *cpu])
+    paper = parse_pretraining_config([str(ROOT / "training" / "configs" / "spidr_base_librispeech.yaml"), *cpu])
+    variant = parse_pretraining_config([str(ROOT / "training" / "configs" / f"{name}.yaml"), *cpu])
     _, data_args, args = variant
     assert data_args.max_batch_samples * args.gradient_accumulation_steps * processes == 16 * 3_800_000
     assert args.output_dir.endswith(name)
@@ -606,13 +606,13 @@ def test_config_files_extend_others(tmp_path):
     (tmp_path / "variant.yaml").write_text(
         "extends: config.yaml\nmax_steps: 9\nmodel_config:\n  codebook_restart_after: 4\n"
     )
-    model_args, _, args = parse_config([str(tmp_path / "variant.yaml"), "--learning_rate=0.01"])
+    model_args, _, args = parse_pretraining_config([str(tmp_path / "variant.yaml"), "--learning_rate=0.01"])
     assert args.max_steps == 9 and args.learning_rate == 0.01 and args.warmup_steps == base["warmup_steps"]
     # model_config entries are overridden one by one
     assert model_args.model_config == {**base["model_config"], "codebook_restart_after": 4}
     (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
     with pytest.raises(ValueError, match="extends itself"):
-        parse_config([str(tmp_path / "loop.yaml")])
+        parse_pretraining_config([str(tmp_path / "loop.yaml")])
     (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(ValueError, match=r"missing\.yaml not found"):
-        parse_config([str(tmp_path / "orphan.yaml")])
+        parse_pretraining_config([str(tmp_path / "orphan.yaml")])

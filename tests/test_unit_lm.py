@@ -68,7 +68,8 @@ def test_tokens_and_packed_blocks():
 
 
 def test_unit_datasets_pack_the_files_in_id_order_whatever_the_format_or_shards(source_dir, tmp_path, monkeypatch):
-    from spidr_hf.slm.training import UnitLMArguments, held_out, unit_datasets
+    from spidr_hf.slm.training import UnitLMArguments, unit_datasets
+    from spidr_hf.training.splits import held_out
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     audio = tmp_path / "audio"

@@ -17,8 +17,9 @@ from transformers import BertConfig, BertModel, pipeline
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining, SpidrModel
 from spidr_hf.model.loading import load
 from spidr_hf.pretraining.data import DataArguments, PretrainingData, load_audio_dataset
-from spidr_hf.pretraining.setup import ModelArguments, build_model, check_value_types, parse_config, read_config_file
+from spidr_hf.pretraining.setup import ModelArguments, build_model, parse_pretraining_config
 from spidr_hf.pretraining.trainer import SpidrTrainingArguments, check_checkpoint_fits
+from spidr_hf.training.config import check_value_types, read_config_file
 from spidr_hf_cli import main
 
 RATE = 16000
@@ -333,7 +334,7 @@ def run_config(tmp_path) -> Path:
 )
 def test_training_arguments_of_the_wrong_type(run_config, override, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        parse_config([str(run_config), override])
+        parse_pretraining_config([str(run_config), override])
 
 
 @pytest.mark.parametrize(
@@ -346,7 +347,7 @@ def test_training_arguments_of_the_wrong_type(run_config, override, message):
     ],
 )
 def test_model_config_values_of_the_wrong_type(run_config, override, message):
-    model_args, _, _ = parse_config([str(run_config), override])
+    model_args, _, _ = parse_pretraining_config([str(run_config), override])
     with pytest.raises(ValueError, match=re.escape(message)):
         build_model(model_args)
 
@@ -432,7 +433,7 @@ def test_a_dataset_that_cannot_be_opened(tmp_path, dataset, message):
 @pytest.mark.parametrize("init_from", ["missing-folder", "someone/no-such-model", "bert"])
 def test_init_from_that_cannot_be_loaded(run_config, bert_folder, tmp_path, init_from):
     init_from = {"missing-folder": str(tmp_path / "missing"), "bert": str(bert_folder)}.get(init_from, init_from)
-    model_args, _, _ = parse_config([str(run_config), f"--init_from={init_from}"])
+    model_args, _, _ = parse_pretraining_config([str(run_config), f"--init_from={init_from}"])
     with pytest.raises(ValueError, match=re.escape(init_from)) as error:
         build_model(model_args)
     assert one_line(str(error.value))

@@ -22,7 +22,8 @@ from pathlib import Path
 from transformers import TrainingArguments, set_seed
 
 from spidr_hf.finetuning.tasks import FinetuneArguments, FinetuneTrainer, build_task
-from spidr_hf.pretraining.setup import check_output_dir, parse_config, train_or_resume
+from spidr_hf.training.config import parse_config
+from spidr_hf.training.resume import check_output_dir, train_or_resume
 from spidr_hf_cli import run_script
 
 logger = logging.getLogger("spidr_hf.finetune")

@@ -19,14 +19,9 @@ from transformers import set_seed
 
 from spidr_hf import SpidrFeatureExtractor
 from spidr_hf.pretraining.data import PretrainingData
-from spidr_hf.pretraining.setup import (
-    build_model,
-    check_output_dir,
-    complete_training_arguments,
-    parse_config,
-    train_or_resume,
-)
+from spidr_hf.pretraining.setup import build_model, complete_training_arguments, parse_pretraining_config
 from spidr_hf.pretraining.trainer import SpidrTrainer
+from spidr_hf.training.resume import check_output_dir, train_or_resume
 from spidr_hf_cli import run_script
 
 logger = logging.getLogger("spidr_hf.train")
@@ -35,7 +30,7 @@ logger = logging.getLogger("spidr_hf.train")
 def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         raise SystemExit(__doc__)
-    model_args, data_args, training_args = parse_config(argv)
+    model_args, data_args, training_args = parse_pretraining_config(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     check_output_dir(Path(training_args.output_dir), training_args.resume_from_checkpoint)
     set_seed(training_args.seed)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
-from spidr_hf.pretraining.setup import check_output_dir, parse_config, train_or_resume
 from spidr_hf.slm.training import UnitLMArguments, build_unit_lm, unit_datasets
 from spidr_hf.slm.unit_lm import describe
+from spidr_hf.training.config import parse_config
+from spidr_hf.training.resume import check_output_dir, train_or_resume
 from spidr_hf_cli import run_script
 
 logger = logging.getLogger("spidr_hf.train_ulm")

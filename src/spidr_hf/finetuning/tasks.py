@@ -13,7 +13,6 @@ tokenizer of the phones, the model with its new head, the metric and the Trainer
 CTC predictions.
 """
 
-import difflib
 import json
 import logging
 import tempfile
@@ -35,7 +34,8 @@ from ..model.feature_extraction_spidr import SpidrFeatureExtractor
 from ..model.loading import _load_feature_extractor, load_config
 from ..model.modeling_spidr import SpidrForCTC, SpidrForSequenceClassification, SpidrHeadModel, conv_output_lengths
 from ..model.pipeline_spidr import load_audio
-from ..slm.training import held_out
+from ..training.config import check_known_keys
+from ..training.splits import held_out
 from .log_mel_heads import LogMelForCTC, LogMelForSequenceClassification, LogMelHead
 
 logger = logging.getLogger(__name__)
@@ -117,14 +117,10 @@ class FinetuneArguments:
             raise ConfigError(f"max_seconds must be positive (or null: no limit), got {self.max_seconds}")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        known = set(SpidrConfig().to_dict())
         for key in self.model_config:
             if key in TASK_CONFIG_KEYS:
                 raise ConfigError(f"model_config cannot set {key}: the task (or its own option) decides it")
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else " (see SpidrConfig)"
-                raise ConfigError(f"Unknown model_config key {key!r}{hint}")
+        check_known_keys(self.model_config, SpidrConfig().to_dict(), "model_config")
 
 
 @dataclass

@@ -3,7 +3,6 @@ Training a unit language model (`training/train_ulm.py`): its arguments, the dat
 causal LM whose vocabulary is the units'.
 """
 
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from ..errors import ConfigError
+from ..training.splits import held_out
 from .unit_lm import UnitSource, extracted_units, iter_blocks, write_source
 
 
@@ -26,11 +26,6 @@ class UnitLMArguments:
     block_size: int = field(default=512, metadata={"help": "Tokens per training sequence."})
     deduplicate: bool = field(default=True, metadata={"help": "Merge runs of a unit into one token (the paper's)."})
     eval_fraction: float = field(default=0.05, metadata={"help": "Files held out (by a hash of the id) for eval loss."})
-
-
-def held_out(id: str, fraction: float) -> bool:
-    """The same split on every run and machine: a hash of the id, not a random draw."""
-    return zlib.crc32(id.encode("utf-8")) % 10_000 < fraction * 10_000
 
 
 def unit_datasets(args: UnitLMArguments):
