@@ -433,7 +433,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]
         slm_score_arguments,
     ),
     "push-units": (
-        "spidr_hf.units.card",
+        "spidr_hf.hub.push_units",
         "upload the parquet units of `spidr-hf extract` to the Hub as a dataset, with its card",
         push_units_arguments,
     ),

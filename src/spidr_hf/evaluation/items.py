@@ -8,15 +8,16 @@ from typing import NamedTuple
 
 from ..data.flite import PAUSE
 from ..io.atomic_files import write_text_atomically
-from ..model.configuration_spidr import SAMPLING_RATE
+from ..model.configuration_spidr import SpidrConfig
 
 ITEM_FILE = "dev.item"  # name of a corpus folder's item file, for its dev split
 ITEM_HEADER = "#file onset offset #phone prev-phone next-phone speaker"
 # The evaluation's frames, on which ABX items, alignments and the log-mel baseline are read: a 25 ms window (400
 # samples) every 20 ms (320 samples), no padding, as SpidR base's feature encoder gives them. A model with other frames
 # is refused (`evaluator.check_frame_geometry`), not read at these indices
-WINDOW_SAMPLES, HOP_SAMPLES = 400, 320
-FRAME_RATE = SAMPLING_RATE // HOP_SAMPLES  # SpidR frames per second; frame j is centred at (j + 0.5) / FRAME_RATE s
+_SPIDR_BASE = SpidrConfig()
+WINDOW_SAMPLES, HOP_SAMPLES = _SPIDR_BASE.receptive_field, _SPIDR_BASE.inputs_to_logits_ratio
+FRAME_RATE = round(_SPIDR_BASE.frame_rate)  # frames per second (50); frame j is centred at (j + 0.5) / FRAME_RATE s
 _EPS = 1e-6  # item times are decimal strings; keep a centre that lies exactly on a boundary inside the token
 
 

@@ -31,7 +31,7 @@ from ..data.flite import PHONE_CLASSES
 from ..errors import ConfigError, ModelLoadError
 from ..model.configuration_spidr import REPRESENTATIONS, SAMPLING_RATE, SpidrConfig
 from ..model.feature_extraction_spidr import SpidrFeatureExtractor
-from ..model.loading import _load_feature_extractor, load_config
+from ..model.loading import load_config, load_feature_extractor
 from ..model.modeling_spidr import SpidrForCTC, SpidrForSequenceClassification, SpidrHeadModel, conv_output_lengths
 from ..model.pipeline_spidr import load_audio
 from ..training.config import check_known_keys
@@ -40,7 +40,7 @@ from .log_mel_heads import LogMelForCTC, LogMelForSequenceClassification, LogMel
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("phones", "speakers")
+FINETUNE_TASKS = ("phones", "speakers")
 # What the head reads: the SpidR model's layers, or the log-mel energies of the same frames (SUPERB's FBANK baseline)
 UPSTREAMS = ("spidr", "log_mel")
 # The columns each task reads from the corpus
@@ -99,8 +99,8 @@ class FinetuneArguments:
     eval_split: str = field(default="dev", metadata={"help": "phones: the corpus split to score on."})
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task not in FINETUNE_TASKS:
+            raise ConfigError(f"task must be one of {', '.join(FINETUNE_TASKS)}, got {self.task!r}")
         for name, example in (("model_name_or_path", "SPIDR_FOLDER"), ("dataset", "CORPUS")):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is not set: add --{name}={example}")
@@ -369,7 +369,7 @@ def build_task(args: FinetuneArguments) -> FinetuneTask:
     """The datasets, the model with its head, the processor and the metric of `args.task`."""
     # The model folder is checked (one line if it is not SpidR) before the corpus is read
     local_files_only = load_config(args.model_name_or_path).local_files_only
-    feature_extractor = _load_feature_extractor(args.model_name_or_path, local_files_only)
+    feature_extractor = load_feature_extractor(args.model_name_or_path, local_files_only)
     collator = AudioCollator(feature_extractor)
     if args.task == "phones":
         tokenizer, train, evaluation = phone_datasets(args)

@@ -69,7 +69,7 @@ def load(
     local_files_only = load_config(source).local_files_only
     missing = []
     with loading_errors(source):
-        feature_extractor = _load_feature_extractor(source, local_files_only)
+        feature_extractor = load_feature_extractor(source, local_files_only)
         options = {"dtype": DTYPES[dtype], "local_files_only": local_files_only}
         if without_kmeans:
             options |= {"kmeans_layer": None, "kmeans_num_clusters": 0, "kmeans_centroids_sha256": None}
@@ -198,7 +198,7 @@ def load_finetuned(source: str | os.PathLike) -> LoadedFinetuned:
         )
     options = {"local_files_only": loaded_config.local_files_only}
     with loading_errors(source):  # also a CTC folder without its tokenizer
-        feature_extractor = _load_feature_extractor(source, loaded_config.local_files_only)
+        feature_extractor = load_feature_extractor(source, loaded_config.local_files_only)
         model = head.from_pretrained(source, **options).eval()
         tokenizer = AutoTokenizer.from_pretrained(source, **options) if head is SpidrForCTC else None
     return LoadedFinetuned(model, feature_extractor, tokenizer)
@@ -287,7 +287,7 @@ def _first_line(error: BaseException) -> str:
     return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
-def _load_feature_extractor(name: str | os.PathLike, local_files_only: bool) -> SpidrFeatureExtractor:
+def load_feature_extractor(name: str | os.PathLike, local_files_only: bool) -> SpidrFeatureExtractor:
     """The folder's feature extractor, or the default one if it has none (it has no learned state)."""
     from huggingface_hub import try_to_load_from_cache
 

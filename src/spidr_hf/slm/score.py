@@ -26,7 +26,8 @@ from statistics import fmean
 from ..errors import SpidrError
 from ..io.atomic_files import write_text_atomically
 
-TASKS = {"lexical": "swuggy", "syntactic": "sblimp"}
+# The sLM21 layout's task folders and the benchmark each one is scored as
+BENCHMARK_OF_TASK = {"lexical": "swuggy", "syntactic": "sblimp"}
 GOLD_COLUMNS = {
     "lexical": {"id", "filename", "voice", "frequency", "word", "correct"},
     "syntactic": {"filename", "id", "voice", "type", "subtype", "correct"},
@@ -181,7 +182,7 @@ def score_benchmark(
     data, output = Path(data), Path(output)
     if (output / SCORES_FILE).exists() and not overwrite:
         raise SpidrError(f"{output} already holds scores ({SCORES_FILE}): pass --overwrite, or choose another --output")
-    tasks = {task: data / task / "dev" for task in TASKS if (data / task / "dev" / "gold.csv").is_file()}
+    tasks = {task: data / task / "dev" for task in BENCHMARK_OF_TASK if (data / task / "dev" / "gold.csv").is_file()}
     if not tasks:
         raise SpidrError(f"{data} holds neither lexical/dev/gold.csv nor syntactic/dev/gold.csv (the sLM21 layout)")
     golds = {task: read_gold(folder / "gold.csv", task) for task, folder in tasks.items()}
@@ -216,7 +217,7 @@ def score_benchmark(
         values = sequence_log_probs(lm, sequences, source.pad, batch_size, mean=mean_per_unit)
         scores = dict(zip(names, values, strict=True))
         write_submission(output / "submission", task, golds[task], scores)
-        results[TASKS[task]] = ACCURACY[task](golds[task], scores)
+        results[BENCHMARK_OF_TASK[task]] = ACCURACY[task](golds[task], scores)
     description = f"{source.unit_kind} units (layer {source.layer}) of {Path(source.model).name}, scored by {ulm}"
     write_text_atomically(output / "submission" / "meta.yaml", META.format(description=description, train_set=""))
     write_text_atomically(output / SCORES_FILE, json.dumps(results, indent=2) + "\n")

@@ -1,22 +1,18 @@
 """
-Parquet units of `spidr-hf extract` as a Hub dataset: the dataset card that `extract` writes into OUTPUT once the
-whole job is done, and `spidr-hf push-units`, which uploads the parquet files and a card in one commit.
+The dataset card of the parquet units of `spidr-hf extract` (OUTPUT/README.md, written once the whole job is done):
+YAML metadata that makes the folder a `datasets` dataset and records what made the units, and the same facts as a
+table. `spidr-hf push-units` (hub/push_units.py) uploads it with the parquet files.
 """
 
-import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from ..errors import SpidrError
-from ..io.atomic_files import new_folder, write_text_atomically
+from ..io.atomic_files import write_text_atomically
 from .formats import UnitsOutput
 
 CARD_FILE = "README.md"
 CARD_KEY = "spidr_hf_units"  # the card's YAML entry with what made the units (and that says spidr-hf wrote the card)
-HUB_DATA_FOLDER = "data"  # where the parquet files go in the uploaded repository
 
 
 def units_source(settings: dict, facts: dict, num_rows: int) -> dict:
@@ -89,59 +85,3 @@ def write_dataset_card(output: Path, units_out: UnitsOutput, settings: dict, fac
         pattern = f"{units_out.path.resolve().relative_to(output.resolve()).as_posix()}/*.parquet"
     source = units_source(settings, facts, units_out.num_rows())
     write_text_atomically(path, render_card(source, pattern, units_out.deduplicate))
-
-
-def units_of(output: Path) -> tuple[UnitsOutput, dict]:
-    """The finished parquet units of an extract OUTPUT folder and their card's source entry; one-line errors."""
-    from .extract import read_settings
-
-    settings = read_settings(output) if output.is_dir() else None
-    if settings is None:
-        raise SpidrError(f"{output} is not an output folder of spidr-hf extract (no extract.json)")
-    if settings.get("units_format") != "parquet":
-        raise SpidrError(f"{output} holds no parquet units: extract them with --units-format parquet")
-    units_out = UnitsOutput(output / settings["units_file"], "parquet", bool(settings["deduplicate"]))
-    source = read_card_source(output)
-    if source is None or not units_out.parquet_files():
-        raise SpidrError(f"The extraction into {output} is not finished (no dataset card yet): run it to the end")
-    ids = [id for table in units_out.parquet_tables(columns=["id"]) for id in table.column("id").to_pylist()]
-    if len(ids) != len(set(ids)) or len(ids) != source["files"]:
-        raise SpidrError(f"{output} holds {len(ids)} rows for {source['files']} files: not the units its card says")
-    return units_out, source
-
-
-def write_hub_folder(output: Path, destination: Path) -> Path:
-    """The repository as it will be uploaded: README.md and data/*.parquet, checked by loading it with datasets."""
-    from datasets import load_dataset
-
-    units_out, source = units_of(output)
-    with new_folder(destination) as staging:
-        (staging / HUB_DATA_FOLDER).mkdir()
-        for path in units_out.parquet_files():
-            shutil.copyfile(path, staging / HUB_DATA_FOLDER / path.name)
-        card = render_card(source, f"{HUB_DATA_FOLDER}/*.parquet", units_out.deduplicate)
-        (staging / CARD_FILE).write_text(card, encoding="utf-8")
-        rows = load_dataset(str(staging), split="train")
-        if rows.num_rows != source["files"]:
-            raise SpidrError(f"The Hub folder of {output} loads {rows.num_rows} rows, not {source['files']}")
-    return destination
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..hub.push import check_repo_id, hub_api, upload_release
-
-    repo_id = check_repo_id(args.repo_id)
-    output = Path(args.output)
-    if args.dry_run is not None:
-        folder = write_hub_folder(output, args.dry_run)
-        print(f"Wrote and checked {folder}; dry run, nothing uploaded.")
-        return 0
-    units_of(output)  # a folder that cannot be uploaded fails before the token is looked at
-    api = hub_api()
-    with tempfile.TemporaryDirectory(prefix="spidr-units-") as scratch:
-        folder = write_hub_folder(output, Path(scratch) / "dataset")
-        commit = upload_release(
-            api, folder, repo_id, args.private, args.revision, args.create_pr, repo_type="dataset", what="units"
-        )
-    print(f"Uploaded {repo_id}: {commit.pr_url if args.create_pr else commit.commit_url}")
-    return 0
