@@ -41,8 +41,13 @@ from pathlib import Path
 import torch
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
-from spidr_hf.units.log_mel import benchmark_log_mel_units, corpus_log_mel_units
-from spidr_hf.units.phones import benchmark_phone_units, corpus_phone_units, text_phone_units
+from spidr_hf.slm.baselines import (
+    benchmark_log_mel_units,
+    benchmark_phone_units,
+    corpus_log_mel_units,
+    corpus_phone_units,
+    text_phone_units,
+)
 
 model, random_init, corpus, benchmark, phones, log_mel, text_phones = map(Path, sys.argv[1:])
 

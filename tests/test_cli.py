@@ -14,8 +14,10 @@ from spidr_hf.evaluation import evaluate_model
 from spidr_hf.model.configuration_spidr import OBJECTIVES
 from spidr_hf.model.loading import DTYPES
 from spidr_hf.model.modeling_spidr import UNIT_KINDS
+from spidr_hf.units import encoder as encoder_module
 from spidr_hf.units import extract as extract_module
 from spidr_hf.units import kmeans as kmeans_module
+from spidr_hf.units.clustering import DEFAULT_KMEANS_FRAMES
 from spidr_hf.units.formats import UNITS_FORMATS
 from spidr_hf_cli import main
 
@@ -47,15 +49,15 @@ def test_the_command_lines_vocabulary_is_the_librarys():
     assert spidr_hf_cli.OBJECTIVES == OBJECTIVES
     extract_defaults = inspect.signature(extract_module.extract).parameters
     assert extract_defaults["batch_seconds"].default is None  # the device decides
-    assert spidr_hf_cli.ACCELERATOR_BATCH_SECONDS == extract_module.ACCELERATOR_BATCH_SECONDS
-    assert spidr_hf_cli.CPU_BATCH_SECONDS == extract_module.CPU_BATCH_SECONDS
-    assert spidr_hf_cli.DEFAULT_CHUNK_SECONDS == extract_module.DEFAULT_CHUNK_SECONDS
+    assert spidr_hf_cli.ACCELERATOR_BATCH_SECONDS == encoder_module.ACCELERATOR_BATCH_SECONDS
+    assert spidr_hf_cli.CPU_BATCH_SECONDS == encoder_module.CPU_BATCH_SECONDS
+    assert spidr_hf_cli.DEFAULT_CHUNK_SECONDS == encoder_module.DEFAULT_CHUNK_SECONDS
     assert spidr_hf_cli.UNITS_FORMATS == UNITS_FORMATS
     evaluate_defaults = inspect.signature(evaluate_model).parameters
     assert evaluate_defaults["batch_size"].default == spidr_hf_cli.DEFAULT_BATCH_SIZE
     assert evaluate_defaults["num_clusters"].default == spidr_hf_cli.DEFAULT_NUM_CLUSTERS
     assert evaluate_defaults["kmeans_frames"].default == spidr_hf_cli.DEFAULT_EVALUATE_KMEANS_FRAMES
-    assert spidr_hf_cli.DEFAULT_KMEANS_FRAMES == kmeans_module.DEFAULT_FRAMES
+    assert spidr_hf_cli.DEFAULT_KMEANS_FRAMES == DEFAULT_KMEANS_FRAMES
     assert spidr_hf_cli.DEFAULT_KMEANS_MEMORY_FRAMES == kmeans_module.DEFAULT_MEMORY_FRAMES
     assert spidr_hf_cli.DEFAULT_BATCH_SIZE == kmeans_module.DEFAULT_BATCH_SIZE
     corpus_defaults = inspect.signature(build_corpus).parameters

@@ -221,7 +221,7 @@ def test_bad_item_file(corpus_dir, model_dir, tmp_path, item_text, message):
 
 def test_bad_arguments_print_one_line(corpus_dir, model_dir, tmp_path, capsys):
     for arguments, message in [
-        (["--layers", "9"], "Unknown layer(s) [9]: the model has layers 1 to 4"),
+        (["--layers", "9"], "Layer 9 is not a layer of this model: it has layers 1 to 4"),
         (["--layers", "1-2", "--units", "codebook"], "None of layers [1, 2] has a codebook head"),
         (
             ["--dataset", str(tmp_path)],

@@ -274,7 +274,9 @@ def test_user_errors(source_dir, audio_dir, tmp_path, capsys):
     assert "no codebook head" in run_cli(
         capsys, source_dir, audio_dir, tmp_path / "out", "--units", "codebook", "--layer", "1"
     )
-    assert "layer must be in [1, 4]" in run_cli(capsys, source_dir, audio_dir, tmp_path / "out", "--layer", "0")
+    assert "Layer 0 is not a layer of this model: it has layers 1 to 4" in run_cli(
+        capsys, source_dir, audio_dir, tmp_path / "out", "--layer", "0"
+    )
     manifest = tmp_path / "list.txt"
     manifest.write_text("a.wav\nmissing.wav\n")
     assert "missing.wav" in run_cli(capsys, source_dir, manifest, tmp_path / "out")

@@ -389,7 +389,9 @@ def test_kmeans_command_errors(source_dir, corpus, tmp_path, capsys):
         return message
 
     assert "no config.json" in error(str(tmp_path), "--dataset", str(corpus))
-    assert "--layer must be in [1, 4]" in error(str(source_dir), "--dataset", str(corpus), "--layer", "7")
+    assert "Layer 7 is not a layer of this model: it has layers 1 to 4" in error(
+        str(source_dir), "--dataset", str(corpus), "--layer", "7"
+    )
     assert "--num-clusters must be at least 2" in error(
         str(source_dir), "--dataset", str(corpus), "--num-clusters", "1"
     )

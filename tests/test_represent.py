@@ -81,8 +81,9 @@ def test_kmeans_units_and_hidden_states():
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"layers": [5]}, r"`layer` must be in \[1, 4\] for layer_results, got 5"),
-        ({"layers": [0]}, r"must be in \[1, 4\]"),
+        ({"layers": [5]}, "Layer 5 is not a layer of this model: it has layers 1 to 4"),
+        ({"layers": [0]}, "Layer 0 is not a layer of this model: it has layers 1 to 4"),
+        ({"layers": [5], "representation": "hidden_states"}, r"it has layers 0 to 4 \(0: the encoder input\)"),
         ({"layers": [1], "representation": "logits"}, "`representation` must be one of"),
         ({"units": "codebook", "unit_layers": [1]}, "Layer 1 has no codebook head"),
         ({"units": "kmeans"}, "no k-means centroids"),

@@ -22,22 +22,23 @@ from spidr_hf.slm.score import (
     score_benchmark,
     syntactic_accuracy,
 )
-from spidr_hf.slm.unit_lm import UnitSource, iter_blocks, read_extracted_units, sequence_log_probs, write_source
+from spidr_hf.slm.unit_lm import UnitVocabulary, iter_blocks, lm_identity, record_identity, sequence_log_probs
 from spidr_hf.units.extract import extract
+from spidr_hf.units.record import UnitIdentity, read_unit_sequences
 from spidr_hf_cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = UnitSource("m", "0" * 64, 3, "codebook", 16, True)
+SOURCE = UnitVocabulary(UnitIdentity("codebook", "m", "0" * 64, 3, 16, True))
 
 
-def tiny_lm(source: UnitSource = SOURCE) -> OPTForCausalLM:
+def tiny_lm(source: UnitVocabulary = SOURCE) -> OPTForCausalLM:
     torch.manual_seed(0)
     config = OPTConfig(
         vocab_size=source.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, ffn_dim=32,
         word_embed_proj_dim=16, max_position_embeddings=64, bos_token_id=source.bos, eos_token_id=source.eos,
         pad_token_id=source.pad,
     )  # fmt: skip
-    write_source(config, source)
+    record_identity(config, source.identity)
     return OPTForCausalLM(config).eval()
 
 
@@ -59,7 +60,7 @@ def test_scores_are_the_log_probabilities_of_each_sequence_alone():
 
 def test_tokens_and_packed_blocks():
     assert SOURCE.tokens(np.array([4, 4, 7, 7, 7, 4])) == [16, 4, 7, 4, 17]  # deduplicated, BOS and EOS
-    frames = UnitSource("m", "0" * 64, 3, "codebook", 16, False)
+    frames = UnitVocabulary(UnitIdentity("codebook", "m", "0" * 64, 3, 16, False))
     assert frames.tokens(np.array([4, 4, 7])) == [16, 4, 4, 7, 17]
     blocks = list(iter_blocks(iter([[16, 1, 2, 17], [16, 3, 17]]), block_size=3, pad=18))
     assert [block["input_ids"] for block in blocks] == [[16, 1, 2], [17, 16, 3], [17, 18, 18]]
@@ -85,7 +86,8 @@ def test_unit_datasets_pack_the_files_in_id_order_whatever_the_format_or_shards(
                 units_format="parquet", shard=part, batch_seconds=2)  # fmt: skip
     units["sharded"] = tmp_path / "sharded"
     assert len(list((tmp_path / "sharded" / "units").glob("*.parquet"))) == 2
-    source, by_id = read_extracted_units(units["txt"], deduplicate=True)
+    identity, by_id = read_unit_sequences(units["txt"], deduplicate=True)
+    source = UnitVocabulary(identity)
     for name, folder in units.items():
         _, train, evaluation = unit_datasets(UnitLMArguments(units=str(folder), block_size=16, eval_fraction=0.25))
         for split, is_held in ((train, False), (evaluation, True)):
@@ -104,7 +106,7 @@ def test_unit_datasets_pack_the_files_in_id_order_whatever_the_format_or_shards(
     shutil.rmtree(units["txt"])
     extract(source_dir, fewer, units["txt"], layer=layer, features=False, units="codebook")
     _, train, _ = unit_datasets(UnitLMArguments(units=str(units["txt"]), block_size=16, eval_fraction=0.0))
-    _, few = read_extracted_units(units["txt"], deduplicate=True)
+    _, few = read_unit_sequences(units["txt"], deduplicate=True)
     assert sum(sum(block["attention_mask"]) for block in train) == sum(len(source.tokens(u)) for u in few.values())
 
 
@@ -208,8 +210,9 @@ def test_train_then_score_a_unit_lm_end_to_end(source_dir, slm_benchmark, tmp_pa
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (ulm / "checkpoint-4").is_dir()
     lm = AutoModelForCausalLM.from_pretrained(ulm)
-    source, _ = read_extracted_units(units, deduplicate=True)
-    assert UnitSource.of_model(lm.config) == source and source.num_units == 16 and source.deduplicate
+    identity, _ = read_unit_sequences(units, deduplicate=True)
+    assert lm_identity(lm.config) == identity and identity.num_units == 16 and identity.deduplicate
+    source = UnitVocabulary(identity)
 
     output = tmp_path / "scores"
     argv = [
@@ -235,8 +238,10 @@ def test_train_then_score_a_unit_lm_end_to_end(source_dir, slm_benchmark, tmp_pa
         f"sWUGGY {results['swuggy']['all']:.2f} %" in printed and f"sBLIMP {results['sblimp']['all']:.2f} %" in printed
     )
     assert (output / "submission" / "meta.yaml").is_file()
-    # The scores are the LM's log-probabilities of the units of each file
-    lm_units = read_extracted_units(output / "units" / "lexical", deduplicate=True)[1]
+    # The scores are the LM's log-probabilities of the units of each file: those `spidr-hf extract` gives
+    extract(source_dir, slm_benchmark / "lexical/dev", tmp_path / "lexical-units", layer=3, features=False,
+            units="codebook", units_format="jsonl")  # fmt: skip
+    lm_units = read_unit_sequences(tmp_path / "lexical-units", deduplicate=True)[1]
     name = next(iter(lm_units))
     expected = sequence_log_probs(lm.eval(), [source.tokens(lm_units[name])], source.pad)[0]
     assert read_submission(output / "submission/lexical/dev.txt")[name] == pytest.approx(expected, rel=1e-6)
@@ -246,7 +251,7 @@ def test_train_then_score_a_unit_lm_end_to_end(source_dir, slm_benchmark, tmp_pa
     torch.manual_seed(1)
     SpidrForPreTraining(SpidrConfig.from_pretrained(source_dir)).save_pretrained(other)
     SpidrFeatureExtractor().save_pretrained(other)
-    with pytest.raises(ValueError, match=r"another quantizer.*weights_sha256"):
+    with pytest.raises(ValueError, match=r"trained on other units than .*weights_sha256"):
         score_benchmark(ulm, other, slm_benchmark, tmp_path / "other-scores", device="cpu")
     with pytest.raises(ValueError, match="already holds scores"):
         score_benchmark(ulm, source_dir, slm_benchmark, output, device="cpu")
@@ -257,12 +262,14 @@ def test_train_then_score_a_unit_lm_end_to_end(source_dir, slm_benchmark, tmp_pa
 
 
 def test_gold_phone_units_train_and_score_like_any_other_units(corpus, tmp_path):
+    from spidr_hf.slm.baselines import benchmark_phone_units, corpus_phone_units
     from spidr_hf.slm.benchmark import build_benchmark
-    from spidr_hf.units.phones import INVENTORY, benchmark_phone_units, corpus_phone_units
+    from spidr_hf.units.phones import INVENTORY
 
     train_units = corpus_phone_units(corpus, tmp_path / "train-units")
-    source, units = read_extracted_units(train_units, deduplicate=True)
-    assert source.unit_kind == "phones" and source.num_units == len(INVENTORY)
+    identity, units = read_unit_sequences(train_units, deduplicate=True)
+    assert identity.kind == "phones" and identity.num_units == len(INVENTORY) and identity.layer is None
+    source = UnitVocabulary(identity)
     from datasets import load_from_disk
 
     row = load_from_disk(str(corpus))["train"][0]
@@ -277,7 +284,7 @@ def test_gold_phone_units_train_and_score_like_any_other_units(corpus, tmp_path)
     assert results["swuggy"]["pairs"] == 3 and results["sblimp"]["pairs"] == 3
     # A ULM of other units refuses the phones
     tiny_lm().save_pretrained(tmp_path / "codebook-ulm")
-    with pytest.raises(ValueError, match="another quantizer"):
+    with pytest.raises(ValueError, match="trained on other units than"):
         score_benchmark(tmp_path / "codebook-ulm", None, benchmark, tmp_path / "other", units=benchmark_units)
 
 
@@ -285,28 +292,29 @@ def test_log_mel_units_are_the_nearest_centroids_and_score_like_any_other_units(
     from spidr_hf.data.aligned_speech import load_split
     from spidr_hf.data.audio import decode
     from spidr_hf.evaluation.features import log_mel
-    from spidr_hf.units.log_mel import benchmark_log_mel_units, corpus_log_mel_units
+    from spidr_hf.slm.baselines import benchmark_log_mel_units, corpus_log_mel_units
 
     kmeans = corpus_log_mel_units(corpus, tmp_path / "train-units", num_clusters=8, max_frames=2000)
-    source, units = read_extracted_units(tmp_path / "train-units", deduplicate=False)
-    assert source.unit_kind == "log_mel" and source.num_units == 8 and source.weights_sha256 == kmeans.sha256
+    identity, units = read_unit_sequences(tmp_path / "train-units", deduplicate=False)
+    assert identity == kmeans.identity and identity.kind == "log_mel" and identity.num_units == 8
+    assert identity.layer is None
     row = load_split(corpus, "dev")[0]
     frames = log_mel(row.audio).numpy()
     nearest = ((frames[:, None, :] - kmeans.centroids[None]) ** 2).sum(-1).argmin(1)
     assert units[row.id].tolist() == nearest.tolist() and len(set(nearest.tolist())) > 1
     # Refitted with the same seed: the same quantizer, so its units score with a ULM of the first fit's
     again = corpus_log_mel_units(corpus, tmp_path / "again", num_clusters=8, max_frames=2000)
-    assert again.sha256 == kmeans.sha256
+    assert again.identity == kmeans.identity
 
     benchmark_units = benchmark_log_mel_units(kmeans, slm_benchmark, tmp_path / "benchmark-units")
-    lexical = read_extracted_units(benchmark_units / "lexical", deduplicate=False)[1]
+    lexical = read_unit_sequences(benchmark_units / "lexical", deduplicate=False)[1]
     assert lexical["lex0v11"].tolist() == again.units(decode(slm_benchmark / "lexical/dev/lex0v11.wav")).tolist()
-    train_source, _ = read_extracted_units(tmp_path / "train-units", deduplicate=True)
-    tiny_lm(train_source).save_pretrained(tmp_path / "ulm")
+    train_identity, _ = read_unit_sequences(tmp_path / "train-units", deduplicate=True)
+    tiny_lm(UnitVocabulary(train_identity)).save_pretrained(tmp_path / "ulm")
     results = score_benchmark(tmp_path / "ulm", None, slm_benchmark, tmp_path / "scores", units=benchmark_units)
     assert results["swuggy"]["pairs"] == 3 and results["sblimp"]["pairs"] == 2
     other = corpus_log_mel_units(corpus, tmp_path / "other", num_clusters=8, max_frames=2000, seed=1)
-    with pytest.raises(ValueError, match="another quantizer"):
+    with pytest.raises(ValueError, match="trained on other units than"):
         score_benchmark(
             tmp_path / "ulm", None, slm_benchmark, tmp_path / "refused",
             units=benchmark_log_mel_units(other, slm_benchmark, tmp_path / "other-benchmark"),
@@ -318,14 +326,15 @@ def test_text_phones_are_the_phones_flite_speaks_for_the_drawn_sentences(tmp_pat
 
     from spidr_hf.data.flite import SPEAKERS, find_flite, phones_of
     from spidr_hf.data.sentences import load_sentences
-    from spidr_hf.units.phones import phone_ids, text_phone_units
+    from spidr_hf.slm.baselines import text_phone_units
+    from spidr_hf.units.phones import PhoneUnitEncoder
 
-    source, units = read_extracted_units(text_phone_units(tmp_path / "text", 6, seed=3), deduplicate=True)
-    assert source.unit_kind == "phones" and len(units) == 6
+    identity, units = read_unit_sequences(text_phone_units(tmp_path / "text", 6, seed=3), deduplicate=True)
+    assert identity == PhoneUnitEncoder().identity and len(units) == 6
     sentences = load_sentences()
     random.Random(3).shuffle(sentences)
     flite = find_flite()
-    spoken = [phone_ids(phones_of(flite, sentence, SPEAKERS[0])) for sentence in sentences[:6]]
+    spoken = [PhoneUnitEncoder().encode(phones_of(flite, sentence, SPEAKERS[0])).tolist() for sentence in sentences[:6]]
     assert [values.tolist() for values in units.values()] == spoken
 
 

@@ -6,7 +6,7 @@
 The config file (YAML or JSON) holds the fields of `UnitLMArguments` (spidr_hf.slm.training: the units folder,
 any transformers causal LM type and its config, the block size, deduplication) and of transformers'
 `TrainingArguments`; `--key=value` overrides them. The saved model loads with `AutoModelForCausalLM.from_pretrained`
-and its config records the unit source (`unit_source`: SpidR model and weights hash, layer, unit kind, number of
+and its config records the identity of its units (`unit_source`: SpidR model and weights hash, layer, unit kind, number of
 units, deduplication), which `spidr-hf slm-score` checks. A run whose `output_dir` holds checkpoints resumes.
 """
 
@@ -32,9 +32,9 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     check_output_dir(Path(training_args.output_dir), training_args.resume_from_checkpoint)
     set_seed(training_args.seed)
-    source, train, evaluation = unit_datasets(unit_args)
-    logger.info("Units: %s; %d training blocks of %d tokens", describe(source), len(train), unit_args.block_size)
-    model = build_unit_lm(unit_args, source)
+    identity, train, evaluation = unit_datasets(unit_args)
+    logger.info("Units: %s; %d training blocks of %d tokens", describe(identity), len(train), unit_args.block_size)
+    model = build_unit_lm(unit_args, identity)
     trainer = Trainer(
         model=model,
         args=training_args,

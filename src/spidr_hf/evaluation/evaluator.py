@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..data.aligned_speech import Utterance, load_random_audio, load_split
 from ..errors import SpidrError
-from ..model.loading import DTYPES, LoadedModel, check_device, in_dtype, load
+from ..model.loading import DTYPES, LoadedModel, check_device, in_dtype, load, load_config
 from ..model.modeling_spidr import UNIT_KINDS
 from ..model.representations import ModelRepresentations
 from ..units.clustering import fit_kmeans, kmeans_training_frames
@@ -110,14 +110,13 @@ def dev_tokens(utterances: Sequence[Utterance], items: Sequence[AbxItem], subset
     return Tokens(**fields)
 
 
-def check_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
-    """The requested 1-based layers, sorted (all of them when None); unknown layers are errors."""
+def check_layers(layers: Sequence[int] | None, config) -> list[int]:
+    """The requested 1-based layers, sorted (all of them when None), each checked by the config."""
     if layers is None:
-        return list(range(1, num_layers + 1))
-    unknown = sorted({layer for layer in layers if not 1 <= layer <= num_layers})
-    if unknown or not layers:
-        raise ValueError(f"Unknown layer(s) {unknown or layers}: the model has layers 1 to {num_layers}")
-    return sorted(set(layers))
+        return list(range(1, config.num_hidden_layers + 1))
+    if not layers:
+        raise SpidrError("No layer to evaluate: give at least one")
+    return sorted({config.check_layer(layer) for layer in layers})
 
 
 class EvaluationSource:
@@ -345,10 +344,10 @@ def evaluate_model(
         raise SpidrError(f"max_utterances must be positive, got {max_utterances}")
     if output_dir is not None:
         check_output(Path(output_dir), overwrite)
+    layers = check_layers(layers, load_config(model).config)  # before the weights load
     loaded, unit_kinds = load_for_units(model, units, dtype)
     model_obj, student, feature_extractor = loaded.model, loaded.student, loaded.feature_extractor
     check_frame_geometry(student.config)
-    layers = check_layers(layers, student.config.num_hidden_layers)
     codebook_layers = []
     if "codebook" in unit_kinds:
         codebook_layers = [layer for layer in layers if layer in student.config.codebook_layers]

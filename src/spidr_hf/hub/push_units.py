@@ -12,20 +12,19 @@ from ..errors import SpidrError
 from ..io.atomic_files import new_folder
 from ..units.card import CARD_FILE, read_card_source, render_card
 from ..units.formats import UnitsOutput
+from ..units.record import RECORD_FILE, read_record
 
 HUB_DATA_FOLDER = "data"  # where the parquet files go in the uploaded repository
 
 
 def units_of(output: Path) -> tuple[UnitsOutput, dict]:
     """The finished parquet units of an extract OUTPUT folder and their card's source entry; one-line errors."""
-    from ..units.extract import read_settings
-
-    settings = read_settings(output) if output.is_dir() else None
+    settings = read_record(output) if output.is_dir() else None
     if settings is None:
-        raise SpidrError(f"{output} is not an output folder of spidr-hf extract (no extract.json)")
-    if settings.get("units_format") != "parquet":
+        raise SpidrError(f"{output} is not an output folder of spidr-hf extract (no {RECORD_FILE})")
+    units_out = settings.units_output(output)
+    if units_out is None or units_out.format != "parquet":
         raise SpidrError(f"{output} holds no parquet units: extract them with --units-format parquet")
-    units_out = UnitsOutput(output / settings["units_file"], "parquet", bool(settings["deduplicate"]))
     source = read_card_source(output)
     if source is None or not units_out.parquet_files():
         raise SpidrError(f"The extraction into {output} is not finished (no dataset card yet): run it to the end")

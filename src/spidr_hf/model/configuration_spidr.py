@@ -218,6 +218,26 @@ class SpidrConfig(PreTrainedConfig):
         first, last = self.codebook_layers[0], self.codebook_layers[-1]
         return min(max(PAPER_BEST_LAYER, first), last)
 
+    def check_layer(self, layer: int, representation: str = "layer_results", units: str | None = None) -> int:
+        """
+        `layer` if this model gives `representation` (0 is the encoder input of `"hidden_states"`) and `units`
+        (`"codebook"`: a layer with a codebook head; `"kmeans"`: the stored centroids' layer) there, else a ValueError:
+        the one check and message of every command and of `represent`, on the config, before any weights load.
+        """
+        first = 0 if representation == "hidden_states" else 1
+        if isinstance(layer, bool) or not isinstance(layer, int) or not first <= layer <= self.num_hidden_layers:
+            raise ValueError(
+                f"Layer {layer} is not a layer of this model: it has layers {first} to {self.num_hidden_layers}"
+                + (" (0: the encoder input)" if first == 0 else "")
+            )
+        if units == "codebook" and layer not in self.codebook_layers:
+            raise ValueError(f"Layer {layer} has no codebook head; layers with one: {list(self.codebook_layers)}")
+        if units == "kmeans" and self.kmeans_layer is None:
+            raise ValueError("This model has no k-means centroids: fit them with `spidr-hf kmeans`")
+        if units == "kmeans" and layer != self.kmeans_layer:
+            raise ValueError(f"The k-means centroids of this model are of layer {self.kmeans_layer}, not {layer}")
+        return layer
+
     def check_values(self) -> None:
         """Raise a `ValueError` naming the first invalid hyper-parameter."""
         if self.objective not in OBJECTIVES:

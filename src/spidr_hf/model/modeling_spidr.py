@@ -676,10 +676,7 @@ class SpidrPreTrainedModel(PreTrainedModel):
             raise ValueError(f"`representation` must be one of {REPRESENTATIONS}, got {representation!r}.")
         first = 1 if representation == "layer_results" else 0
         for layer in layers:
-            if not first <= layer <= config.num_hidden_layers:
-                raise ValueError(
-                    f"`layer` must be in [{first}, {config.num_hidden_layers}] for {representation}, got {layer}."
-                )
+            config.check_layer(layer, representation)
         unit_layers = self._check_unit_layers(units, unit_layers)
         codebook = units == "codebook"
         # One place for which layers run: the last one asked for (at least one, also for the encoder input), or all
@@ -720,20 +717,12 @@ class SpidrPreTrainedModel(PreTrainedModel):
                     f"{type(self).__name__}."
                 )
             unit_layers = [config.default_unit_layer] if unit_layers is None else list(unit_layers)
-            for layer in unit_layers:
-                if layer not in config.codebook_layers:
-                    raise ValueError(
-                        f"Layer {layer} has no codebook head; layers with one: {list(config.codebook_layers)}."
-                    )
-            return unit_layers
+            return [config.check_layer(layer, units=units) for layer in unit_layers]
         if units == "kmeans":
             if self.base_model.kmeans is None:
                 raise ValueError("This model has no k-means centroids: fit them with `spidr-hf kmeans`.")
             unit_layers = [config.kmeans_layer] if unit_layers is None else list(unit_layers)
-            for layer in unit_layers:
-                if layer != config.kmeans_layer:
-                    raise ValueError(f"The k-means centroids are of layer {config.kmeans_layer}, not {layer}.")
-            return unit_layers
+            return [config.check_layer(layer, units=units) for layer in unit_layers]
         raise ValueError(f"`units` must be one of {UNIT_KINDS} (or None), got {units!r}.")
 
     def _get_feat_extract_output_lengths(self, input_lengths: torch.Tensor | int) -> torch.Tensor:

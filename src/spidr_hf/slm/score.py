@@ -1,8 +1,9 @@
 """
 `spidr-hf slm-score`: zero-shot spoken-LM scores of a unit LM on a benchmark in the ZeroSpeech 2021 sLM21 layout
-(`lexical/dev/*.wav` + `gold.csv`, `syntactic/dev/*.wav` + `gold.csv`): the units of every file from the quantizer
-the LM was trained on (through `spidr-hf extract`), a score per file (the LM's log-probability of its units), a
-submission folder the official ZeroSpeech tools read, and the accuracies as the official sLM21 scoring computes them.
+(`lexical/dev/*.wav` + `gold.csv`, `syntactic/dev/*.wav` + `gold.csv`): the units of every file from the encoder
+the LM was trained on (rebuilt from the LM's record, in memory), a score per file (the LM's log-probability of its
+units), a submission folder the official ZeroSpeech tools read, and the accuracies as the official sLM21 scoring
+computes them.
 
 - sWUGGY (lexical): a word and its non-word pair up by (voice, id); a pair scores 1 when the word's score is higher,
   0.5 on a tie, 0 else; the mean over voices gives each id's score, the mean over ids the accuracy ("all"). With word
@@ -14,7 +15,6 @@ submission folder the official ZeroSpeech tools read, and the accuracies as the 
 
 import argparse
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -23,8 +23,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from statistics import fmean
 
+import numpy as np
+
+from ..data.audio import file_seconds
+from ..data.audio_batches import AudioFile
 from ..errors import SpidrError
-from ..io.atomic_files import write_text_atomically
+from ..io.atomic_files import write_text_atomically, writing
+from ..model.modeling_spidr import UNIT_KINDS
+from ..units.encoder import SpidrUnitEncoder, UnitEncoder
+from ..units.record import UnitIdentity, read_unit_sequences
 
 # The sLM21 layout's task folders and the benchmark each one is scored as
 BENCHMARK_OF_TASK = {"lexical": "swuggy", "syntactic": "sblimp"}
@@ -162,22 +169,23 @@ def score_benchmark(
     *,
     mean_per_unit: bool = False,
     device: str | None = None,
-    dtype: str = "float32",
+    units_dtype: str = "float32",
     batch_size: int = 16,
     overwrite: bool = False,
     units: str | os.PathLike | None = None,
 ) -> dict:
     """
-    Score the unit LM `ulm` on the sLM21-layout benchmark `data`, with the units of `units_model` (the quantizer the
-    LM was trained on: checked), or those already in `units`/TASK (folders in `spidr-hf extract`'s format, e.g. gold
-    phones); writes OUTPUT/units/TASK (the extracted units, resumable), OUTPUT/submission (the challenge's layout)
-    and OUTPUT/scores.json, and returns the scores.
+    Score the unit LM `ulm` on the sLM21-layout benchmark `data`, with the units of the encoder it was trained on,
+    rebuilt from its config's record: the `units_model`'s layer and unit kind (checked: its weights must be those the
+    units came from; it runs in `units_dtype`), or the units already in `units`/TASK (units folders, e.g. gold
+    phones). The benchmark's units are encoded in memory and cached in OUTPUT/units/TASK.jsonl (a rerun after an
+    interruption goes on from there); writes OUTPUT/submission (the challenge's layout) and OUTPUT/scores.json, and
+    returns the scores.
     """
     if (units_model is None) == (units is None):
         raise SpidrError("Give the units model (--units-model) or folders of units (--units), one of them")
     from ..model.loading import check_device
-    from ..units.extract import extract
-    from .unit_lm import load_unit_lm, read_extracted_units, sequence_log_probs
+    from .unit_lm import UnitVocabulary, load_unit_lm, sequence_log_probs
 
     data, output = Path(data), Path(output)
     if (output / SCORES_FILE).exists() and not overwrite:
@@ -187,41 +195,98 @@ def score_benchmark(
         raise SpidrError(f"{data} holds neither lexical/dev/gold.csv nor syntactic/dev/gold.csv (the sLM21 layout)")
     golds = {task: read_gold(folder / "gold.csv", task) for task, folder in tasks.items()}
     device = check_device(device)
-    lm, source = load_unit_lm(ulm, device)
-    results: dict = {
-        "ulm": str(ulm),
-        "unit_source": dataclasses.asdict(source),
-        "score": "mean" if mean_per_unit else "sum",
-    }
+    lm, identity = load_unit_lm(ulm, device)
+    vocabulary = UnitVocabulary(identity)
+    encoder = None if units_model is None else lm_encoder(ulm, identity, units_model, device, units_dtype)
+    results: dict = {"ulm": str(ulm), "unit_source": identity.to_dict(), "score": "mean" if mean_per_unit else "sum"}
     for task, folder in tasks.items():
-        if units is not None:
-            units_dir = Path(units) / task
+        names = list(dict.fromkeys(row["filename"] for row in golds[task]))
+        if encoder is not None:
+            files = benchmark_files(folder, names)
+            file_units = cached_units(encoder, files, output / "units" / f"{task}.jsonl")
         else:
-            units_dir = output / "units" / task
-            extract(
-                units_model, folder, units_dir, layer=source.layer, features=False, units=source.unit_kind,
-                units_format="jsonl", device=device, dtype=dtype,
-            )  # fmt: skip
-        extracted, file_units = read_extracted_units(units_dir, source.deduplicate)
-        differences = source.differences(extracted)
-        if differences:
-            raise SpidrError(
-                f"{ulm} was trained on units of another quantizer than {units_model or units_dir} gives "
-                f"({'; '.join(differences)}): score it with the model and layer it was trained on"
-            )
-        missing = [row["filename"] for row in golds[task] if row["filename"] not in file_units]
-        if missing:
-            raise SpidrError(f"{len(missing)} file(s) of {folder / 'gold.csv'} have no audio in {folder}: {missing[0]}")
-        names = [row["filename"] for row in golds[task]]
-        sequences = [source.tokens(file_units[name]) for name in names]
-        values = sequence_log_probs(lm, sequences, source.pad, batch_size, mean=mean_per_unit)
-        scores = dict(zip(names, values, strict=True))
+            units_dir = Path(units) / task
+            folder_identity, file_units = read_unit_sequences(units_dir, identity.deduplicate)
+            check_same_units(ulm, identity, folder_identity, units_dir)
+            missing = [name for name in names if name not in file_units]
+            if missing:
+                raise SpidrError(
+                    f"{len(missing)} file(s) of {folder / 'gold.csv'} have no units in {units_dir}: {missing[0]}"
+                )
+        sequences = [vocabulary.tokens(file_units[row["filename"]]) for row in golds[task]]
+        values = sequence_log_probs(lm, sequences, vocabulary.pad, batch_size, mean=mean_per_unit)
+        scores = dict(zip((row["filename"] for row in golds[task]), values, strict=True))
         write_submission(output / "submission", task, golds[task], scores)
         results[BENCHMARK_OF_TASK[task]] = ACCURACY[task](golds[task], scores)
-    description = f"{source.unit_kind} units (layer {source.layer}) of {Path(source.model).name}, scored by {ulm}"
+    kind = f"{identity.kind} units" + (f" (layer {identity.layer})" if identity.layer is not None else "")
+    description = f"{kind} of {Path(identity.model).name}, scored by {ulm}"
     write_text_atomically(output / "submission" / "meta.yaml", META.format(description=description, train_set=""))
     write_text_atomically(output / SCORES_FILE, json.dumps(results, indent=2) + "\n")
     return results
+
+
+def lm_encoder(
+    ulm: str | os.PathLike, identity: UnitIdentity, units_model: str | os.PathLike, device: str, dtype: str
+) -> SpidrUnitEncoder:
+    """The encoder of the units `ulm` was trained on, rebuilt from `units_model` as the LM's record says (kind,
+    layer, deduplication), and checked to give those units."""
+    if identity.kind not in UNIT_KINDS:
+        raise SpidrError(
+            f"{ulm} was trained on {identity.kind} units, which no SpidR model gives: score it with --units, folders "
+            "of those units of the benchmark"
+        )
+    encoder = SpidrUnitEncoder.from_pretrained(
+        units_model, identity.kind, identity.layer, deduplicate=identity.deduplicate, device=device, dtype=dtype
+    )
+    check_same_units(ulm, identity, encoder.identity, units_model)
+    return encoder
+
+
+def check_same_units(ulm: str | os.PathLike, trained: UnitIdentity, given: UnitIdentity, source) -> None:
+    """One line naming what differs when `source` gives other units than those `ulm` was trained on."""
+    differences = trained.differences(given)
+    if differences:
+        raise SpidrError(
+            f"{ulm} was trained on other units than {source} gives ({'; '.join(differences)}): score it with the "
+            "encoder it was trained on (the model, layer, unit kind and dtype of its units)"
+        )
+
+
+def benchmark_files(folder: Path, names: Sequence[str]) -> list[AudioFile]:
+    """The audio files `folder/NAME.wav` of a task's gold names, with their durations; missing ones in one line."""
+    missing = [name for name in names if not (folder / f"{name}.wav").is_file()]
+    if missing:
+        raise SpidrError(f"{len(missing)} file(s) of {folder / 'gold.csv'} have no audio in {folder}: {missing[0]}")
+    return [AudioFile(folder / f"{name}.wav", name, file_seconds(folder / f"{name}.wav")) for name in names]
+
+
+def cached_units(encoder: UnitEncoder, files: Sequence[AudioFile], cache: Path) -> dict[str, np.ndarray]:
+    """
+    The encoder's units of `files`, from the cache file `cache` as far as it goes (a JSON line of the encoder's
+    identity, then one `{"id", "units"}` line per file), the others encoded and appended batch by batch. A cache of
+    another identity is started anew; a line cut off by an interruption is dropped.
+    """
+    header = json.dumps({"identity": encoder.identity.to_dict()})
+    lines = cache.read_bytes().split(b"\n")[:-1] if cache.is_file() else []  # the last, unterminated part: cut off
+    units: dict[str, np.ndarray] = {}
+    if lines and lines[0].decode("utf-8", errors="replace") == header:
+        for line in lines[1:]:
+            row = json.loads(line)
+            units[row["id"]] = np.asarray(row["units"], dtype=np.int64)
+        kept = b"".join(line + b"\n" for line in lines)
+    else:
+        kept = (header + "\n").encode()
+    with writing(cache):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(kept)
+        with open(cache, "a", encoding="utf-8") as appended:
+            for batch in encoder.encode_batches(files, done=frozenset(units)):
+                for id, values in batch.items():
+                    if id not in units:
+                        units[id] = values
+                        appended.write(json.dumps({"id": id, "units": values.tolist()}) + "\n")
+                appended.flush()
+    return units
 
 
 def format_scores(results: Mapping) -> str:
@@ -245,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
         args.output,
         mean_per_unit=args.mean_per_unit,
         device=args.device,
-        dtype=args.dtype,
+        units_dtype=args.dtype,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         units=args.units,

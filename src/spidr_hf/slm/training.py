@@ -11,7 +11,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from ..errors import ConfigError
 from ..training.splits import held_out
-from .unit_lm import UnitSource, extracted_units, iter_blocks, write_source
+from ..units.record import UnitIdentity, read_units
+from .unit_lm import UnitVocabulary, iter_blocks, record_identity
 
 
 @dataclass
@@ -30,7 +31,7 @@ class UnitLMArguments:
 
 def unit_datasets(args: UnitLMArguments):
     """
-    The source of the units, and the train / eval `datasets.Dataset`s of packed blocks (eval None when empty). Built
+    The identity of the units, and the train / eval `datasets.Dataset`s of packed blocks (eval None when empty). Built
     on disk, file by file, through `datasets` (Arrow files in its cache, reused while the units do not change): memory
     holds a batch of rows, whatever the corpus (Libri-Light's 6k h of deduplicated units are ~5e8 tokens).
     """
@@ -40,13 +41,14 @@ def unit_datasets(args: UnitLMArguments):
         raise ConfigError(f"block_size must be at least 2, got {args.block_size}")
     if not 0 <= args.eval_fraction < 1:
         raise ConfigError(f"eval_fraction must be in [0, 1), got {args.eval_fraction}")
-    source, units_out = extracted_units(args.units, args.deduplicate)
+    identity, units_out = read_units(args.units, args.deduplicate)
+    vocabulary = UnitVocabulary(identity)
     # Files in id order, whatever order the shards of the extraction wrote them in
     files = Dataset.from_generator(
         _token_rows,
         features=Features({"id": Value("string"), "tokens": Sequence(Value("int32"))}),
         # No list among the arguments: datasets would take a list for shards, one generator call each
-        gen_kwargs={"units_out": units_out, "source": source, "signature": units_signature(units_out)},
+        gen_kwargs={"units_out": units_out, "vocabulary": vocabulary, "signature": units_signature(units_out)},
     ).sort("id")
     held = [held_out(id, args.eval_fraction) for id in files["id"]]
     splits = {
@@ -59,10 +61,10 @@ def unit_datasets(args: UnitLMArguments):
     )
 
     def packed(split):
-        kwargs = {"files": split, "block_size": args.block_size, "pad": source.pad}
+        kwargs = {"files": split, "block_size": args.block_size, "pad": vocabulary.pad}
         return Dataset.from_generator(_blocks, features=block, gen_kwargs=kwargs)
 
-    return source, packed(splits[False]), packed(splits[True]) if len(splits[True]) else None
+    return identity, packed(splits[False]), packed(splits[True]) if len(splits[True]) else None
 
 
 def units_signature(units_out) -> str:
@@ -72,9 +74,9 @@ def units_signature(units_out) -> str:
     return ";".join(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in paths)
 
 
-def _token_rows(units_out, source: UnitSource, signature: str) -> Iterator[dict]:
+def _token_rows(units_out, vocabulary: UnitVocabulary, signature: str) -> Iterator[dict]:
     for id, units in units_out.iter_units():
-        yield {"id": id, "tokens": source.tokens(units)}
+        yield {"id": id, "tokens": vocabulary.tokens(units)}
 
 
 def _blocks(files, block_size: int, pad: int) -> Iterator[dict]:
@@ -82,13 +84,14 @@ def _blocks(files, block_size: int, pad: int) -> Iterator[dict]:
     yield from iter_blocks(sequences, block_size, pad)
 
 
-def build_unit_lm(args: UnitLMArguments, source: UnitSource) -> PreTrainedModel:
-    """A new causal LM of `model_type` whose tokens are the source's units, BOS, EOS and PAD."""
+def build_unit_lm(args: UnitLMArguments, identity: UnitIdentity) -> PreTrainedModel:
+    """A new causal LM of `model_type` whose tokens are the units of `identity`, BOS, EOS and PAD."""
+    vocabulary = UnitVocabulary(identity)
     fixed = {
-        "vocab_size": source.vocab_size,
-        "bos_token_id": source.bos,
-        "eos_token_id": source.eos,
-        "pad_token_id": source.pad,
+        "vocab_size": vocabulary.vocab_size,
+        "bos_token_id": vocabulary.bos,
+        "eos_token_id": vocabulary.eos,
+        "pad_token_id": vocabulary.pad,
     }
     clashes = sorted(set(fixed) & set(args.model_config))
     if clashes:
@@ -100,5 +103,5 @@ def build_unit_lm(args: UnitLMArguments, source: UnitSource) -> PreTrainedModel:
     context = getattr(config, "max_position_embeddings", None)
     if context is not None and context < args.block_size:
         raise ConfigError(f"block_size {args.block_size} exceeds the model's max_position_embeddings {context}")
-    write_source(config, source)
+    record_identity(config, identity)
     return AutoModelForCausalLM.from_config(config)

@@ -1,13 +1,12 @@
 """
-Unit language models: the units of a `spidr-hf extract` OUTPUT as token sequences for any transformers causal LM
-(`training/train_ulm.py` trains one), what made those units (`UnitSource`, recorded in the LM's config so that it
-scores only units of the same quantizer), and the log-probability of unit sequences (`spidr-hf slm-score`).
+Unit language models: the tokens of units for any transformers causal LM (`UnitVocabulary`; `training/train_ulm.py`
+trains one), the identity of the units an LM was trained on (recorded in its config, so that it scores only units of
+the same encoder), and the log-probability of unit sequences (`spidr-hf slm-score`).
 
 Vocabulary: unit u is token u (0 <= u < num_units), then BOS, EOS and PAD. A file is BOS, its units, EOS; training
 sequences are files laid end to end and cut into blocks of `block_size` tokens (the last block padded).
 """
 
-import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,112 +17,69 @@ import torch
 
 from ..errors import ModelLoadError, SpidrError
 from ..model.pipeline_spidr import run_starts
-from ..units.formats import UnitsOutput
-
-SOURCE_KEY = "unit_source"  # the LM config's entry with its UnitSource
+from ..units.record import LM_CONFIG_KEY, UnitIdentity
 
 
 @dataclass(frozen=True)
-class UnitSource:
-    """What produced a unit LM's tokens: units of another source are another language."""
+class UnitVocabulary:
+    """The tokens of a unit LM whose units are those of `identity`."""
 
-    model: str  # the model as `extract` recorded it (informative: the weights' hash decides)
-    weights_sha256: str
-    layer: int
-    unit_kind: str  # codebook or kmeans
-    num_units: int
-    deduplicate: bool  # runs of a unit merged into one token
-
-    def differences(self, other: "UnitSource") -> list[str]:
-        """'field: ours -> theirs' for every field but the model's name that differs."""
-        return [
-            f"{field.name}: {getattr(self, field.name)} -> {getattr(other, field.name)}"
-            for field in dataclasses.fields(self)
-            if field.name != "model" and getattr(self, field.name) != getattr(other, field.name)
-        ]
+    identity: UnitIdentity
 
     @property
     def bos(self) -> int:
-        return self.num_units
+        return self.identity.num_units
 
     @property
     def eos(self) -> int:
-        return self.num_units + 1
+        return self.identity.num_units + 1
 
     @property
     def pad(self) -> int:
-        return self.num_units + 2
+        return self.identity.num_units + 2
 
     @property
     def vocab_size(self) -> int:
-        return self.num_units + 3
+        return self.identity.num_units + 3
 
     def tokens(self, units: np.ndarray) -> list[int]:
-        """BOS, the units (deduplicated when the source is), EOS."""
+        """BOS, the units (runs merged when the identity deduplicates), EOS."""
         units = np.asarray(units)
-        if self.deduplicate:
+        if self.identity.deduplicate:
             units = units[run_starts(units)]
         return [self.bos, *(int(unit) for unit in units), self.eos]
 
-    @classmethod
-    def of_model(cls, config) -> "UnitSource":
-        """The source recorded in a unit LM's config; one line when it has none (not trained by spidr-hf)."""
-        recorded = getattr(config, SOURCE_KEY, None)
-        if not isinstance(recorded, dict):
-            raise SpidrError(
-                f"The language model has no {SOURCE_KEY} in its config: it was not trained on units by spidr-hf"
-            )
-        return cls(**recorded)
+
+def lm_identity(config) -> UnitIdentity:
+    """The identity of the units recorded in a unit LM's config; one line when it has none (not trained by
+    spidr-hf)."""
+    recorded = getattr(config, LM_CONFIG_KEY, None)
+    if not isinstance(recorded, dict):
+        raise SpidrError(
+            f"The language model has no {LM_CONFIG_KEY} in its config: it was not trained on units by spidr-hf"
+        )
+    return UnitIdentity.from_dict(recorded)
+
+
+def record_identity(config, identity: UnitIdentity) -> None:
+    """Record in a unit LM's config the identity of the units it is trained on."""
+    setattr(config, LM_CONFIG_KEY, identity.to_dict())
+
+
+def describe(identity: UnitIdentity) -> str:
+    return json.dumps(identity.to_dict())
 
 
 def load_unit_lm(source: str | Path, device: str):
-    """A unit LM (`training/train_ulm.py`'s output) in eval mode on `device`, and its unit source; one-line errors."""
+    """A unit LM (`training/train_ulm.py`'s output) in eval mode on `device`, and the identity of its units; one-line
+    errors."""
     from transformers import AutoModelForCausalLM
 
     try:
         lm = AutoModelForCausalLM.from_pretrained(source)
     except (OSError, ValueError) as error:  # no such folder or repo, or a model that is no causal LM
         raise ModelLoadError(f"Cannot load the unit LM {source}: {' '.join(str(error).split())[:300]}") from error
-    return lm.to(device).eval(), UnitSource.of_model(lm.config)
-
-
-def read_extracted_units(output: str | Path, deduplicate: bool) -> tuple[UnitSource, dict[str, np.ndarray]]:
-    """
-    The frame units of every file of a finished `spidr-hf extract --units ...` OUTPUT (txt, jsonl or parquet) and
-    their source, in memory (`extracted_units` reads them one file at a time). Units deduplicated at extraction stay so
-    (`deduplicate=False` cannot undo it).
-    """
-    source, units_out = extracted_units(output, deduplicate)
-    return source, dict(units_out.iter_units())
-
-
-def extracted_units(output: str | Path, deduplicate: bool) -> tuple[UnitSource, UnitsOutput]:
-    """The source of the units of a finished `spidr-hf extract --units ...` OUTPUT, and their reader."""
-    from ..units.extract import read_settings
-
-    output = Path(output)
-    settings = read_settings(output) if output.is_dir() else None
-    if settings is None or settings.get("units") is None:
-        raise SpidrError(
-            f"{output} is not an output folder of `spidr-hf extract --units ...` (no units in extract.json)"
-        )
-    if settings.get("num_units") is None:
-        raise SpidrError(
-            f"{output} was extracted by a spidr-hf that did not record the number of units: extract it again"
-        )
-    units_format, deduplicated = settings["units_format"], bool(settings["deduplicate"])
-    units_out = UnitsOutput(output / settings["units_file"], units_format, deduplicated)
-    if units_out.num_rows() == 0:
-        raise SpidrError(f"{output} holds no units yet: run the extraction to the end")
-    source = UnitSource(
-        model=settings["model"],
-        weights_sha256=settings["weights_sha256"],
-        layer=settings["layer"],
-        unit_kind=settings["units"],
-        num_units=settings["num_units"],
-        deduplicate=deduplicated or deduplicate,
-    )
-    return source, units_out
+    return lm.to(device).eval(), lm_identity(lm.config)
 
 
 def iter_blocks(sequences: Iterable[list[int]], block_size: int, pad: int) -> Iterator[dict[str, list[int]]]:
@@ -181,11 +137,3 @@ def sequence_log_probs(
             value = log_probs[row].item()
             scores[index] = value / (len(sequences[index]) - 1) if mean else value
     return scores
-
-
-def write_source(config, source: UnitSource) -> None:
-    setattr(config, SOURCE_KEY, dataclasses.asdict(source))
-
-
-def describe(source: UnitSource) -> str:
-    return json.dumps(dataclasses.asdict(source))

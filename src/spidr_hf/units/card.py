@@ -10,24 +10,25 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..io.atomic_files import write_text_atomically
 from .formats import UnitsOutput
+from .record import ExtractSettings
 
 CARD_FILE = "README.md"
 CARD_KEY = "spidr_hf_units"  # the card's YAML entry with what made the units (and that says spidr-hf wrote the card)
 
 
-def units_source(settings: dict, facts: dict, num_rows: int) -> dict:
+def units_source(settings: ExtractSettings, facts: dict, num_rows: int) -> dict:
     """What made the units, as the card records it. Local paths are not published: a model folder is named by its
     folder's name (its weights by their hash), the input by its folder's name."""
-    model = settings["model"]
+    model = settings.model
     return {
         "model": Path(model).name if Path(model).is_absolute() else model,
-        "weights_sha256": settings["weights_sha256"],
-        "layer": settings["layer"],
-        "unit_kind": settings["units"],
+        "weights_sha256": settings.weights_sha256,
+        "layer": settings.layer,
+        "unit_kind": settings.units,
         **facts,
-        "deduplicated": settings["deduplicate"],
-        "dtype": settings["dtype"],
-        "input": Path(settings["input"]).name,
+        "deduplicated": settings.deduplicate,
+        "dtype": settings.dtype,
+        "input": Path(settings.input).name,
         "files": num_rows,
     }
 
@@ -73,7 +74,7 @@ def read_card_source(folder: Path) -> dict | None:
     return source if isinstance(source, dict) else None
 
 
-def write_dataset_card(output: Path, units_out: UnitsOutput, settings: dict, facts: dict) -> None:
+def write_dataset_card(output: Path, units_out: UnitsOutput, settings: ExtractSettings, facts: dict) -> None:
     """OUTPUT/README.md for the parquet units (loadable with `load_dataset(OUTPUT)`); a README.md that spidr-hf did
     not write is left alone."""
     path = output / CARD_FILE

@@ -23,7 +23,6 @@ from ..model.loading import DTYPES, check_device, finetuned_head, in_dtype, load
 from ..model.representations import ModelRepresentations
 from .clustering import StreamingKMeans
 
-DEFAULT_FRAMES = 100_000  # 2000 s at 50 Hz: enough for a few hundred centroids
 DEFAULT_BATCH_SIZE = 8  # utterances per forward pass
 # Frames held in memory at once: 1.5 GB of float32 768-dim layer results. More --kmeans-frames than that stream through
 DEFAULT_MEMORY_FRAMES = 500_000
@@ -142,8 +141,7 @@ def run(args: argparse.Namespace) -> int:
             "was fine-tuned from"
         )
     layer = config.default_feature_layer if args.layer is None else args.layer
-    if not 1 <= layer <= config.num_hidden_layers:
-        raise SpidrError(f"--layer must be in [1, {config.num_hidden_layers}], got {layer}")
+    config.check_layer(layer)
     output = Path(args.output) if args.output is not None else model_dir
     if args.output is not None and output.exists() and not output.is_dir():
         raise SpidrError(f"--output {output} is a file: choose a new or empty folder (or leave --output out: in place)")
