@@ -3,11 +3,11 @@
     accelerate launch training/train_ulm.py training/configs/ulm_opt125m.yaml --units=units-out
     python training/train_ulm.py training/configs/ulm_tiny.yaml --units=runs/units --output_dir=runs/ulm
 
-The config file (YAML or JSON) holds the fields of `UnitLMArguments` (spidr_hf.slm.training: the units folder,
-any transformers causal LM type and its config, the block size, deduplication) and of transformers'
-`TrainingArguments`; `--key=value` overrides them. The saved model loads with `AutoModelForCausalLM.from_pretrained`
-and its config records the identity of its units (`unit_source`: SpidR model and weights hash, layer, unit kind, number of
-units, deduplication), which `spidr-hf slm-score` checks. A run whose `output_dir` holds checkpoints resumes.
+The config file (YAML or JSON) holds the fields of `UnitLMArguments` (spidr_hf.slm.training: the units folder, any
+transformers causal LM type and its config, the block size, deduplication) and of transformers' `TrainingArguments`;
+`--key=value` overrides them. The saved model loads with `AutoModelForCausalLM.from_pretrained` and its config records
+the identity of its units (`unit_source`: SpidR model and weights hash, layer, unit kind, number of units,
+deduplication), which `spidr-hf slm-score` checks. A run whose `output_dir` holds checkpoints resumes.
 """
 
 import logging
