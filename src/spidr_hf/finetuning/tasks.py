@@ -27,6 +27,7 @@ import torch
 from transformers import EvalPrediction, Trainer, Wav2Vec2PhonemeCTCTokenizer, Wav2Vec2Processor
 
 from ..data.aligned_speech import open_corpus_split
+from ..data.audio import audio_duration
 from ..data.flite import PHONE_CLASSES
 from ..errors import ConfigError, ModelLoadError
 from ..model.configuration_spidr import REPRESENTATIONS, SAMPLING_RATE, SpidrConfig
@@ -143,8 +144,6 @@ class FinetuneTask:
 def audio_num_samples(dataset) -> list[int]:
     """16 kHz samples of each utterance, from the file headers (no decoding)."""
     from datasets import Audio
-
-    from ..data.audio import audio_duration
 
     undecoded = dataset.select_columns(["audio"]).cast_column("audio", Audio(decode=False))
     lengths = []

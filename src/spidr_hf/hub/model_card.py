@@ -15,6 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..evaluation.schema import METRICS, EvaluationReport
 from ..model.configuration_spidr import SpidrConfig
+from ..model.modeling_spidr import HEAD_AUTO_CLASSES, HEAD_PIPELINE_TASKS
 from ..model.pipeline_spidr import DEFAULT_CHUNK_LENGTH_S, DEFAULT_STRIDE_LENGTH_S
 
 CARD_TAGS = ["audio", "speech", "self-supervised-learning", "speech-representation", "discrete-units"]
@@ -278,8 +279,6 @@ def render_finetuned_card(
     config: SpidrConfig, options: CardOptions, metrics: dict[str, float], tokenizer: object | None
 ) -> ModelCard:
     """Render model_cards/finetuned.md: what the head does, its pipeline's usage, its evaluation figures."""
-    from ..model.modeling_spidr import HEAD_AUTO_CLASSES, HEAD_PIPELINE_TASKS
-
     if options.official is not None:
         raise ValueError("--official names a pretrained checkpoint; this is a fine-tuned model.")
     if options.evaluation is not None:

@@ -13,6 +13,7 @@ from ..io.atomic_files import new_folder
 from ..units.card import CARD_FILE, read_card_source, render_card
 from ..units.formats import UnitsOutput
 from ..units.record import RECORD_FILE, read_record
+from .push import check_repo_id, hub_api, upload_release
 
 HUB_DATA_FOLDER = "data"  # where the parquet files go in the uploaded repository
 
@@ -52,8 +53,6 @@ def write_hub_folder(output: Path, destination: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub.push import check_repo_id, hub_api, upload_release
-
     repo_id = check_repo_id(args.repo_id)
     output = Path(args.output)
     if args.dry_run is not None:

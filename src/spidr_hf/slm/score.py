@@ -29,9 +29,11 @@ from ..data.audio import file_seconds
 from ..data.audio_batches import AudioFile
 from ..errors import SpidrError
 from ..io.atomic_files import write_text_atomically, writing
+from ..model.loading import check_device
 from ..model.modeling_spidr import UNIT_KINDS
 from ..units.encoder import SpidrUnitEncoder, UnitEncoder
 from ..units.record import UnitIdentity, read_unit_sequences
+from .unit_lm import UnitVocabulary, load_unit_lm, sequence_log_probs
 
 # The sLM21 layout's task folders and the benchmark each one is scored as
 BENCHMARK_OF_TASK = {"lexical": "swuggy", "syntactic": "sblimp"}
@@ -184,9 +186,6 @@ def score_benchmark(
     """
     if (units_model is None) == (units is None):
         raise SpidrError("Give the units model (--units-model) or folders of units (--units), one of them")
-    from ..model.loading import check_device
-    from .unit_lm import UnitVocabulary, load_unit_lm, sequence_log_probs
-
     data, output = Path(data), Path(output)
     if (output / SCORES_FILE).exists() and not overwrite:
         raise SpidrError(f"{output} already holds scores ({SCORES_FILE}): pass --overwrite, or choose another --output")
