@@ -3,23 +3,20 @@
 import inspect
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import spidr_hf_cli
-from spidr_hf.data.corpus import build_corpus
 from spidr_hf.errors import SpidrError, is_user_error
 from spidr_hf.evaluation import evaluate_model
 from spidr_hf.model.configuration_spidr import OBJECTIVES
 from spidr_hf.model.loading import DTYPES
 from spidr_hf.model.modeling_spidr import UNIT_KINDS
-from spidr_hf.units import encoder as encoder_module
 from spidr_hf.units import extract as extract_module
-from spidr_hf.units import kmeans as kmeans_module
-from spidr_hf.units.clustering import DEFAULT_KMEANS_FRAMES
-from spidr_hf.units.formats import UNITS_FORMATS
-from spidr_hf_cli import main
+from spidr_hf.units.kmeans import fit_model_kmeans
+from spidr_hf_cli import commands, main
 
 
 def test_parsing_and_help_import_neither_torch_nor_transformers():
@@ -43,27 +40,25 @@ def test_python_dash_m_runs_the_command_line():
     assert "usage: spidr-hf" in completed.stdout and "evaluate" in completed.stdout
 
 
-def test_the_command_lines_vocabulary_is_the_librarys():
-    assert spidr_hf_cli.UNIT_KINDS == UNIT_KINDS
-    assert tuple(DTYPES) == spidr_hf_cli.DTYPES
-    assert spidr_hf_cli.OBJECTIVES == OBJECTIVES
-    extract_defaults = inspect.signature(extract_module.extract).parameters
-    assert extract_defaults["batch_seconds"].default is None  # the device decides
-    assert spidr_hf_cli.ACCELERATOR_BATCH_SECONDS == encoder_module.ACCELERATOR_BATCH_SECONDS
-    assert spidr_hf_cli.CPU_BATCH_SECONDS == encoder_module.CPU_BATCH_SECONDS
-    assert spidr_hf_cli.DEFAULT_CHUNK_SECONDS == encoder_module.DEFAULT_CHUNK_SECONDS
-    assert spidr_hf_cli.UNITS_FORMATS == UNITS_FORMATS
+def test_the_command_line_reads_the_librarys_defaults_and_the_model_files_agree_with_them():
+    import spidr_hf.defaults
+    from spidr_hf_cli import arguments
+
+    # The parser's defaults come from the library's own file, read without importing spidr_hf (see the test above)
+    assert Path(arguments.DEFAULTS.__file__) == Path(spidr_hf.defaults.__file__)
+    assert parse("kmeans", "m", "--audio", "a").kmeans_frames == spidr_hf.defaults.KMEANS_FRAMES
+    assert parse("evaluate", "m").kmeans_frames == spidr_hf.defaults.EVALUATE_KMEANS_FRAMES
+    assert parse("extract", "m", "i", "o").chunk_seconds == spidr_hf.defaults.CHUNK_SECONDS
+    # The remote-code files cannot import the package: the choices they own are copied there, and must stay equal
+    assert spidr_hf.defaults.UNIT_KINDS == UNIT_KINDS
+    assert spidr_hf.defaults.OBJECTIVES == OBJECTIVES
+    assert tuple(DTYPES) == spidr_hf.defaults.DTYPE_NAMES
+    # The library's functions take the same defaults when called from Python
+    assert inspect.signature(extract_module.extract).parameters["batch_seconds"].default is None  # the device decides
     evaluate_defaults = inspect.signature(evaluate_model).parameters
-    assert evaluate_defaults["batch_size"].default == spidr_hf_cli.DEFAULT_BATCH_SIZE
-    assert evaluate_defaults["num_clusters"].default == spidr_hf_cli.DEFAULT_NUM_CLUSTERS
-    assert evaluate_defaults["kmeans_frames"].default == spidr_hf_cli.DEFAULT_EVALUATE_KMEANS_FRAMES
-    assert spidr_hf_cli.DEFAULT_KMEANS_FRAMES == DEFAULT_KMEANS_FRAMES
-    assert spidr_hf_cli.DEFAULT_KMEANS_MEMORY_FRAMES == kmeans_module.DEFAULT_MEMORY_FRAMES
-    assert spidr_hf_cli.DEFAULT_BATCH_SIZE == kmeans_module.DEFAULT_BATCH_SIZE
-    corpus_defaults = inspect.signature(build_corpus).parameters
-    assert corpus_defaults["hours"].default == spidr_hf_cli.DEFAULT_CORPUS_HOURS
-    assert corpus_defaults["num_speakers"].default == spidr_hf_cli.DEFAULT_SPEAKERS
-    assert corpus_defaults["dev_speakers"].default == spidr_hf_cli.DEFAULT_DEV_SPEAKERS
+    assert evaluate_defaults["kmeans_frames"].default == spidr_hf.defaults.EVALUATE_KMEANS_FRAMES
+    kmeans_defaults = inspect.signature(fit_model_kmeans).parameters
+    assert kmeans_defaults["kmeans_frames"].default == parse("kmeans", "m", "--audio", "a").kmeans_frames
 
 
 def parse(*argv: str):
@@ -110,12 +105,12 @@ def raise_user_error(args) -> int:
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
-    monkeypatch.setattr(extract_module, "run", raise_user_error)
+    monkeypatch.setattr(commands, "extract", raise_user_error)
     with pytest.raises(SystemExit) as exit_info:
         main(["extract", "m", "i", "o"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "spidr-hf extract: error: the folder holds no audio\n"
-    monkeypatch.setattr(extract_module, "run", raise_numpy_error)
+    monkeypatch.setattr(commands, "extract", raise_numpy_error)
     with pytest.raises(ValueError, match="negative dimensions"):
         main(["extract", "m", "i", "o"])
 

@@ -16,7 +16,8 @@ from spidr_hf.evaluation.items import num_frames
 from spidr_hf.evaluation.report import compare_to_initialisation, format_comparison
 from spidr_hf.evaluation.schema import EvaluationReport, EvaluationResult
 from spidr_hf.model.representations import ModelRepresentations
-from spidr_hf_cli import main, parse_layers
+from spidr_hf_cli import main
+from spidr_hf_cli.arguments import parse_layers
 
 SYSTEMS = {"model", "random_init", "log_mel"}
 REPRESENTATIONS = {"layer_results", "codebook", "kmeans", "log_mel"}

@@ -11,13 +11,11 @@ one sentence; flite's `-psdur` output gives the phone alignment. The corpus is a
 needs `apt-get install flite fortunes` (Debian/Ubuntu).
 """
 
-import argparse
 import json
 import math
 import os
 import random
 import subprocess
-import time
 import wave
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..defaults import CORPUS_DEV_SPEAKERS, CORPUS_HOURS, CORPUS_SPEAKERS
 from ..evaluation.items import ITEM_FILE, items_from_alignment, num_frames, write_item_file
 from ..io.atomic_files import write_atomically, write_text_atomically
 from ..io.file_locks import exclusive_lock
@@ -33,7 +32,6 @@ from ..model.configuration_spidr import SAMPLING_RATE
 from .flite import PAUSE, SPEAKERS, Speaker, find_flite, parse_psdur
 from .sentences import load_sentences
 
-DEFAULT_HOURS = 1.0  # about a minute to build; enough for the CPU pretraining quickstart
 WAV_DIR = "wavs"
 
 # Seconds of speech per character of text for each voice at normal tempo, measured on fortune sentences; used to
@@ -176,9 +174,9 @@ def _features():
 
 def build_corpus(
     out_dir: str | os.PathLike,
-    hours: float = DEFAULT_HOURS,
-    num_speakers: int = 8,
-    dev_speakers: int = 2,
+    hours: float = CORPUS_HOURS,
+    num_speakers: int = CORPUS_SPEAKERS,
+    dev_speakers: int = CORPUS_DEV_SPEAKERS,
     seed: int = 0,
     num_workers: int | None = None,
 ):
@@ -260,15 +258,11 @@ def _num_frames(phones: Sequence[dict]) -> int:
     return num_frames(round(phones[-1]["end"] * SAMPLING_RATE))
 
 
-def run(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    corpus = build_corpus(args.out_dir, args.hours, args.speakers, args.dev_speakers, args.seed, args.num_workers)
+def describe_corpus(corpus, out_dir: Path) -> str:
+    """One line on a built corpus: its splits' utterances and hours, and where its ABX items are."""
     # An alignment ends with its audio
     seconds = {split: sum(phones[-1]["end"] for phones in dataset["phones"]) for split, dataset in corpus.items()}
-    print(
-        f"Wrote {args.out_dir}: train {len(corpus['train'])} utterances ({seconds['train'] / 3600:.2f} h), "
-        f"dev {len(corpus['dev'])} utterances ({seconds['dev'] / 3600:.2f} h), ABX items in "
-        f"{args.out_dir / ITEM_FILE}; {time.perf_counter() - start:.0f} s. "
-        "Load it with datasets.load_from_disk."
+    return (
+        f"Wrote {out_dir}: train {len(corpus['train'])} utterances ({seconds['train'] / 3600:.2f} h), dev "
+        f"{len(corpus['dev'])} utterances ({seconds['dev'] / 3600:.2f} h), ABX items in {out_dir / ITEM_FILE}"
     )
-    return 0

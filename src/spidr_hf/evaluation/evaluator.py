@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.aligned_speech import Utterance, load_random_audio, load_split
+from ..defaults import ABX_MAX_SIZE_GROUP, ABX_MAX_X_ACROSS, BATCH_SIZE, EVALUATE_KMEANS_FRAMES, NUM_CLUSTERS
 from ..errors import SpidrError
 from ..model.loading import DTYPES, LoadedModel, check_device, in_dtype, load, load_config
 from ..model.modeling_spidr import UNIT_KINDS
@@ -296,12 +297,12 @@ def evaluate_model(
     kmeans_audio_dir: str | os.PathLike | None = None,
     layers: Sequence[int] | None = None,
     units: Sequence[str] | None = None,
-    num_clusters: int = 256,
-    kmeans_frames: int = 30_000,
-    batch_size: int = 8,
+    num_clusters: int = NUM_CLUSTERS,
+    kmeans_frames: int = EVALUATE_KMEANS_FRAMES,
+    batch_size: int = BATCH_SIZE,
     max_utterances: int | None = None,
-    max_size_group: int | None = 10,
-    max_x_across: int | None = 5,
+    max_size_group: int | None = ABX_MAX_SIZE_GROUP,
+    max_x_across: int | None = ABX_MAX_X_ACROSS,
     seed: int = 0,
     device: str | None = None,
     dtype: str = "float32",

@@ -1,6 +1,5 @@
 """Convert official SpidR / DinoSR checkpoints (reference `spidr` package or original fairseq DinoSR) to HF folders."""
 
-import argparse
 import json
 import os
 import pickle
@@ -363,9 +362,3 @@ def check_destination_is_writable(destination: Path) -> None:
         raise ConversionError(f"Cannot create {destination}: {ancestor} is a file, not a folder.")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ConversionError(f"Cannot create {destination}: no permission to write in {ancestor}.")
-
-
-def run(args: argparse.Namespace) -> int:
-    path = convert(args.source, args.destination, args.model_type)
-    print(f"Wrote {path} (load it with AutoModel.from_pretrained or AutoModelForPreTraining.from_pretrained)")
-    return 0

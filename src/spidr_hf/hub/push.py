@@ -1,8 +1,8 @@
 """`spidr-hf push`: assemble, check and upload a model to the Hugging Face Hub."""
 
-import argparse
+import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,25 +88,41 @@ def check_hub_ids(option: str, ids: list[str]) -> None:
             raise ValueError(f"Invalid {option} {hub_id!r}: {error}") from error
 
 
-def run(args: argparse.Namespace) -> int:
-    repo_id = check_repo_id(args.repo_id)
-    check_hub_ids("--train-dataset", args.train_dataset)
-    check_hub_ids("--base-model", [args.base_model] if args.base_model else [])
+def push_model(
+    model: str | os.PathLike,
+    repo_id: str,
+    *,
+    official: str | None = None,
+    license: str | None = None,
+    train_datasets: Sequence[str] = (),
+    base_model: str | None = None,
+    evaluation: str | os.PathLike | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    dry_run: str | os.PathLike | None = None,
+) -> str:
+    """
+    Assemble the release folder of the saved model `model` (pretrained or fine-tuned: weights, remote code, pipelines
+    and the model card with `official`'s entry or `license`, the training datasets, the base model and the figures of
+    a `spidr-hf evaluate` report), check it by loading it without spidr_hf, and upload it to `repo_id` in one commit;
+    with `dry_run`, write it there and upload nothing. Returns the commit (or pull request) URL, or the folder.
+    """
+    repo_id = check_repo_id(repo_id)
+    check_hub_ids("--train-dataset", list(train_datasets))
+    check_hub_ids("--base-model", [base_model] if base_model else [])
     options = CardOptions(
         repo_id=repo_id,
-        official=args.official,
-        license=args.license,
-        datasets=tuple(args.train_dataset),
-        base_model=args.base_model,
-        evaluation=args.evaluation,
+        official=official,
+        license=license,
+        datasets=tuple(train_datasets),
+        base_model=base_model,
+        evaluation=Path(evaluation) if evaluation is not None else None,
     )
-    if args.dry_run is not None:
-        folder = assemble_release(Path(args.model), args.dry_run, options)
-        print(f"Wrote and checked {folder}; dry run, nothing uploaded.")
-        return 0
+    if dry_run is not None:
+        return str(assemble_release(Path(model), Path(dry_run), options))
     api = hub_api()  # before assembling, so that a missing token fails fast
     with tempfile.TemporaryDirectory(prefix="spidr-release-") as scratch:
-        folder = assemble_release(Path(args.model), Path(scratch) / "release", options)
-        commit = upload_release(api, folder, repo_id, args.private, args.revision, args.create_pr)
-    print(f"Uploaded {repo_id}: {commit.pr_url if args.create_pr else commit.commit_url}")
-    return 0
+        folder = assemble_release(Path(model), Path(scratch) / "release", options)
+        commit = upload_release(api, folder, repo_id, private, revision, create_pr)
+    return commit.pr_url if create_pr else commit.commit_url

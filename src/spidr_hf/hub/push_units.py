@@ -3,7 +3,7 @@
 parquet files under data/ and their card), checked by loading it with `datasets`, uploaded in one commit.
 """
 
-import argparse
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -52,19 +52,27 @@ def write_hub_folder(output: Path, destination: Path) -> Path:
     return destination
 
 
-def run(args: argparse.Namespace) -> int:
-    repo_id = check_repo_id(args.repo_id)
-    output = Path(args.output)
-    if args.dry_run is not None:
-        folder = write_hub_folder(output, args.dry_run)
-        print(f"Wrote and checked {folder}; dry run, nothing uploaded.")
-        return 0
+def push_units(
+    output: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    dry_run: str | os.PathLike | None = None,
+) -> str:
+    """
+    Upload the finished parquet units of the extract folder `output` and their card to the dataset repository
+    `repo_id` in one commit, checked by loading them with `datasets` first; with `dry_run`, write the repository's
+    folder there and upload nothing. Returns the commit (or pull request) URL, or the folder.
+    """
+    repo_id = check_repo_id(repo_id)
+    output = Path(output)
+    if dry_run is not None:
+        return str(write_hub_folder(output, Path(dry_run)))
     units_of(output)  # a folder that cannot be uploaded fails before the token is looked at
     api = hub_api()
     with tempfile.TemporaryDirectory(prefix="spidr-units-") as scratch:
         folder = write_hub_folder(output, Path(scratch) / "dataset")
-        commit = upload_release(
-            api, folder, repo_id, args.private, args.revision, args.create_pr, repo_type="dataset", what="units"
-        )
-    print(f"Uploaded {repo_id}: {commit.pr_url if args.create_pr else commit.commit_url}")
-    return 0
+        commit = upload_release(api, folder, repo_id, private, revision, create_pr, repo_type="dataset", what="units")
+    return commit.pr_url if create_pr else commit.commit_url

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from transformers import AutoConfig
 from transformers.utils import CONFIG_NAME, FEATURE_EXTRACTOR_NAME
 
+from ..defaults import DTYPE_NAMES
 from ..errors import ModelLoadError, SpidrError
 from .configuration_spidr import SpidrConfig
 from .feature_extraction_spidr import SpidrFeatureExtractor
@@ -26,7 +27,7 @@ from .modeling_spidr import HEAD_CLASSES, SpidrForCTC, SpidrForPreTraining, Spid
 logger = logging.getLogger(__name__)
 
 # dtypes a model may run in; whatever the dtype, features are compared and saved in float32
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 # What to load: the student network (`AutoModel`), the full pretraining model (`AutoModelForPreTraining`: heads,
 # teacher, codebooks), or the folder's own kind (the full model, or the student of a folder saved without heads)
 Part = Literal["student", "full", "as_saved"]

@@ -19,8 +19,8 @@ from ..data.aligned_speech import load_split
 from ..data.audio import decode
 from ..data.flite import SPEAKERS, find_flite, phones_of
 from ..data.sentences import load_sentences
+from ..defaults import KMEANS_FRAMES
 from ..errors import SpidrError
-from ..units.clustering import DEFAULT_KMEANS_FRAMES
 from ..units.log_mel import DEFAULT_CLUSTERS, LogMelUnitEncoder
 from ..units.phones import PhoneUnitEncoder
 from ..units.record import write_units_folder
@@ -85,7 +85,7 @@ def corpus_log_mel_units(
     corpus: str | Path,
     output: str | Path,
     num_clusters: int = DEFAULT_CLUSTERS,
-    max_frames: int = DEFAULT_KMEANS_FRAMES,
+    max_frames: int = KMEANS_FRAMES,
     seed: int = 0,
 ) -> LogMelUnitEncoder:
     """k-means fitted on the corpus' train split (in a random order drawn with `seed`), and the units of every

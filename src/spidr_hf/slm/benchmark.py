@@ -14,7 +14,6 @@ each spoken by several flite voices. Files have opaque names (a hash), as in the
 carry the official columns. Deterministic for a seed.
 """
 
-import argparse
 import csv
 import hashlib
 import itertools
@@ -29,13 +28,13 @@ from tqdm import tqdm
 
 from ..data.flite import SPEAKERS, Speaker, find_flite, phones_of
 from ..data.sentences import load_sentences
+from ..defaults import BENCHMARK_SENTENCES, BENCHMARK_VOICES, BENCHMARK_WORDS
 from ..errors import SpidrError
 from ..io.atomic_files import new_folder
 
 VOWELS = "aeiou"
 CONSONANTS = "bcdfghjklmnpqrstvwxz"
 WORD_LIST = Path("/usr/share/dict/words")  # refused as pseudo-words too, when the system has it
-DEFAULT_WORDS, DEFAULT_SENTENCES, DEFAULT_VOICES = 100, 100, 4
 LEXICAL_COLUMNS = ["id", "filename", "voice", "frequency", "word", "phones", "length", "correct"]
 SYNTACTIC_COLUMNS = ["filename", "id", "voice", "type", "subtype", "correct", "transcription"]
 
@@ -179,9 +178,9 @@ def syntactic_items(flite: str, num_sentences: int, voices: list[Speaker], seed:
 
 def build_benchmark(
     output: str | Path,
-    num_words: int = DEFAULT_WORDS,
-    num_sentences: int = DEFAULT_SENTENCES,
-    num_voices: int = DEFAULT_VOICES,
+    num_words: int = BENCHMARK_WORDS,
+    num_sentences: int = BENCHMARK_SENTENCES,
+    num_voices: int = BENCHMARK_VOICES,
     seed: int = 0,
     num_workers: int | None = None,
 ) -> Path:
@@ -212,9 +211,3 @@ def build_benchmark(
                 writer.writeheader()
                 writer.writerows(item.row for item in items)
     return output
-
-
-def run(args: argparse.Namespace) -> int:
-    folder = build_benchmark(args.output, args.words, args.sentences, args.voices, args.seed, args.num_workers)
-    print(f"Wrote the benchmark to {folder} (lexical/dev and syntactic/dev, sLM21 layout)")
-    return 0

@@ -13,7 +13,6 @@ computes them.
   then averaged over voices for each (type, subtype, id) and over those; also by type.
 """
 
-import argparse
 import csv
 import json
 import math
@@ -27,6 +26,7 @@ import numpy as np
 
 from ..data.audio import file_seconds
 from ..data.audio_batches import AudioFile
+from ..defaults import SLM_SCORE_BATCH_SIZE
 from ..errors import SpidrError
 from ..io.atomic_files import write_text_atomically, writing
 from ..model.loading import check_device
@@ -172,7 +172,7 @@ def score_benchmark(
     mean_per_unit: bool = False,
     device: str | None = None,
     units_dtype: str = "float32",
-    batch_size: int = 16,
+    batch_size: int = SLM_SCORE_BATCH_SIZE,
     overwrite: bool = False,
     units: str | os.PathLike | None = None,
 ) -> dict:
@@ -299,21 +299,3 @@ def format_scores(results: Mapping) -> str:
         types = ", ".join(f"{type} {value['score']:.1f}" for type, value in syntactic["by_type"].items())
         lines.append(f"sBLIMP {syntactic['all']:.2f} % ({syntactic['pairs']} pairs; {types})")
     return "\n".join(lines) + "\n(chance: 50 %)"
-
-
-def run(args: argparse.Namespace) -> int:
-    results = score_benchmark(
-        args.ulm,
-        args.units_model,
-        args.data,
-        args.output,
-        mean_per_unit=args.mean_per_unit,
-        device=args.device,
-        units_dtype=args.dtype,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        units=args.units,
-    )
-    print(format_scores(results))
-    print(f"Submission folder: {Path(args.output) / 'submission'}; scores: {Path(args.output) / SCORES_FILE}")
-    return 0

@@ -10,9 +10,6 @@ from tqdm import tqdm
 
 from ..errors import SpidrError
 
-# Frames a k-means is fitted on by default: 2000 s at 50 Hz, enough for a few hundred centroids
-DEFAULT_KMEANS_FRAMES = 100_000
-
 
 def kmeans_training_frames(
     representations, audios: Sequence[np.ndarray], max_frames: int, batch_size: int, desc: str

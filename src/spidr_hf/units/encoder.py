@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data.audio_batches import AudioFile, check_durations, decoded_batches, default_num_workers, length_batches
+from ..defaults import ACCELERATOR_BATCH_SECONDS, CHUNK_SECONDS, CPU_BATCH_SECONDS
 from ..errors import SpidrError
 from ..io.sharding import ALONE
 from ..model.configuration_spidr import SAMPLING_RATE
@@ -26,15 +27,6 @@ from ..model.loading import DTYPES, LoadedModel, check_device, load, load_config
 from ..model.modeling_spidr import UNIT_KINDS
 from ..model.pipeline_spidr import DEFAULT_STRIDE_LENGTH_S, plan_chunks
 from .record import UnitIdentity
-
-# Padded audio per forward pass: large batches keep an accelerator busy; on CPU the convolutional encoder's first
-# activations (512 channels at 3.2 kHz) outgrow the caches, and 20 s ran faster than 200 s (benchmarks/extract_bench.py)
-ACCELERATOR_BATCH_SECONDS = 200.0
-CPU_BATCH_SECONDS = 20.0
-# Files up to this long go through in one pass, as the reference's script does every file (all of LibriSpeech and of
-# Libri-Light's cut version); longer ones, whose single pass would need memory growing with their length (attention:
-# with its square), are cut into chunks of this length stitched as the `spidr-features` pipeline stitches its own
-DEFAULT_CHUNK_SECONDS = 60.0
 
 
 class UnitEncoder(ABC):
@@ -92,7 +84,7 @@ class SpidrUnitEncoder(UnitEncoder):
         device: str = "cpu",
         dtype: str = "float32",
         batch_seconds: float | None = None,
-        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        chunk_seconds: float = CHUNK_SECONDS,
         num_workers: int | None = None,
     ) -> None:
         """`loaded` in `dtype` (see `from_pretrained`, which loads and checks it); `batch_seconds`: padded audio per
@@ -120,7 +112,7 @@ class SpidrUnitEncoder(UnitEncoder):
         device: str | None = None,
         dtype: str = "float32",
         batch_seconds: float | None = None,
-        chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        chunk_seconds: float = CHUNK_SECONDS,
         num_workers: int | None = None,
     ) -> "SpidrUnitEncoder":
         """The encoder of a model folder or Hub id; `layer` None: the k-means centroids' layer, or the default unit

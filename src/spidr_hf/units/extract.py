@@ -14,7 +14,6 @@ OUTPUT/extract.json before any output: a rerun or another shard resumes only wit
 output that a record does not say it wrote. Locks keep two runs from doing one shard at once.
 """
 
-import argparse
 import functools
 import os
 import time
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from ..data.audio import AUDIO_SUFFIXES, audio_files, file_seconds, name_some
 from ..data.audio_batches import AudioFile, check_durations, decoded_batches, default_num_workers
+from ..defaults import CHUNK_SECONDS
 from ..errors import AudioError, SpidrError
 from ..io.atomic_files import write_atomically
 from ..io.file_locks import exclusive_lock, is_locked
@@ -36,7 +36,6 @@ from ..model.loading import DTYPES, check_device, load, load_config, weights_has
 from ..model.modeling_spidr import UNIT_KINDS
 from .card import write_dataset_card
 from .encoder import (
-    DEFAULT_CHUNK_SECONDS,
     SpidrUnitEncoder,
     batch_seconds_for,
     check_chunk_seconds,
@@ -50,29 +49,6 @@ from .record import RECORD_FILE, ExtractSettings, read_record, recorded_units_fi
 
 SHARD_LOCKS = ".extract-shards"  # one lock file per shard, held while the shard runs (OUTPUT itself: the job's lock)
 MAX_PENDING_WRITES = 2  # batches whose features may wait for the writer thread
-
-
-def run(args: argparse.Namespace) -> int:
-    extract(
-        args.model,
-        args.input,
-        args.output,
-        layer=args.layer,
-        hidden_states=args.hidden_states,
-        features=args.features or args.units is None,
-        units=args.units,
-        units_file=args.units_file,
-        units_format=args.units_format,
-        deduplicate=args.deduplicate,
-        batch_seconds=args.batch_seconds,
-        device=args.device,
-        dtype=args.dtype,
-        shard=args.shard,
-        num_workers=args.num_workers,
-        compile=args.compile,
-        chunk_seconds=args.chunk_seconds,
-    )
-    return 0
 
 
 def extract(
@@ -93,7 +69,7 @@ def extract(
     shard: str | None = None,
     num_workers: int | None = None,
     compile: bool = False,
-    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    chunk_seconds: float = CHUNK_SECONDS,
 ) -> None:
     """
     Write the features of `layer` of every audio file of `input` (a folder, an audio file or a manifest) to

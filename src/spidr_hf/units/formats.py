@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..defaults import UNITS_FORMATS
 from ..errors import SpidrError
 from ..io.atomic_files import write_atomically, write_text_atomically, writing
 from ..io.sharding import Shard
 from ..model.pipeline_spidr import run_starts
 
-UNITS_FORMATS = ("txt", "jsonl", "parquet")
 PARQUET_ROWS = 1000  # rows per parquet file: a kill loses at most this many files' units
 PARTS_SUFFIX = ".parts"
 

@@ -4,9 +4,10 @@ store the centroids with the model's weights, where the `spidr-units` pipeline (
 --units kmeans` and `spidr-hf push` find them, also through `trust_remote_code` without spidr_hf.
 """
 
-import argparse
 import copy
+import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from transformers.utils import CONFIG_NAME
 
 from ..data.aligned_speech import split_audio
 from ..data.audio import AudioCollection, folder_audio, name_some
+from ..defaults import BATCH_SIZE, KMEANS_FRAMES, KMEANS_MEMORY_FRAMES, NUM_CLUSTERS
 from ..errors import SpidrError
 from ..hub.release import save_hub_ready
 from ..io.atomic_files import check_writable, new_folder, replace_in_folder
@@ -23,9 +25,10 @@ from ..model.loading import DTYPES, check_device, finetuned_head, in_dtype, load
 from ..model.representations import ModelRepresentations
 from .clustering import StreamingKMeans
 
-DEFAULT_BATCH_SIZE = 8  # utterances per forward pass
-# Frames held in memory at once: 1.5 GB of float32 768-dim layer results. More --kmeans-frames than that stream through
-DEFAULT_MEMORY_FRAMES = 500_000
+
+class FittedKMeans(NamedTuple):
+    folder: Path  # the model folder that stores the centroids
+    layer: int  # the layer whose results they quantize
 
 
 def fit_centroids(
@@ -37,8 +40,8 @@ def fit_centroids(
     max_frames: int,
     seed: int,
     device: str,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    memory_frames: int = DEFAULT_MEMORY_FRAMES,
+    batch_size: int = BATCH_SIZE,
+    memory_frames: int = KMEANS_MEMORY_FRAMES,
     process: Process = ALONE,
 ) -> torch.Tensor | None:
     """
@@ -117,20 +120,50 @@ def gather_round(
     return [item for part in parts or [] for item in part], lengths, all_too_short
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.num_clusters < 2:
-        raise SpidrError(f"--num-clusters must be at least 2, got {args.num_clusters}")
-    if args.num_clusters > args.kmeans_memory_frames:
+def fit_model_kmeans(
+    model: str | os.PathLike,
+    *,
+    dataset: str | os.PathLike | None = None,
+    audio: str | os.PathLike | None = None,
+    split: str = "train",
+    layer: int | None = None,
+    num_clusters: int = NUM_CLUSTERS,
+    kmeans_frames: int = KMEANS_FRAMES,
+    memory_frames: int = KMEANS_MEMORY_FRAMES,
+    batch_size: int = BATCH_SIZE,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str = "float32",
+    output: str | os.PathLike | None = None,
+) -> FittedKMeans | None:
+    """
+    Fit `num_clusters` k-means centroids on `kmeans_frames` frames of the layer results of `layer` (None: the default
+    feature layer) of the model folder `model`, for the audio of a corpus `dataset` (its `split`) or of an `audio`
+    folder, and store them with the model: in place, or in the new folder `output`. The model runs in `dtype`; its
+    weights are written back as they were. Launched in several processes (torchrun), they share the forward passes
+    and the first one writes. Everything is checked before the weights load. Returns the folder written and the layer
+    (None in the other processes).
+    """
+    if (dataset is None) == (audio is None):
+        raise SpidrError("Give the audio to fit k-means on: a corpus folder (dataset) or an audio folder, one of them")
+    if dtype not in DTYPES:
+        raise SpidrError(f"Unknown dtype {dtype!r}: choose among {list(DTYPES)}")
+    for name, value in (("batch_size", batch_size), ("kmeans_frames", kmeans_frames), ("memory_frames", memory_frames)):
+        if value < 1:
+            raise SpidrError(f"{name} must be positive, got {value}")
+    if num_clusters < 2:
+        raise SpidrError(f"--num-clusters must be at least 2, got {num_clusters}")
+    if num_clusters > memory_frames:
         raise SpidrError(
-            f"--kmeans-memory-frames ({args.kmeans_memory_frames}) must be at least --num-clusters "
-            f"({args.num_clusters}): the first chunk of frames in memory is fitted on its own"
+            f"--kmeans-memory-frames ({memory_frames}) must be at least --num-clusters ({num_clusters}): the first "
+            "chunk of frames in memory is fitted on its own"
         )
-    if args.num_clusters > args.kmeans_frames:
+    if num_clusters > kmeans_frames:
         raise SpidrError(
-            f"--kmeans-frames ({args.kmeans_frames}) must be at least --num-clusters ({args.num_clusters}): k-means "
-            "needs a frame a cluster"
+            f"--kmeans-frames ({kmeans_frames}) must be at least --num-clusters ({num_clusters}): k-means needs a "
+            "frame a cluster"
         )
-    model_dir = Path(args.model)
+    model_dir = Path(model)
     if not model_dir.is_dir():
         raise SpidrError(f"{model_dir} is not a saved model folder (no config.json): k-means writes into a folder")
     config = load_config(model_dir).config  # the options are checked before the weights load
@@ -140,50 +173,41 @@ def run(args: argparse.Namespace) -> int:
             f"{model_dir} is a fine-tuned {head.__name__} folder: fit k-means units on the pretrained SpidR model it "
             "was fine-tuned from"
         )
-    layer = config.default_feature_layer if args.layer is None else args.layer
-    config.check_layer(layer)
-    output = Path(args.output) if args.output is not None else model_dir
-    if args.output is not None and output.exists() and not output.is_dir():
-        raise SpidrError(f"--output {output} is a file: choose a new or empty folder (or leave --output out: in place)")
-    if args.output is not None and output.exists() and any(output.iterdir()):
-        raise SpidrError(f"{output} is not empty: choose a new or empty folder (or leave --output out: in place)")
+    layer = config.check_layer(config.default_feature_layer if layer is None else layer)
+    destination = Path(output) if output is not None else model_dir
+    if output is not None and destination.exists() and not destination.is_dir():
+        raise SpidrError(
+            f"--output {destination} is a file: choose a new or empty folder (or leave --output out: in place)"
+        )
+    if output is not None and destination.exists() and any(destination.iterdir()):
+        raise SpidrError(f"{destination} is not empty: choose a new or empty folder (or leave --output out: in place)")
     # In place, the staging folder goes beside the model folder: both must be writable, known before the fit
-    for folder in (output, output.parent) if args.output is None else (output.parent,):
+    for folder in (destination, destination.parent) if output is None else (destination.parent,):
         check_writable(folder)
     process = this_process()  # torchrun / accelerate launch: the processes share the forward passes
-    device = process_device(check_device(args.device), process)
+    device = process_device(check_device(device), process)
     # The folder's own kind: a pretraining folder keeps its heads, teacher and codebooks, a student-only folder stays
-    # student-only. Loaded in float32 whatever --dtype: the weights are written back as they were
+    # student-only. Loaded in float32 whatever `dtype`: the weights are written back as they were
     # Its stored centroids, if any, are replaced: left out, so that a folder that an interrupted run left out of step
     # with its config loads too, and is repaired by this run
     loaded = load(model_dir, "as_saved", without_kmeans=True)
-    audio = split_audio(args.dataset, args.split) if args.dataset is not None else folder_audio(args.audio)
-    network = loaded.model if args.dtype == "float32" else in_dtype(copy.deepcopy(loaded.model), DTYPES[args.dtype])
+    speech = split_audio(dataset, split) if dataset is not None else folder_audio(audio)
+    network = loaded.model if dtype == "float32" else in_dtype(copy.deepcopy(loaded.model), DTYPES[dtype])
     if process.shard.count > 1:
         torch.distributed.init_process_group("gloo")
     try:
         centroids = fit_centroids(
-            network,
-            loaded.feature_extractor,
-            layer,
-            args.num_clusters,
-            audio,
-            args.kmeans_frames,
-            args.seed,
-            device,
-            args.batch_size,
-            args.kmeans_memory_frames,
-            process,
-        )
+            network, loaded.feature_extractor, layer, num_clusters, speech, kmeans_frames, seed, device, batch_size,
+            memory_frames, process,
+        )  # fmt: skip
     finally:
         if process.shard.count > 1:
             torch.distributed.destroy_process_group()
     if centroids is None:  # another process writes them
-        return 0
+        return None
     loaded.model.to("cpu").base_model.set_kmeans_centroids(layer, centroids)
-    write_model(loaded.model, loaded.feature_extractor, output, in_place=args.output is None)
-    print(f"Wrote {args.num_clusters} k-means centroids of layer {layer} into {output}")
-    return 0
+    write_model(loaded.model, loaded.feature_extractor, destination, in_place=output is None)
+    return FittedKMeans(destination, layer)
 
 
 def write_model(model, feature_extractor, folder: Path, in_place: bool) -> None:

@@ -12,8 +12,9 @@ import numpy as np
 
 from ..data.audio import decode
 from ..data.audio_batches import AudioFile
+from ..defaults import KMEANS_FRAMES
 from ..evaluation.features import log_mel
-from .clustering import DEFAULT_KMEANS_FRAMES, fit_kmeans
+from .clustering import fit_kmeans
 from .encoder import UnitEncoder
 from .record import UnitIdentity
 
@@ -32,7 +33,7 @@ class LogMelUnitEncoder(UnitEncoder):
         cls,
         audios: Iterable[np.ndarray],
         num_clusters: int = DEFAULT_CLUSTERS,
-        max_frames: int = DEFAULT_KMEANS_FRAMES,
+        max_frames: int = KMEANS_FRAMES,
         seed: int = 0,
     ) -> "LogMelUnitEncoder":
         """Fitted on the first `max_frames` log-mel frames of `audios` (16 kHz), in the order given."""

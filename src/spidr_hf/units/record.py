@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from ..defaults import UNITS_FORMATS
 from ..errors import SpidrError
 from ..io.atomic_files import write_text_atomically
-from .formats import UNITS_FORMATS, UnitsOutput, units_format_of
+from .formats import UnitsOutput, units_format_of
 
 RECORD_FILE = "extract.json"  # a units folder's record of the settings its outputs were written with
 RECORD_WRITER = "spidr-hf extract"  # the record's `written_by`: what tells the file from another JSON file
