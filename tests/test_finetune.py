@@ -63,7 +63,8 @@ def pipeline_outputs(tmp_path: Path, task: str, model: Path, audio: list[np.ndar
         pipe = pipeline({task!r}, model={str(model)!r}, trust_remote_code=True)
         audio = np.load({str(audio_file)!r})
         outputs = [pipe({{"raw": audio[f"arr_{{i}}"], "sampling_rate": 16000}}) for i in range(len(audio.files))]
-        print(json.dumps({{"outputs": outputs, "imported_spidr_hf": "spidr_hf" in sys.modules}}))
+        result = {{"outputs": outputs, "imported_spidr_hf": "spidr_hf" in sys.modules}}
+        print(json.dumps(result, default=lambda array: np.asarray(array).tolist()))  # features are arrays
         """
     )
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
@@ -207,6 +208,11 @@ def test_phone_recognition_writes_a_hub_folder_whose_pipeline_gives_phones(finet
         assert (out / name).is_file(), name
 
     audio, phones = split_audio_and_column(corpus, "dev", "phones")
+    # The folder is as Hub-ready as any other SpidR folder: its student's features pipeline too, and its checkpoints
+    assert set(config["custom_pipelines"]) == {"spidr-features"} and (out / "pipeline_spidr.py").is_file()
+    assert (out / "checkpoint-3" / "pipeline_spidr.py").is_file()
+    features = pipeline_outputs(tmp_path, "spidr-features", out, audio[:1])[0]["features"]
+    assert np.asarray(features).shape[1] == json.loads((out / "config.json").read_text())["hidden_size"]
     texts = [output["text"] for output in pipeline_outputs(tmp_path, "automatic-speech-recognition", out, audio)]
     vocabulary = set(json.loads((out / "vocab.json").read_text())) - {PAD}
     assert any(texts) and all(set(text.split()) <= vocabulary for text in texts)

@@ -30,6 +30,7 @@ from ..data.aligned_speech import open_corpus_split
 from ..data.audio import audio_duration
 from ..data.flite import PHONE_CLASSES
 from ..errors import ConfigError, ModelLoadError
+from ..hub.folder import hub_ready
 from ..model.configuration_spidr import REPRESENTATIONS, SAMPLING_RATE, SpidrConfig
 from ..model.feature_extraction_spidr import SpidrFeatureExtractor
 from ..model.loading import load_config, load_feature_extractor
@@ -400,6 +401,14 @@ class FinetuneTrainer(Trainer):
     then scores what the model gives each utterance alone (the ASR pipeline's), and evaluation keeps tokens, not
     logits (vocabulary-size times smaller).
     """
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save as the Trainer does; a SpidR model Hub-ready (`hub.folder.hub_ready`), as any other SpidR folder. A
+        log-mel baseline head is no model to publish: its weights and processor only."""
+        if not (self.args.should_save and isinstance(self.model, SpidrHeadModel)):
+            return super()._save(output_dir, state_dict)
+        with hub_ready(self.model, output_dir if output_dir is not None else self.args.output_dir):
+            super()._save(output_dir, state_dict)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # The heads return the hidden states they weigh (use_weighted_layer_sum): predictions are the logits only

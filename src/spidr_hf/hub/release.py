@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from huggingface_hub import ModelCard
-from transformers.dynamic_module_utils import custom_object_save
 
 from ..io.atomic_files import new_folder
 from ..model.configuration_spidr import SAMPLING_RATE
 from ..model.feature_extraction_spidr import SpidrFeatureExtractor
 from ..model.loading import LoadedFinetuned, finetuned_head, load, load_config, load_finetuned
-from ..model.modeling_spidr import HEAD_AUTO_CLASSES, HEAD_PIPELINE_TASKS, SpidrForPreTraining, SpidrHeadModel
-from ..model.pipeline_spidr import SpidrFeaturesPipeline, SpidrUnitsPipeline, custom_pipelines
+from ..model.modeling_spidr import HEAD_AUTO_CLASSES, HEAD_PIPELINE_TASKS, SpidrForPreTraining
+from ..model.pipeline_spidr import SpidrFeaturesPipeline, SpidrUnitsPipeline
 from . import release_check
+from .folder import save_hub_ready
 from .model_card import CardOptions, official_entry, recommended_layer, render_finetuned_card, render_model_card
 
 PROBE_SECONDS = 2.0
@@ -32,21 +32,6 @@ def load_source(model_dir: Path) -> tuple[SpidrForPreTraining, SpidrFeatureExtra
     """The full model (heads and codebooks included) and the feature extractor of a saved folder."""
     loaded = load(model_dir, "full", require_heads=True)
     return loaded.model.eval(), loaded.feature_extractor
-
-
-def save_hub_ready(
-    model, feature_extractor: SpidrFeatureExtractor, folder: str | os.PathLike, tokenizer: object | None = None
-) -> None:
-    """Weights, configs, the tokenizer if any, and code files, the pipelines' too, so that `pipeline(task,
-    model=folder, trust_remote_code=True)` works without spidr_hf (a fine-tuned folder: the features pipeline, the
-    student's, and the transformers pipeline of its head)."""
-    fine_tuned = isinstance(model, SpidrHeadModel)
-    model.config.custom_pipelines = custom_pipelines(["spidr-features"] if fine_tuned else None)
-    model.save_pretrained(folder)
-    feature_extractor.save_pretrained(folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-    custom_object_save(SpidrFeaturesPipeline, folder)  # copies pipeline_spidr.py (and what it imports)
 
 
 def write_release_folder(
@@ -63,7 +48,7 @@ def write_release_folder(
     check, or whose check is cut, never appears.
     """
     with new_folder(destination) as staging:
-        save_hub_ready(model, feature_extractor, staging, tokenizer)
+        save_hub_ready(model, staging, feature_extractor, tokenizer)
         if card is not None:
             card.save(staging / "README.md")
         if check is not None:

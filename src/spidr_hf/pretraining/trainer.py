@@ -14,11 +14,10 @@ from safetensors import safe_open
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from transformers import SchedulerType, Trainer, TrainerCallback, TrainingArguments
-from transformers.dynamic_module_utils import custom_object_save
 
+from ..hub.folder import hub_ready
 from ..model.configuration_spidr import SAMPLING_RATE
 from ..model.modeling_spidr import SpidrCodebookHealth, SpidrCodebookStatistics, SpidrForPreTraining
-from ..model.pipeline_spidr import SpidrFeaturesPipeline, custom_pipelines
 from .codebook_init import KMEANS_FRAMES_PER_CODEWORD, kmeans_codewords, set_codewords, teacher_target_frames
 from .data import PretrainingData, SkippedFiles
 
@@ -396,11 +395,11 @@ class SpidrTrainer(Trainer):
 
     # ---- saving ----
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save as the Trainer does, plus the pipelines' code and config entry: every saved folder is Hub-ready."""
-        self.model.config.custom_pipelines = custom_pipelines()
-        super()._save(output_dir, state_dict)
-        # Copies pipeline_spidr.py, which `pipeline(task, model=folder, trust_remote_code=True)` loads
-        custom_object_save(SpidrFeaturesPipeline, output_dir if output_dir is not None else self.args.output_dir)
+        """Save as the Trainer does, Hub-ready (`hub.folder.hub_ready`): checkpoints and the final model alike."""
+        if not self.args.should_save:  # the processes that write nothing
+            return super()._save(output_dir, state_dict)
+        with hub_ready(self.model, output_dir if output_dir is not None else self.args.output_dir):
+            super()._save(output_dir, state_dict)
 
     # ---- optimizer and schedule ----
     def get_decay_parameter_names(self, model) -> list[str]:

@@ -18,7 +18,7 @@ from ..data.aligned_speech import split_audio
 from ..data.audio import AudioCollection, folder_audio, name_some
 from ..defaults import BATCH_SIZE, KMEANS_FRAMES, KMEANS_MEMORY_FRAMES, NUM_CLUSTERS
 from ..errors import SpidrError
-from ..hub.release import save_hub_ready
+from ..hub.folder import save_hub_ready
 from ..io.atomic_files import check_writable, new_folder, replace_in_folder
 from ..io.sharding import ALONE, Process, Shard, process_device, this_process
 from ..model.loading import DTYPES, check_device, finetuned_head, in_dtype, load, load_config
@@ -218,4 +218,4 @@ def write_model(model, feature_extractor, folder: Path, in_place: bool) -> None:
     (their hash differs) until the same command is run again. A new folder (`--output`) appears whole or not at all.
     """
     with replace_in_folder(folder, last=CONFIG_NAME) if in_place else new_folder(folder) as staging:
-        save_hub_ready(model, feature_extractor, staging)
+        save_hub_ready(model, staging, feature_extractor)
