@@ -55,6 +55,7 @@ BENCHMARKS = Path(__file__).resolve().parent
 SAMPLING_RATE = 16_000
 REFERENCE_VERSION = "0.2.0"
 PAPER_MAX_BATCH_LENGTH = 3_800_000  # samples per GPU (the reference's DataConfig.max_batch_length)
+LIBRI_LIGHT_HOURS = 60_000
 EXTRACT_SYSTEM = "spidr-hf extract"
 REFERENCE_SYSTEM = "reference extract_features.py"
 CHILD = "profiled-child"  # argv[1] of the child process that runs one profiled command
@@ -438,6 +439,8 @@ def extract_row(
         "wall_s": wall,
         "audio_s_per_s": audio_s / wall,
         "audio_hours_per_gpu_hour": audio_s / wall,  # hours of audio per hour of the one GPU
+        # Libri-Light's 60k hours on one node of 8 such GPUs, each extracting its shard (--shard K/8) at this rate
+        "libri_light_60k_h_on_8_gpus_hours": LIBRI_LIGHT_HOURS / (8 * audio_s / wall),
         "gpu_busy_command": activity["busy_s"] / wall,
         "gpu_busy_active_span": activity["busy_s"] / activity["span_s"] if activity["span_s"] else None,
         "device_busy_s": activity["busy_s"],
@@ -826,7 +829,7 @@ def print_table(data: dict[str, Any]) -> None:
         )
         print(
             f"{'system':<30} {'dtype':<9} {'wall s':>7} {'audio-h/GPU-h':>14} {'busy cmd':>9} {'busy active':>12} "
-            f"{'peak MiB':>9} {'x ref':>6} {'max|diff| ref':>14}"
+            f"{'peak MiB':>9} {'x ref':>6} {'max|diff| ref':>14} {'60k h, 8 GPUs':>14}"
         )
         for row in extract["rows"]:
             if row["status"] != "ok":
@@ -836,7 +839,8 @@ def print_table(data: dict[str, Any]) -> None:
                 f"{row['system']:<30} {row['dtype']:<9} {row['wall_s']:7.1f} {row['audio_hours_per_gpu_hour']:14.0f} "
                 f"{row['gpu_busy_command']:9.0%} {number(row['gpu_busy_active_span'], '{:.0%}'):>12} "
                 f"{row['peak_memory_mib']:9.0f} {number(row.get('speedup_over_reference'), '{:.2f}'):>6} "
-                f"{number(row.get('max_abs_diff_to_reference'), '{:.2g}'):>14}"
+                f"{number(row.get('max_abs_diff_to_reference'), '{:.2g}'):>14} "
+                f"{row['libri_light_60k_h_on_8_gpus_hours']:12.1f} h"
             )
     agreement = data.get("agreement")
     if agreement:

@@ -20,6 +20,7 @@ GPU_IMAGE = Path(__file__).parent / "without_torchcodec"  # a sitecustomize that
 EXTRACT_FIELDS = {
     "files", "audio_s", "wall_s", "audio_s_per_s", "audio_hours_per_gpu_hour", "gpu_busy_command",
     "gpu_busy_active_span", "device_busy_s", "device_seconds_by_type", "peak_memory_mib",
+    "libri_light_60k_h_on_8_gpus_hours",
 }  # fmt: skip
 TRAIN_FIELDS = {
     "batch", "samples_per_batch", "fits_max_batch_length", "step_s", "step_times_s", "audio_s_per_s",
