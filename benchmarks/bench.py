@@ -61,15 +61,22 @@ from spidr_hf.model.configuration_spidr import SAMPLING_RATE
 MAX_GRAD_NORM = 10.0
 TEACHER_STEP = 1000  # an optimizer step where the SpidR teacher EMA is active
 SYSTEMS = ("ours", "reference", "hubert")
-# Dense bf16 tensor-core peaks (TFLOP/s) from NVIDIA's data sheets; the first name contained in the device's wins.
-GPU_PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0),
-    ("H100", 989.4),
-    ("H200", 989.4),
-    ("A100", 312.0),
-    ("L40S", 362.1),
-    ("L4", 121.0),
+# Dense peaks (TFLOP/s, no sparsity) from NVIDIA's data sheets, by the first name contained in the device's: bf16 on
+# the tensor cores, and fp32 without them (what float32 matrix products run on under PyTorch's default precision; its
+# cuDNN convolutions default to TF32, on tensor cores at half the bf16 rate). "H100" is the SXM card (its name reads
+# "NVIDIA H100 80GB HBM3"), "H200" the SXM card ("NVIDIA H200").
+GPU_PEAK_TFLOPS = (  # (name, bf16, fp32)
+    ("H100 PCIe", 756.0, 51.0),
+    ("H100 NVL", 835.5, 60.0),
+    ("H100", 989.4, 67.0),
+    ("H200 NVL", 835.5, 60.0),
+    ("H200", 989.4, 67.0),
+    ("A100", 312.0, 19.5),
+    ("L40S", 362.1, 91.6),
+    ("L4", 121.0, 30.3),
 )
+# How training steps compile: dynamic shapes, as the reference's training compiles its model (batches vary in length)
+COMPILE_OPTIONS: dict[str, Any] = {"dynamic": True}
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 PINNED_MMAP_THRESHOLD = 64 * 1024
 
@@ -107,6 +114,20 @@ SIZES = {
             "codebook_size": 16,
         },
         units_layer=3,
+    ),
+    # benchmarks/gpu_suite.py --smoke: the smallest model with every part, so that compiling its step takes seconds
+    "micro": Size(
+        {
+            "extractor_conv_layer_config": [(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2,
+            "encoder_embed_dim": 32,
+            "encoder_num_layers": 2,
+            "encoder_num_heads": 2,
+            "encoder_ff_interm_features": 64,
+            "encoder_pos_conv_groups": 4,
+            "num_codebooks": 1,
+            "codebook_size": 16,
+        },
+        units_layer=2,
     ),
 }
 
@@ -263,14 +284,25 @@ def units_workload(models: Models, plan: Plan, device: torch.device) -> Workload
     )
 
 
-def train_workload(size_name: str, plan: Plan, device: torch.device, dtype: torch.dtype, compiled: bool) -> Workload:
-    """A training step of fresh models (and optimizers) of one size."""
+def train_workload(
+    size_name: str,
+    plan: Plan,
+    device: torch.device,
+    dtype: torch.dtype,
+    compiled: bool,
+    compile_options: dict[str, Any] | None = None,
+) -> Workload:
+    """
+    A training step of fresh models (and optimizers) of one size; compiled with `compile_options` (torch.compile's
+    arguments; default `COMPILE_OPTIONS`).
+    """
     models = build_models(SIZES[size_name], device, with_hubert=False)
     audio = random_audio(plan.train_batch, plan.train_seconds, device)
     mask = training_mask(models.ours, audio)
+    options = (COMPILE_OPTIONS if compile_options is None else compile_options) if compiled else None
     runs = {
-        "ours": ours_train_step(models.ours.train(), audio, mask, dtype, compiled),
-        "reference": reference_train_step(models.reference.train(), audio, mask, dtype, compiled),
+        "ours": ours_train_step(models.ours.train(), audio, mask, dtype, options),
+        "reference": reference_train_step(models.reference.train(), audio, mask, dtype, options),
     }
     # FlopCounterMode's module tracker fails on the reference teacher's no_grad forward; both train the same model,
     # so ours stands for its FLOPs too
@@ -306,11 +338,21 @@ def fused_adamw(params: list[torch.nn.Parameter]) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=5e-4, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.01, fused=True)
 
 
+def compiled_or_eager(model: torch.nn.Module, compile_options: dict[str, Any] | None) -> Callable:
+    """`model` under torch.compile with `compile_options`, or as is (None)."""
+    return model if compile_options is None else torch.compile(model, **compile_options)
+
+
 def ours_train_step(
-    model: SpidrForPreTraining, audio: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, compiled: bool
+    model: SpidrForPreTraining,
+    audio: torch.Tensor,
+    mask: torch.Tensor,
+    dtype: torch.dtype,
+    compile_options: dict[str, Any] | None,
 ) -> Callable[[], object]:
+    """Our training loop body; `compile_options`: torch.compile's arguments (None: eager)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    forward = torch.compile(model, dynamic=True) if compiled else model
+    forward = compiled_or_eager(model, compile_options)
     return train_step(
         params,
         lambda: forward(audio, mask_time_indices=mask).loss,
@@ -321,11 +363,15 @@ def ours_train_step(
 
 
 def reference_train_step(
-    model: SpidR, audio: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, compiled: bool
+    model: SpidR,
+    audio: torch.Tensor,
+    mask: torch.Tensor,
+    dtype: torch.dtype,
+    compile_options: dict[str, Any] | None,
 ) -> Callable[[], object]:
     """The reference's training loop body: per-frame losses averaged, clip, AdamW (teacher excluded), EMA."""
     params = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("teacher.")]
-    forward = torch.compile(model, dynamic=True) if compiled else model
+    forward = compiled_or_eager(model, compile_options)
     mask_indices = torch.stack([row.nonzero().squeeze(1) for row in mask])
     return train_step(
         params,
@@ -399,7 +445,7 @@ class MemoryMeter:
             self.libc.mallopt(M_MMAP_THRESHOLD, PINNED_MMAP_THRESHOLD)
 
     def measure(self, run: Callable[[], object]) -> dict[str, float]:
-        """`memory_mib`: the peak during `run` minus the memory in use before it."""
+        """`memory_mib`: the peak during `run` minus the memory in use before it; `peak_mib`: the peak itself."""
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -414,7 +460,7 @@ class MemoryMeter:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
             run()
             peak = _proc_status_bytes("VmHWM")
-        return {"memory_mib": (peak - before) / 2**20}
+        return {"memory_mib": (peak - before) / 2**20, "peak_mib": peak / 2**20}
 
 
 def _proc_status_bytes(field: str) -> int:
@@ -430,11 +476,13 @@ def count_flops(run: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def gpu_peak_tflops(device: torch.device, override: float | None) -> float | None:
+def gpu_peak_tflops(device: torch.device, override: float | None, dtype: torch.dtype = torch.bfloat16) -> float | None:
+    """The card's dense peak for `dtype` (bf16 or fp32) from `GPU_PEAK_TFLOPS`; `override` wins; None if unknown."""
     if override is not None or device.type != "cuda":
         return override
     name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in GPU_PEAK_TFLOPS if key in name), None)
+    column = 2 if dtype == torch.float32 else 1
+    return next((row[column] for row in GPU_PEAK_TFLOPS if row[0] in name), None)
 
 
 # ---- reporting ----
@@ -554,6 +602,13 @@ def all_workloads(plan: Plan, device: torch.device) -> Iterator[Workload]:
             yield train_workload(size_name, plan, device, dtype, compiled)
 
 
+def configure_inductor(device: torch.device) -> None:
+    if device.type == "cuda":
+        # Inductor's memory-coalescing analysis fails an internal assertion on the dynamic-shape training graphs
+        # (seen with torch 2.11, CUDA); the kernels it would retile are generated without it
+        torch._inductor.config.triton.coalesce_tiling_analysis = False
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Time every workload, then measure memory (pinning glibc's mmap threshold would slow the timed calls), then
     count FLOPs."""
@@ -564,10 +619,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     report: dict[str, Any] = {"environment": environment(device, args), "results": [], "failures": []}
     workloads = list(all_workloads(plan, device))
-    if device.type == "cuda":
-        # Inductor's memory-coalescing analysis fails an internal assertion on the dynamic-shape training graphs
-        # (seen with torch 2.11, CUDA); the kernels it would retile are generated without it
-        torch._inductor.config.triton.coalesce_tiling_analysis = False
+    configure_inductor(device)
     timed, times = [], []
     for workload in workloads:
         warmup = max(args.warmup, 1) if workload.compiled else args.warmup  # compilation stays out of the times

@@ -81,11 +81,11 @@ def reference_loop(model_dir: str, files: list[str], output: Path, layer: int, d
             torch.save(outputs[layer - 1].squeeze().cpu(), output / Path(path).with_suffix(".pt").name)
 
 
-def random_reference_model(folder: Path) -> tuple[str, str]:
+def random_reference_model(folder: Path, reference_overrides: dict | None = None) -> tuple[str, str]:
     """
-    A SpidR base with random weights drawn by the reference's code and written as its checkpoint, and the same
-    weights converted to our folder: (checkpoint, model folder). Without the reference installed, our model only
-    (checkpoint "").
+    A SpidR base (or the reference config with `reference_overrides`, e.g. benchmarks/bench.py's `SIZES`) with random
+    weights drawn by the reference's code and written as its checkpoint, and the same weights converted to our folder:
+    (checkpoint, model folder). Without the reference installed, our model only (checkpoint "").
     """
     import dataclasses
 
@@ -99,11 +99,13 @@ def random_reference_model(folder: Path) -> tuple[str, str]:
         from spidr.config import SpidRConfig
         from spidr.models import SpidR
     except ImportError:
+        if reference_overrides:
+            raise
         print("spidr==0.2.0 (the reference) is not installed: timing the reference loop with our model only")
         checkpoint, model = "", SpidrModel(SpidrConfig())
     else:
         torch.manual_seed(0)
-        config = SpidRConfig()
+        config = SpidRConfig(**(reference_overrides or {}))
         path = folder / "reference" / "spidr.pt"
         path.parent.mkdir()
         torch.save({"model": SpidR(config).state_dict()}, path)
@@ -114,6 +116,11 @@ def random_reference_model(folder: Path) -> tuple[str, str]:
     model.save_pretrained(model_dir)
     SpidrFeatureExtractor().save_pretrained(model_dir)
     return checkpoint, str(model_dir)
+
+
+def loop_command(system: str, source: str, output: Path, layer: int, device: str, files: list[str]) -> list[str]:
+    """The command that runs `system`'s loop (REFERENCE_SCRIPT or REFERENCE_LOOP) on `files` into `output`."""
+    return [sys.executable, __file__, LOOP_COMMANDS[system], source, str(output), str(layer), device, *files]
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:
@@ -180,8 +187,7 @@ def main() -> None:
         for name, source in ((REFERENCE_SCRIPT, checkpoint), (REFERENCE_LOOP, model)):
             if source:
                 out = scratch / LOOP_COMMANDS[name]
-                command = [sys.executable, __file__, LOOP_COMMANDS[name], source, str(out), str(args.layer)]
-                systems[name] = ([*command, args.device, *inputs], out)
+                systems[name] = (loop_command(name, source, out, args.layer, args.device, inputs), out)
         for name, extra in configs.items():
             out = scratch / f"extract-{name}"
             command = [

@@ -2,10 +2,19 @@
 Audio files for the commands: which files of a folder are audio, their durations from the headers, decoding to 16 kHz
 mono with a one-line error, and naming the first few bad files. (Released folders decode with the pipeline's own
 minimal decoder, `pipeline_spidr.load_audio`, which this module uses too.)
+
+Decoding goes through torchcodec (FFmpeg). Where torchcodec cannot be imported (not installed, as on the lent GPU
+machines' image, or without its FFmpeg libraries), 16 kHz mono 16-bit PCM wav files (what `spidr-hf corpus` and
+benchmarks/gpu_suite.py write) are read with the standard library's `wave` instead, to the same samples; any other
+file is a one-line error saying that it needs torchcodec.
 """
 
+import functools
+import io
 import os
-from collections.abc import Callable, Sequence
+import wave
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,6 +57,9 @@ def audio_files(folder: str | os.PathLike) -> list[Path]:
 
 def audio_duration(source: str | bytes) -> float:
     """Seconds of audio in a file (its path or bytes): from the header, decoded when the header does not say."""
+    if torchcodec_failure() is not None:
+        with pcm_wav(source) as reader:
+            return reader.getnframes() / SAMPLING_RATE
     from torchcodec.decoders import AudioDecoder
 
     decoder = AudioDecoder(source)
@@ -67,12 +79,58 @@ def file_seconds(path: Path) -> float:
 
 def decode(path: str | os.PathLike) -> np.ndarray:
     """16 kHz mono float32 samples of a file FFmpeg reads; a missing or unreadable file is a one-line error."""
+    if torchcodec_failure() is not None:
+        return decode_wav(path)
     try:
         return load_audio(path, None, SAMPLING_RATE)
     except (RuntimeError, ValueError, OSError) as error:
         prefix, message = f"Could not decode {path}: ", first_line(error)
         # The pipeline's decoder already says so for files FFmpeg cannot open: not twice
         raise AudioError(message if message.startswith(prefix) else prefix + message) from error
+
+
+@functools.cache
+def torchcodec_failure() -> str | None:
+    """Why torchcodec cannot decode in this environment (its import error, in one line), or None when it can."""
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except (ImportError, RuntimeError, OSError) as error:  # RuntimeError: installed, but its FFmpeg libraries are not
+        return first_line(error)
+    return None
+
+
+@contextmanager
+def pcm_wav(source: str | os.PathLike | bytes) -> Iterator[wave.Wave_read]:
+    """
+    A 16 kHz mono 16-bit PCM wav file (a path or its bytes) opened with the standard library's `wave`, for where
+    torchcodec is missing. Other files, which would need FFmpeg to resample or downmix, are a one-line `AudioError`.
+    """
+    name = "the audio bytes" if isinstance(source, bytes) else os.fspath(source)
+    needs = f"needs torchcodec, which cannot be imported here ({torchcodec_failure()})"
+    try:  # the opening alone: errors of the caller's block are not this file's (closed by the `with` below)
+        reader = wave.open(io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source), "rb")  # noqa: SIM115
+    except FileNotFoundError as error:
+        raise AudioError(f"Could not decode {name}: no such file") from error
+    except (wave.Error, EOFError, OSError) as error:
+        raise AudioError(f"Could not decode {name} as PCM wav ({first_line(error)}): other formats {needs}") from error
+    with reader:
+        channels, width, rate = reader.getnchannels(), reader.getsampwidth(), reader.getframerate()
+        if (channels, width, rate) != (1, 2, SAMPLING_RATE):
+            raise AudioError(
+                f"{name} is {channels}-channel {8 * width}-bit {rate} Hz wav: only 1-channel 16-bit {SAMPLING_RATE} Hz "
+                f"wav decodes without FFmpeg; other files {needs}"
+            )
+        yield reader
+
+
+def decode_wav(source: str | os.PathLike | bytes) -> np.ndarray:
+    """
+    The float32 samples of a 16 kHz mono 16-bit PCM wav file (`pcm_wav`): the integers over 2^15, the samples that
+    torchcodec gives (tests/test_audio_without_torchcodec.py compares them).
+    """
+    with pcm_wav(source) as reader:
+        raw = reader.readframes(reader.getnframes())
+    return np.frombuffer(raw, "<i2").astype(np.float32) / np.float32(2**15)
 
 
 def first_line(error: BaseException) -> str:
