@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from spidr_hf.data.aligned_speech import load_split
 from spidr_hf.model.loading import check_device, load
 from spidr_hf.model.representations import ModelRepresentations
-from spidr_hf.units.clustering import fit_kmeans
+from spidr_hf.units.kmeans import fit_kmeans
 
 
 def main(argv: list[str] | None = None) -> None:

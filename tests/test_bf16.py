@@ -14,7 +14,7 @@ from spidr_hf.evaluation import evaluate_model
 from spidr_hf.model.configuration_spidr import SAMPLING_RATE
 from spidr_hf.model.loading import load
 from spidr_hf.model.representations import ModelRepresentations
-from spidr_hf.units.clustering import fit_kmeans
+from spidr_hf.units.kmeans import fit_kmeans
 from spidr_hf_cli import main
 
 LAYERS = [3, 4]  # TINY_CONFIG's codebook layers

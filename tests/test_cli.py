@@ -15,7 +15,7 @@ from spidr_hf.model.configuration_spidr import OBJECTIVES
 from spidr_hf.model.loading import DTYPES
 from spidr_hf.model.modeling_spidr import UNIT_KINDS
 from spidr_hf.units import extract as extract_module
-from spidr_hf.units.kmeans import fit_model_kmeans
+from spidr_hf.units.stored_kmeans import fit_model_kmeans
 from spidr_hf_cli import commands, main
 
 

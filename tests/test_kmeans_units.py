@@ -26,8 +26,8 @@ from spidr_hf.evaluation.items import ITEM_FILE, read_item_file
 from spidr_hf.evaluation.report import format_table
 from spidr_hf.evaluation.units_quality import LABEL_RATE, UNIT_RATE, frame_labels, units_quality
 from spidr_hf.model.modeling_spidr import SpidrKMeans
-from spidr_hf.units.clustering import StreamingKMeans, fit_kmeans
 from spidr_hf.units.extract import extract
+from spidr_hf.units.kmeans import StreamingKMeans, fit_kmeans
 from spidr_hf_cli import main
 
 LAYER, CLUSTERS = 3, 8

@@ -97,7 +97,7 @@ def extract(args: argparse.Namespace) -> int:
 
 
 def kmeans(args: argparse.Namespace) -> int:
-    from spidr_hf.units.kmeans import fit_model_kmeans
+    from spidr_hf.units.stored_kmeans import fit_model_kmeans
 
     fitted = fit_model_kmeans(
         args.model,

@@ -1,6 +1,5 @@
 """Evaluate a SpidR model's layers and units on a phone-aligned corpus, beside log-mel and random-init baselines."""
 
-import copy
 import logging
 import math
 import os
@@ -18,7 +17,8 @@ from ..errors import SpidrError
 from ..model.loading import DTYPES, LoadedModel, check_device, in_dtype, load, load_config
 from ..model.modeling_spidr import UNIT_KINDS
 from ..model.representations import ModelRepresentations
-from ..units.clustering import fit_kmeans, kmeans_training_frames
+from ..units.kmeans import fit_kmeans, kmeans_training_frames
+from ..units.stored_kmeans import StoredKMeans
 from .abx import abx_error
 from .features import LogMelRepresentations, batches
 from .items import FRAME_RATE, HOP_SAMPLES, ITEM_FILE, WINDOW_SAMPLES, AbxItem, frame_span, num_frames, read_item_file
@@ -29,25 +29,6 @@ from .units_quality import LABEL_RATE, UNIT_RATE, cooccurrence, frame_labels, un
 logger = logging.getLogger(__name__)
 
 SPLIT = "dev"
-
-
-class StoredKMeans:
-    """
-    A model's stored k-means centroids (`SpidrKMeans`) behind scikit-learn's `predict`: the units of
-    `SpidrModel.get_kmeans_units`, the `spidr-units` pipeline and `spidr-hf extract --units kmeans`.
-    """
-
-    def __init__(self, kmeans: torch.nn.Module) -> None:
-        self.module = copy.deepcopy(kmeans).cpu()
-
-    @property
-    def num_clusters(self) -> int:
-        return len(self.module.centroids)
-
-    @torch.no_grad()
-    def predict(self, frames: np.ndarray) -> np.ndarray:
-        """`(frames, hidden)` float32 layer results to `(frames,)` centroid indices."""
-        return self.module(torch.from_numpy(frames)).numpy()
 
 
 @dataclass(frozen=True)

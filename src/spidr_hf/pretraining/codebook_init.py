@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..model.modeling_spidr import SpidrForPreTraining
-from ..units.clustering import fit_kmeans
+from ..units.kmeans import fit_kmeans
 
 # k-means is fitted on at most this many target frames per codeword (random frames of the batches), which bounds
 # its time (seconds per codebook) while giving every cluster enough frames to be a stable mean

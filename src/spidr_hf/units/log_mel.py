@@ -1,6 +1,6 @@
 """
 Log-mel k-means units, the spectral baseline of a spoken-LM ladder (`LogMelUnitEncoder`): k-means
-(`clustering.fit_kmeans`, the recipe of SpidR's k-means units) on log-mel frames (`evaluation.features.log_mel`, the
+(`units.kmeans.fit_kmeans`, the recipe of SpidR's k-means units) on log-mel frames (`evaluation.features.log_mel`, the
 evaluation's baseline features), then the nearest centroid of every frame. The centroids' hash stands for the
 weights: units of another fit are refused when scored.
 """
@@ -14,8 +14,8 @@ from ..data.audio import decode
 from ..data.audio_batches import AudioFile
 from ..defaults import KMEANS_FRAMES
 from ..evaluation.features import log_mel
-from .clustering import fit_kmeans
 from .encoder import UnitEncoder
+from .kmeans import fit_kmeans
 from .record import UnitIdentity
 
 DEFAULT_CLUSTERS = 64
