@@ -157,3 +157,24 @@ def test_forward_after_casting_to_bfloat16(training):
         units = model.get_units(x)
         exact = tiny_model(**NO_DROPOUT).get_units(x)
     assert (units == exact).float().mean() >= 0.8
+
+
+def test_the_design_map_names_every_module():
+    """docs/design.md's layout table lists every module of the package and the command line, and no other: the map a
+    newcomer reads stays true."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    design = (root / "docs" / "design.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1] for line in design[design.index("## Layout") :].splitlines() if line.startswith("| `")]
+    named = {name.removeprefix("spidr_hf/") for row in rows for name in re.findall(r"`([\w/]+\.py)`", row)}
+    modules = set()
+    for package in ("spidr_hf", "spidr_hf_cli"):
+        for path in (root / "src" / package).rglob("*.py"):
+            relative = path.relative_to(root / "src" / package).as_posix()
+            only_a_docstring = not re.search(r"^(from|import|def|class|\w+ =)", path.read_text(), re.MULTILINE)
+            if not (path.name == "__init__.py" and only_a_docstring):  # a package's folder, with nothing of its own
+                modules.add(relative if package == "spidr_hf" else f"{package}/{relative}")
+    assert sorted(modules - named) == [], "modules that docs/design.md's layout does not name"
+    assert sorted(named - modules) == [], "modules that docs/design.md's layout names but do not exist"

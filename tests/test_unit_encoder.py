@@ -11,7 +11,7 @@ from test_extract import speech_like
 from test_unit_lm import slm_benchmark, tiny_lm  # noqa: F401 (slm_benchmark: a fixture, found by this name)
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
-from spidr_hf.data.audio import file_seconds
+from spidr_hf.data.audio import decode, file_seconds
 from spidr_hf.data.audio_batches import AudioFile
 from spidr_hf.slm import score as score_module
 from spidr_hf.slm.unit_lm import UnitVocabulary
@@ -70,6 +70,9 @@ def test_the_encoders_units_are_extracts_bitwise_and_its_identity_is_the_records
         assert np.array_equal(encoded[id], units), id
     assert encoder.identity == identity and identity.layer == layer and identity.kind == kind
     assert identity.num_units == (6 if kind == "kmeans" else 16)
+    # One waveform alone: the units of the same file (it had a batch of its own, or was chunked)
+    longest = max(audio_files(audio), key=lambda file: file.seconds)
+    assert np.array_equal(encoder.encode(decode(longest.path)), written[longest.id])
     # The default layer is the one extract takes too: the centroids' for k-means units
     assert SpidrUnitEncoder.from_pretrained(model, kind).layer == layer
 

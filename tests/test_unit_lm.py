@@ -308,7 +308,7 @@ def test_log_mel_units_are_the_nearest_centroids_and_score_like_any_other_units(
 
     benchmark_units = benchmark_log_mel_units(kmeans, slm_benchmark, tmp_path / "benchmark-units")
     lexical = read_unit_sequences(benchmark_units / "lexical", deduplicate=False)[1]
-    assert lexical["lex0v11"].tolist() == again.units(decode(slm_benchmark / "lexical/dev/lex0v11.wav")).tolist()
+    assert lexical["lex0v11"].tolist() == again.encode(decode(slm_benchmark / "lexical/dev/lex0v11.wav")).tolist()
     train_identity, _ = read_unit_sequences(tmp_path / "train-units", deduplicate=True)
     tiny_lm(UnitVocabulary(train_identity)).save_pretrained(tmp_path / "ulm")
     results = score_benchmark(tmp_path / "ulm", None, slm_benchmark, tmp_path / "scores", units=benchmark_units)

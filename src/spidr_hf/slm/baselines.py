@@ -95,7 +95,7 @@ def corpus_log_mel_units(
     splits = {name: load_split(corpus, name) for name in load_from_disk(str(corpus))}
     train = [splits["train"][index].audio for index in np.random.default_rng(seed).permutation(len(splits["train"]))]
     encoder = LogMelUnitEncoder.fit(train, num_clusters, max_frames, seed)
-    units = {row.id: encoder.units(row.audio) for rows in splits.values() for row in tqdm(rows, desc="Log-mel units")}
+    units = {row.id: encoder.encode(row.audio) for rows in splits.values() for row in tqdm(rows, desc="Log-mel units")}
     write_units_folder(Path(output), encoder.identity, units, str(corpus))
     return encoder
 
@@ -106,6 +106,6 @@ def benchmark_log_mel_units(encoder: LogMelUnitEncoder, benchmark: str | Path, o
     for task in SPOKEN_TEXT:
         folder = benchmark / task / "dev"
         rows = read_gold(folder / "gold.csv", task)
-        units = {row["filename"]: encoder.units(decode(folder / f"{row['filename']}.wav")) for row in tqdm(rows)}
+        units = {row["filename"]: encoder.encode(decode(folder / f"{row['filename']}.wav")) for row in tqdm(rows)}
         write_units_folder(output / task, encoder.identity, units, str(benchmark / task))
     return output

@@ -38,6 +38,10 @@ class UnitEncoder(ABC):
         """What the units mean (`deduplicate`: a unit LM merges their runs)."""
 
     @abstractmethod
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        """The frame units `(frames,)` of one 16 kHz mono waveform."""
+
+    @abstractmethod
     def encode_batches(
         self, files: Sequence[AudioFile], done: frozenset[str] = frozenset()
     ) -> Iterator[dict[str, np.ndarray]]:
@@ -162,6 +166,17 @@ class SpidrUnitEncoder(UnitEncoder):
                 "frame_rate": config.frame_rate,
             }
         return {"num_units": config.codebook_size, "frame_rate": config.frame_rate}
+
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        """One waveform alone (a long one in stitched chunks, as `extract` does)."""
+        inputs = self.feature_extractor([audio], sampling_rate=SAMPLING_RATE, return_tensors="pt")
+        network = self.network.to(self.device).eval()
+        alone = [AudioFile(Path("<array>"), "", len(audio) / SAMPLING_RATE)]
+        _, units = model_outputs(
+            network, inputs, alone, self.layer, False, self.kind, self.device, self.chunk_seconds, self.batch_seconds,
+            features=False,
+        )  # fmt: skip
+        return units[0]
 
     def encode_batches(
         self, files: Sequence[AudioFile], done: frozenset[str] = frozenset()

@@ -60,7 +60,7 @@ class LogMelUnitEncoder(UnitEncoder):
             deduplicate=False,
         )
 
-    def units(self, audio: np.ndarray) -> np.ndarray:
+    def encode(self, audio: np.ndarray) -> np.ndarray:
         """`(frames,)` index of the nearest centroid (L2) of each log-mel frame of 16 kHz `audio`."""
         return self.kmeans.predict(log_mel(audio).numpy())
 
@@ -70,4 +70,4 @@ class LogMelUnitEncoder(UnitEncoder):
         """One file at a time: log-mel frames do not depend on the rest of a batch."""
         for file in files:
             if file.id not in done:
-                yield {file.id: self.units(decode(file.path))}
+                yield {file.id: self.encode(decode(file.path))}
