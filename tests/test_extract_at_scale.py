@@ -6,7 +6,6 @@ SIGKILL, refused when shards disagree, and units as a parquet `datasets` dataset
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -79,18 +78,14 @@ def test_independent_shards_give_the_outputs_of_one_process(source_dir, many_fil
     assert not (output / SHARD_LOCKS).exists() and not (output / ".units.txt.parts").exists()
 
 
-def free_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_two_torchrun_processes_give_the_outputs_of_one_process(source_dir, many_files, one_process, tmp_path):
     from datasets import load_dataset
 
     output = tmp_path / "out"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", free_port()]
+    # Standalone: its rendezvous store binds a port of the system's choosing (a port found free beforehand may be taken
+    # by the time torchrun binds it)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     argv = [source_dir, many_files, output, *LAYER, "--features", "--units", "codebook", "--batch-seconds", "4"]
     argv += ["--units-format", "parquet", "--deduplicate", "--device", "cpu"]
     completed = subprocess.run([*launcher, *command(*argv)[1:]], capture_output=True, text=True)
