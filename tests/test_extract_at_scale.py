@@ -6,10 +6,9 @@ SIGKILL, refused when shards disagree, and units as a parquet `datasets` dataset
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -79,18 +78,14 @@ def test_independent_shards_give_the_outputs_of_one_process(source_dir, many_fil
     assert not (output / SHARD_LOCKS).exists() and not (output / ".units.txt.parts").exists()
 
 
-def free_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_two_torchrun_processes_give_the_outputs_of_one_process(source_dir, many_files, one_process, tmp_path):
     from datasets import load_dataset
 
     output = tmp_path / "out"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", free_port()]
+    # Standalone: its rendezvous store binds a port of the system's choosing (a port found free beforehand may be taken
+    # by the time torchrun binds it)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     argv = [source_dir, many_files, output, *LAYER, "--features", "--units", "codebook", "--batch-seconds", "4"]
     argv += ["--units-format", "parquet", "--deduplicate", "--device", "cpu"]
     completed = subprocess.run([*launcher, *command(*argv)[1:]], capture_output=True, text=True)
@@ -125,23 +120,45 @@ def test_parquet_units_are_a_datasets_dataset_with_a_card(source_dir, many_files
     assert settings["weights_sha256"] in card and "unit_kind: codebook" in card and "frame_rate: 50" in card
 
 
+# `spidr-hf extract` that kills itself (SIGKILL, as a crash or the OOM killer would) when it is about to rename its
+# second feature file into place: one `.pt` is written, the next one's side file is not renamed yet, the units of the
+# first batch may be half written. At a state, not at a moment: a kill timed from outside may come after the last file
+KILLED_AT_SECOND_FEATURE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from spidr_hf_cli import main
+
+    rename = os.replace
+    renamed_features = []
+
+    def rename_or_die(source, target):
+        if str(target).endswith(".pt"):
+            if renamed_features:
+                os.kill(os.getpid(), signal.SIGKILL)
+            renamed_features.append(target)
+        return rename(source, target)
+
+    os.replace = rename_or_die
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
 @pytest.mark.slow
 def test_a_killed_shard_resumes_to_the_uninterrupted_outputs(source_dir, many_files, one_process, tmp_path):
     output = tmp_path / "out"
     argv = [source_dir, many_files, output, *LAYER, "--features", "--units", "codebook", "--batch-seconds", "4"]
     argv += ["--num-workers", "0", "--shard", "0/1"]
-    process = subprocess.Popen(command(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list(output.rglob("*.pt")) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    written = len(features_of(output))
-    if written == len(SECONDS) and (output / "units.txt").exists():
-        pytest.fail("the run finished before it could be killed: give it more work")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AT_SECOND_FEATURE, "extract", *map(str, argv)], capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert len(features_of(output)) == 1 and len(list(output.rglob(".*.pt.partial"))) == 1
+    assert not (output / "units.txt").exists()
     run(*argv)
     assert features_of(output) == features_of(one_process)
     assert (output / "units.txt").read_bytes() == (one_process / "units.txt").read_bytes()
+    assert not list(output.rglob("*.partial"))  # the side file left by the kill was written again and renamed
 
 
 def test_shards_with_other_settings_are_refused(source_dir, many_files, tmp_path, capsys):

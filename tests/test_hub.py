@@ -6,11 +6,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -635,25 +637,53 @@ def test_a_release_folder_that_fails_its_check_never_appears_and_leaves_nothing(
     assert sorted(path.name for path in out.parent.iterdir()) == ["release"]
 
 
+def running_release_check(pid: int) -> bool:
+    """Whether `pid` is a live release check (not gone, not a zombie, not another process that got its id since)."""
+    try:
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()  # a zombie's is empty
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return b"release_check.py" in command_line
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 300) -> None:
+    """Poll until `condition()`: the deadline only bounds a hang (a loaded machine takes as long as it takes)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not after {seconds} s"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the child dies with push on Linux (PR_SET_PDEATHSIG)")
 def test_a_killed_push_leaves_no_child_and_the_next_run_no_staging(source_dir, tmp_path):
-    import signal
-    import time
+    from spidr_hf.hub.release_check import PID_FILE
 
     out = tmp_path / "parent" / "release"
     command = [sys.executable, "-m", "spidr_hf", *push_arguments(source_dir), "--dry-run", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    push = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(out.parent.glob(".release.staging-*/.spidr-release-check-*")):
-        time.sleep(0.2)  # wait until the check's child runs
-    checks = subprocess.run(["pgrep", "-f", "release_check.py"], capture_output=True, text=True).stdout.split()
-    assert checks, "the release check never started"
-    push.send_signal(signal.SIGKILL)
-    push.wait()
-    time.sleep(2)
-    survivors = subprocess.run(["pgrep", "-f", "release_check.py"], capture_output=True, text=True).stdout.split()
-    assert not set(checks) & set(survivors), "the check's child outlived the killed push"
+    with open(tmp_path / "push.err", "w") as push_errors:
+        push = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=push_errors)
+    check = None
+
+    def pid_files() -> list[Path]:
+        return list(out.parent.glob(f".release.staging-*/.spidr-release-check-*/{PID_FILE}"))
+
+    try:
+        # The check writes its pid file once its interpreter runs, with the death signal already set (before exec)
+        wait_for(lambda: pid_files() or push.poll() is not None, "the release check never started")
+        assert push.poll() is None, f"push ended ({push.returncode}) first: {(tmp_path / 'push.err').read_text()}"
+        check = int(pid_files()[0].read_text())
+        # Stopped, neither can finish before the kill (push waits for its check); SIGKILL ends a stopped process too
+        os.kill(check, signal.SIGSTOP)
+        assert running_release_check(check) and push.poll() is None
+        push.kill()
+        push.wait()
+        wait_for(lambda: not running_release_check(check), "the check's child outlived the killed push", seconds=120)
+    finally:
+        push.kill()
+        if check is not None and running_release_check(check):
+            os.kill(check, signal.SIGKILL)  # a failed test leaves no stray process
     assert not out.exists()
     assert main([*push_arguments(source_dir), "--dry-run", str(out)]) == 0
     assert sorted(path.name for path in out.parent.iterdir()) == ["release"]

@@ -458,17 +458,13 @@ def test_kmeans_on_a_folder_skips_files_too_short_for_a_frame_and_names_them(sou
 
 @pytest.mark.slow
 def test_kmeans_in_two_torchrun_processes_fits_the_centroids_of_one_process(source_dir, corpus, tmp_path):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
     options = ["--dataset", str(corpus), "--layer", str(LAYER), "--num-clusters", str(CLUSTERS)]
     options += ["--kmeans-frames", "2000", "--batch-size", "2", "--device", "cpu"]  # several batches for each process
     options += ["--kmeans-memory-frames", "700"]  # streamed: fitted on the first 700 frames, then refined twice
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["kmeans", str(source_dir), *options, "--output", str(one)]) == 0
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port]
+    # Standalone: the rendezvous binds a port of the system's choosing, not one found free beforehand and maybe taken
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command = [*launcher, "-m", "spidr_hf", "kmeans", str(source_dir), *options, "--output", str(two)]
     completed = subprocess.run(command, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]

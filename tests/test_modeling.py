@@ -475,8 +475,14 @@ def test_codebook_update_is_summed_over_processes(tmp_path):
         out=str(tmp_path / "rank"),
     )
     workers = [subprocess.Popen([sys.executable, "-c", script, str(rank)], stderr=subprocess.PIPE) for rank in (0, 1)]
-    for worker in workers:
-        assert worker.wait(timeout=300) == 0, worker.stderr.read().decode()[-3000:]
+    try:
+        # communicate, not wait: a worker that fills the stderr pipe would block until the timeout
+        errors = [worker.communicate(timeout=300)[1] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()  # the other waits in gloo's rendezvous for 30 minutes when one fails; no-op once ended
+    for worker, error in zip(workers, errors, strict=True):
+        assert worker.returncode == 0, error.decode()[-3000:]
     # One process seeing both ranks' targets must end in the same state
     torch.manual_seed(0)
     single = SpidrCodebooks(SpidrConfig(**TINY_CONFIG))

@@ -6,14 +6,29 @@ features and units of both pipelines) or `... finetuned AUTO_CLASS TASK` (the he
 and the output of the transformers pipeline TASK, if any): it makes `spidr_hf` unimportable first, so everything must
 come from the folder's remote code. It writes what it got for the probe to OUT.npz for the caller to compare with the
 source model.
+
+Its first act, before the slow imports, is to write its process id to `release-check.pid` beside OUT.npz: while the
+check runs (up to minutes on a loaded machine), that file names the process to look at or stop, and it tells a
+watcher that the check's interpreter is running (`push`'s tests kill `push` then and check that this process dies too).
 """
 
 import importlib.abc
 import importlib.machinery
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
+
+PID_FILE = "release-check.pid"
+
+
+def write_pid_file(folder: Path) -> None:
+    """`folder`/PID_FILE holding this process's id, complete whenever it exists (written aside, then renamed)."""
+    partial = folder / f".{PID_FILE}.partial"
+    partial.write_text(f"{os.getpid()}\n", encoding="utf-8")
+    os.replace(partial, folder / PID_FILE)
 
 
 class _HideSpidrHf(importlib.abc.MetaPathFinder):
@@ -28,6 +43,7 @@ class _HideSpidrHf(importlib.abc.MetaPathFinder):
 
 
 def main(folder: str, probe_path: str, output_path: str, mode: str, *arguments: str) -> None:
+    write_pid_file(Path(output_path).absolute().parent)
     sys.meta_path.insert(0, _HideSpidrHf())
     import numpy as np
     import torch
