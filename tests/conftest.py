@@ -29,6 +29,22 @@ TINY_CONFIG = {
 }
 
 
+# Marks that transformers' common model tests carry (tests/test_transformers_common.py); transformers' own conftest.py,
+# which is not in its source distribution, registers them
+TRANSFORMERS_TEST_MARKS = (
+    "accelerate_tests",
+    "flash_attn_test",
+    "flash_attn_3_test",
+    "flash_attn_4_test",
+    "torch_compile_test",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for mark in TRANSFORMERS_TEST_MARKS:
+        config.addinivalue_line("markers", f"{mark}: a mark of transformers' common model tests")
+
+
 class Cut(BaseException):
     """An injected interruption: like a KeyboardInterrupt, nothing in spidr-hf catches it."""
 
