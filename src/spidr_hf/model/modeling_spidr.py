@@ -38,6 +38,10 @@ HEAD_PIPELINE_TASKS = {
 }
 NORM_EPS = 1e-5  # epsilon of the input standardization, the instance norms and the codebook initialisation
 RESTART_SPLIT = 0.05  # distance of each half of a codeword split to restart an idle one, relative to its norm
+SDPA_ATTENTIONS_WARNING = (
+    "`output_attentions=True` needs eager attention: with {} attention the outputs have no attention weights. Load "
+    "the model with `attn_implementation='eager'` (or call `model.set_attn_implementation('eager')`) for them."
+)
 
 
 class SpidrCodebookStatistics(NamedTuple):
@@ -93,8 +97,9 @@ class SpidrModelOutput(ModelOutput):
     layer_results (`tuple(torch.FloatTensor)`, returned with `output_layer_results=True`):
         One tensor per layer (entry `i - 1` for layer `i`): the feed-forward output before the residual sum. These
         are SpidR's representations; the layer-6 result (`layer_results[5]`) is the recommended feature.
-    attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True` and eager attention):
-        Attention weights of each layer.
+    attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True`):
+        Attention weights of each layer, with eager attention; other implementations compute none (an empty tuple and
+        a warning, as in transformers' models).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -874,9 +879,8 @@ class SpidrModel(SpidrPreTrainedModel):
             `last_hidden_state` is its output (without the final LayerNorm of pre-LN models).
         """
         if (output_attentions or self.config.output_attentions) and self.config._attn_implementation != "eager":
-            raise ValueError(
-                "Attention weights need eager attention: load the model with `attn_implementation='eager'`."
-            )
+            # As transformers' models do: the outputs come, without the weights that only eager attention computes
+            logger.warning_once(SDPA_ATTENTIONS_WARNING.format(self.config._attn_implementation))
         if num_layers is not None and not 1 <= num_layers <= self.config.num_hidden_layers:
             raise ValueError(f"`num_layers` must be in [1, {self.config.num_hidden_layers}], got {num_layers}.")
         extract_features, hidden_states, frame_mask = self.embed(input_values, attention_mask)
