@@ -14,6 +14,7 @@ The source distribution ships tests/*.py but not the three helper modules they i
 """
 
 import math
+import random
 import sys
 import types
 import unittest
@@ -325,12 +326,13 @@ else:
             if return_labels and model_class in (SpidrForCTC, SpidrForAudioFrameClassification, SpidrForXVector):
                 batch_size, frames = self.model_tester.batch_size, self.model_tester.output_seq_length
                 config = self.model_tester.get_config()
+                rng = random.Random(0)  # the same labels on every call: tests compare two calls' losses
                 if model_class is SpidrForCTC:  # 1 to vocab_size - 1: 0 is the blank
-                    labels = 1 + ids_tensor((batch_size, frames // 2), config.vocab_size - 1)
+                    labels = 1 + ids_tensor((batch_size, frames // 2), config.vocab_size - 1, rng=rng)
                 elif model_class is SpidrForAudioFrameClassification:
-                    labels = ids_tensor((batch_size, frames), config.num_labels)
+                    labels = ids_tensor((batch_size, frames), config.num_labels, rng=rng)
                 else:
-                    labels = ids_tensor((batch_size,), config.num_labels)
+                    labels = ids_tensor((batch_size,), config.num_labels, rng=rng)
                 inputs_dict["labels"] = labels.to(torch_device)
             return inputs_dict
 
