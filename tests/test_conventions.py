@@ -1,10 +1,13 @@
 """The conventions of transformers' common model tests (ModelTesterMixin, ConfigTester, the HuBERT / wav2vec2 tests)."""
 
+import re
+
 import pytest
 import torch
 from conftest import TINY_CONFIG
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining, SpidrModel, compute_span_mask
+from spidr_hf.model.modeling_spidr import HEAD_CLASSES
 
 NO_DROPOUT = {"hidden_dropout": 0.0, "attention_dropout": 0.0, "layerdrop": 0.0}
 SAMPLES = 6000  # 18 frames with the tiny config
@@ -157,3 +160,43 @@ def test_forward_after_casting_to_bfloat16(training):
         units = model.get_units(x)
         exact = tiny_model(**NO_DROPOUT).get_units(x)
     assert (units == exact).float().mean() >= 0.8
+
+
+# Where each class keeps fp32 whatever dtype it is loaded or built in: the pretraining state, and k-means centroids
+FP32_PREFIXES = {"SpidrForPreTraining": ("teacher.", "codebooks.", "heads.")}
+HEAD_KWARGS = {"vocab_size": 12, "pad_token_id": 0, "tdnn_dim": (16, 16), "tdnn_kernel": (3, 1)}
+HEAD_KWARGS["tdnn_dilation"] = (1, 1)
+
+
+@pytest.mark.parametrize(
+    "model_class",
+    [SpidrModel, SpidrForPreTraining, *HEAD_CLASSES.values()],
+    ids=lambda model_class: model_class.__name__,
+)
+def test_each_class_keeps_its_own_modules_in_fp32_whatever_the_dtype_asked(model_class, tmp_path):
+    """
+    transformers' `_keep_in_fp32_modules_strict` convention: each class names only modules it has, and creates them in
+    fp32, so that `_from_config(config, dtype=...)` gives the dtypes that `from_pretrained(..., dtype=...)` does.
+    """
+    torch.manual_seed(0)
+    config = SpidrConfig(**TINY_CONFIG, **HEAD_KWARGS)
+    source = SpidrForPreTraining(config)
+    source.spidr.set_kmeans_centroids(2, torch.randn(5, TINY_CONFIG["hidden_size"]))
+    source.save_pretrained(tmp_path)
+    config = SpidrConfig.from_pretrained(tmp_path)
+    kmeans = "kmeans." if model_class is SpidrModel else "spidr.kmeans."
+    fp32_prefixes = (*FP32_PREFIXES.get(model_class.__name__, ()), kmeans)
+    for dtype in (torch.float16, torch.bfloat16):
+        for how, model in (
+            ("_from_config", model_class._from_config(config, dtype=dtype)),
+            ("from_pretrained", model_class.from_pretrained(tmp_path, dtype=dtype)),
+        ):
+            state = model.state_dict()
+            for module in model._keep_in_fp32_modules_strict:  # transformers' test_keep_in_fp32_modules_exist
+                assert any(re.search(rf"(?:^|\.){module}\.", name) for name in state), (how, module)
+            wrong = {
+                name: tensor.dtype
+                for name, tensor in state.items()
+                if tensor.dtype != (torch.float32 if name.startswith(fp32_prefixes) else dtype)
+            }
+            assert not wrong, (how, dtype, wrong)

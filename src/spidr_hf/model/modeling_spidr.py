@@ -531,9 +531,11 @@ class SpidrPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = True
     _no_split_modules = ["SpidrEncoderLayer", "SpidrEncoderLayerStableLayerNorm"]
-    # EMA and codebook statistics need fp32. Units are an argmax: bf16 logits tie on about 1 % of a trained model's
-    # frames (8-bit mantissa), so the heads, like the k-means centroids, keep fp32 and read bf16 features upcast
-    _keep_in_fp32_modules_strict = ["teacher", "codebooks", "heads", "kmeans"]
+    # The modules kept in fp32 whatever dtype the model is loaded in are named by each class, for the modules it has
+    # (`SpidrForPreTraining`: teacher, codebooks, heads; `SpidrModel`: its k-means centroids, when it has some; a model
+    # holding a `SpidrModel` adds those of it). Each also creates them in fp32, so that `_from_config(config,
+    # dtype=...)` and `from_pretrained(..., dtype=...)` agree.
+    _keep_in_fp32_modules_strict = []
     # SpidrEncoderLayer matches the pre-LN subclass too. Layer results are returned by the encoder itself rather than
     # recorded: the teacher, a bare encoder, needs them as well.
     _can_record_outputs = {
@@ -807,6 +809,8 @@ class SpidrModel(SpidrPreTrainedModel):
         self.feature_projection = SpidrFeatureProjection(config)
         self.encoder = SpidrEncoder(config)
         self.kmeans = SpidrKMeans(config) if config.kmeans_layer is not None else None
+        # Units are the nearest centroid: bf16 features are upcast to the fp32 centroids
+        self._keep_in_fp32_modules_strict = ["kmeans"] if self.kmeans is not None else []
         self.post_init()
 
     def set_kmeans_centroids(self, layer: int, centroids: torch.Tensor) -> None:
@@ -818,6 +822,7 @@ class SpidrModel(SpidrPreTrainedModel):
         self.config.check_values()
         self.kmeans = SpidrKMeans(self.config).to(centroids.device)
         self.kmeans.centroids.copy_(centroids)
+        self._keep_in_fp32_modules_strict.add("kmeans")
 
     @torch.no_grad()
     def get_kmeans_units(
@@ -916,7 +921,10 @@ class SpidrKMeans(nn.Module):
 
     def __init__(self, config: SpidrConfig):
         super().__init__()
-        self.register_buffer("centroids", torch.zeros(config.kmeans_num_clusters, config.hidden_size))
+        # NaN until set or loaded (`check_fitted`), as `_init_weights` leaves them; fp32 whatever the default dtype
+        self.register_buffer(
+            "centroids", torch.full((config.kmeans_num_clusters, config.hidden_size), math.nan, dtype=torch.float32)
+        )
         self.expected_sha256 = config.kmeans_centroids_sha256
 
     def check_matches_config(self) -> None:
@@ -964,11 +972,13 @@ class SpidrCodebooks(nn.Module):
         super().__init__()
         self.decay = config.codebook_decay
         self.restart_after = config.codebook_restart_after
-        self.register_buffer("codebook", torch.empty(config.num_codebooks, config.codebook_size, config.hidden_size))
-        self.register_buffer("counts", torch.ones(config.num_codebooks, config.codebook_size))
+        shape = (config.num_codebooks, config.codebook_size)
+        # All fp32 whatever the default dtype (`_keep_in_fp32_modules_strict`)
+        self.register_buffer("codebook", torch.empty(*shape, config.hidden_size, dtype=torch.float32))
+        self.register_buffer("counts", torch.ones(shape, dtype=torch.float32))
         # Floats rather than integers or booleans: the module is kept in fp32 whatever dtype a model is loaded in
-        self.register_buffer("idle_updates", torch.zeros(config.num_codebooks, config.codebook_size))
-        self.register_buffer("ever_assigned", torch.zeros(config.num_codebooks, config.codebook_size))
+        self.register_buffer("idle_updates", torch.zeros(shape, dtype=torch.float32))
+        self.register_buffer("ever_assigned", torch.zeros(shape, dtype=torch.float32))
 
     def initial_codebook(self) -> torch.Tensor:
         """Gaussian codewords, each dimension standardized over the codewords."""
@@ -1078,6 +1088,9 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
 
     # The Trainer passes `num_items_in_batch` (masked frames of the global batch) to `forward`
     accepts_loss_kwargs = True
+    # EMA and codebook statistics need fp32. Units are an argmax: bf16 logits tie on about 1 % of a trained model's
+    # frames (8-bit mantissa), so the heads keep fp32 and read bf16 features upcast. Each is created in fp32 below
+    _keep_in_fp32_modules_strict = ["teacher", "codebooks", "heads"]
     # Codebook usage tracking came after the first releases; folders without it start from no usage
     _keys_to_ignore_on_load_missing = [r"codebooks\.idle_updates", r"codebooks\.ever_assigned"]
     # See SpidrModel's: centroids the config does not name
@@ -1087,9 +1100,12 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         super().__init__(config)
         config.check_values()
         self.spidr = SpidrModel(config)
-        self.teacher = SpidrEncoder(config)
+        # In fp32 whatever the default dtype (`_keep_in_fp32_modules_strict`); `_init_weights` draws its weights
+        self.teacher = SpidrEncoder(config).to(torch.float32)
         self.teacher.requires_grad_(False)
-        self.heads = nn.ModuleList(nn.Linear(config.hidden_size, config.codebook_size) for _ in config.codebook_layers)
+        self.heads = nn.ModuleList(
+            nn.Linear(config.hidden_size, config.codebook_size, dtype=torch.float32) for _ in config.codebook_layers
+        )
         self.codebooks = SpidrCodebooks(config)
         self.mask_embedding = nn.Parameter(torch.empty(config.hidden_size))
         self.freeze_untrained_parameters()
