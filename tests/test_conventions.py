@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 from conftest import TINY_CONFIG
+from transformers import PreTrainedModel
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining, SpidrModel, compute_span_mask
 from spidr_hf.model.modeling_spidr import HEAD_CLASSES
@@ -200,3 +201,32 @@ def test_each_class_keeps_its_own_modules_in_fp32_whatever_the_dtype_asked(model
                 if tensor.dtype != (torch.float32 if name.startswith(fp32_prefixes) else dtype)
             }
             assert not wrong, (how, dtype, wrong)
+
+
+def test_both_ways_of_building_a_model_give_the_same_buffers(monkeypatch):
+    """
+    transformers' test_init_weights_can_init_buffers: a buffer is what `__init__` makes it, whether `init_weights` runs
+    after it or after a build on the meta device (no random state in buffers), and a model built the usual way has it.
+    """
+    config = SpidrConfig(**TINY_CONFIG, kmeans_layer=2, kmeans_num_clusters=3)
+    torch.manual_seed(0)
+    built = dict(SpidrForPreTraining(config).named_buffers())
+    with monkeypatch.context() as patch:
+        patch.setattr(PreTrainedModel, "_initialize_weights", lambda *args, **kwargs: None)
+        from_init = dict(SpidrForPreTraining(config).named_buffers())
+    with torch.device("meta"):
+        meta = SpidrForPreTraining(config)
+    meta.to_empty(device="cpu")
+    meta.init_weights()
+    from_meta = dict(meta.named_buffers())
+    assert built.keys() == from_init.keys() == from_meta.keys()
+    for name, buffer in built.items():
+        for other in (from_init[name], from_meta[name]):
+            torch.testing.assert_close(other, buffer, rtol=0, atol=0, equal_nan=True, msg=name)
+    # Still the paper's random codewords: each dimension standardized over the codewords, others for another seed
+    codebook = built["codebooks.codebook"]
+    torch.testing.assert_close(codebook.mean(1), torch.zeros(()).expand(codebook.mean(1).shape), rtol=0, atol=1e-5)
+    variance = codebook.var(1, unbiased=False)  # 1 less the instance norm's epsilon
+    torch.testing.assert_close(variance, torch.ones(()).expand(variance.shape), rtol=0, atol=1e-4)
+    torch.manual_seed(1)
+    assert not torch.equal(SpidrForPreTraining(config).codebooks.codebook, codebook)

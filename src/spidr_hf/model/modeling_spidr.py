@@ -957,6 +957,23 @@ class SpidrKMeans(nn.Module):
         return distances.argmin(-1)
 
 
+def initial_codebook(num_codebooks: int, codebook_size: int, hidden_size: int) -> torch.Tensor:
+    """
+    The codebooks a new model starts with, `(num_codebooks, codebook_size, hidden_size)` in fp32 on the CPU: Gaussian
+    codewords, each dimension standardized over the codewords (the paper's init). They are drawn from a generator seeded
+    with the process's seed (`torch.initial_seed()`, which `torch.manual_seed` and `transformers.set_seed` set) rather
+    than from the global random stream: a buffer must be the same whether `__init__` sets it or `init_weights` does
+    after a meta-device build, whatever was drawn in between; runs seeded differently still start from different
+    codebooks. (k-means initialised codebooks, `codebook_init_batches`, replace them from the data.)
+    """
+    generator = torch.Generator().manual_seed(torch.initial_seed())
+    # On the CPU whatever the default device, where the generator is
+    draws = torch.randn(
+        num_codebooks, hidden_size, codebook_size, generator=generator, dtype=torch.float32, device="cpu"
+    )
+    return F.instance_norm(draws, eps=NORM_EPS).transpose(1, 2).contiguous()
+
+
 class SpidrCodebooks(nn.Module):
     """
     One codebook of `codebook_size` codewords per target layer, kept as EMA sums: codeword v of codebook k is
@@ -973,18 +990,18 @@ class SpidrCodebooks(nn.Module):
         self.decay = config.codebook_decay
         self.restart_after = config.codebook_restart_after
         shape = (config.num_codebooks, config.codebook_size)
-        # All fp32 whatever the default dtype (`_keep_in_fp32_modules_strict`)
-        self.register_buffer("codebook", torch.empty(*shape, config.hidden_size, dtype=torch.float32))
+        # Every buffer starts as `_init_weights` sets it, so that both ways of building a model (`__init__`, and
+        # `init_weights` after a meta-device build) agree; all fp32 whatever the default dtype
+        codebook = initial_codebook(*shape, config.hidden_size)
+        self.register_buffer("codebook", codebook.to(torch.get_default_device()))
         self.register_buffer("counts", torch.ones(shape, dtype=torch.float32))
         # Floats rather than integers or booleans: the module is kept in fp32 whatever dtype a model is loaded in
         self.register_buffer("idle_updates", torch.zeros(shape, dtype=torch.float32))
         self.register_buffer("ever_assigned", torch.zeros(shape, dtype=torch.float32))
 
     def initial_codebook(self) -> torch.Tensor:
-        """Gaussian codewords, each dimension standardized over the codewords."""
-        num_codebooks, size, dim = self.codebook.shape
-        draws = torch.randn(num_codebooks, dim, size, device=self.codebook.device)
-        return F.instance_norm(draws, eps=NORM_EPS).transpose(1, 2).contiguous()
+        """The codebooks a new model starts with (see `initial_codebook`), on this module's device."""
+        return initial_codebook(*self.codebook.shape).to(self.codebook.device)
 
     def codewords(self) -> torch.Tensor:
         """The codewords, `(num_codebooks, codebook_size, hidden)`, in fp32."""
