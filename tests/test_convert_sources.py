@@ -277,3 +277,17 @@ def test_spidr_adapt_checkpoints_convert_without_their_training_extras(tmp_path,
     }
     assert "supervised_epoch" in record["dropped"]["checkpoint_entries"]
     assert "`supervised_classifiers.de.*`" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.slow  # push checks the release folder in a fresh interpreter
+def test_push_of_a_converted_folder_names_what_was_converted(reference_run, tmp_path):
+    _, checkpoint = reference_run
+    convert(checkpoint, tmp_path / "converted")
+    release = tmp_path / "release"
+    push = ["push", str(tmp_path / "converted"), "--repo-id", "org/run", "--license", "cc-by-nc-4.0"]
+    assert cli_main([*push, "--dry-run", str(release)]) == 0
+    text = " ".join((release / "README.md").read_text().split())
+    assert "converted to Hugging Face Transformers with `spidr-hf` from `spidr.pt`" in text
+    for read in (checkpoint, checkpoint.parent / "config.json"):
+        assert f"SHA-256 `{sha256(read)}`" in text
+    assert str(tmp_path) not in text  # the local folder is the user's business

@@ -80,6 +80,11 @@ class FetchedCheckpoint:
         return file_sha256(self.path)
 
 
+def shown_origin(origin: str) -> str:
+    """How a card names a source: URLs and Hub files in full, a local file by its name (its folder is the user's)."""
+    return origin if "://" in origin else Path(origin).name
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:

@@ -21,7 +21,7 @@ from ..io.atomic_files import check_writable, new_folder
 from ..model.configuration_spidr import OBJECTIVES, SpidrConfig
 from ..model.feature_extraction_spidr import SpidrFeatureExtractor
 from ..model.modeling_spidr import SpidrForPreTraining
-from .checkpoint_sources import ConversionError, FetchedCheckpoint, fetch_checkpoint, file_sha256
+from .checkpoint_sources import ConversionError, FetchedCheckpoint, fetch_checkpoint, file_sha256, shown_origin
 from .release import save_hub_ready
 
 CONVERSION_RECORD = "conversion.json"  # what a converted folder was read from, and what was left out
@@ -463,11 +463,6 @@ def read_conversion_record(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def shown_origin(origin: str) -> str:
-    """How a card names a source: URLs and Hub files in full, a local file by its name (its folder is the user's)."""
-    return origin if "://" in origin else Path(origin).name
 
 
 def conversion_card(record: Mapping[str, Any], title: str) -> ModelCard:

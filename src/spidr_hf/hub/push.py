@@ -10,6 +10,7 @@ from huggingface_hub import CommitInfo, HfApi, get_token
 from huggingface_hub.errors import HFValidationError, HTTPError
 from huggingface_hub.utils import validate_repo_id
 
+from .convert import read_conversion_record
 from .model_card import CardOptions
 from .release import assemble_release
 
@@ -99,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         datasets=tuple(args.train_dataset),
         base_model=args.base_model,
         evaluation=args.evaluation,
+        # A `spidr-hf convert` folder: the card names what was converted, with its SHA-256
+        conversion=read_conversion_record(Path(args.model)) if Path(args.model).is_dir() else None,
     )
     if args.dry_run is not None:
         folder = assemble_release(Path(args.model), args.dry_run, options)
