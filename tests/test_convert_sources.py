@@ -221,6 +221,9 @@ def test_reference_hub_names_are_the_references(server, cache, tmp_path, monkeyp
     fetched = fetch_checkpoint("spidr_base")
     assert fetched.path.read_bytes() == (tmp_path / "served" / "models" / "spidr_base.pt").read_bytes()
     assert (fetched.model_type, fetched.config, requests) == ("spidr", None, ["/models/spidr_base.pt"])
+    # Its URL is the same model (the cached download)
+    by_url = fetch_checkpoint(f"{base}/models/spidr_base.pt")
+    assert (by_url.path, by_url.model_type, by_url.official, len(requests)) == (fetched.path, "spidr", "x", 1)
 
 
 def spidr_adapt_checkpoint(reference, config, folder: Path) -> Path:

@@ -25,7 +25,7 @@ from ..errors import SpidrError
 
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt")
 REFERENCE_CONFIG = "config.json"  # the run config the reference's training writes beside its checkpoints
-# Missing files of a static file server: 404, or 403 from object stores that do not tell (the official URLs' CDN)
+# Missing files of a static file server: 404, or 403 from object stores that answer so for a key they lack (S3)
 MISSING_STATUSES = (403, 404)
 # The Hub's file URLs, which go through huggingface_hub (its cache and revisions) rather than a plain download
 HUB_FILE_URL = re.compile(
@@ -99,7 +99,10 @@ def fetch_checkpoint(
     """The checkpoint `source` names (see the module's docstring), downloaded if need be, with its reference config:
     `config` if given, else the `config.json` beside it if there is one."""
     local = Path(source).expanduser()
-    hub_name = REFERENCE_HUB_NAMES.get(source)
+    # A reference hub name, or the URL its function downloads (which has no config.json beside it to tell the type)
+    hub_name = REFERENCE_HUB_NAMES.get(source) or next(
+        (entry for entry in REFERENCE_HUB_NAMES.values() if entry.url == source), None
+    )
     hub_file = HUB_FILE_URL.fullmatch(source)
     if revision is not None and (local.exists() or hub_name is not None or (is_url(source) and not hub_file)):
         raise ConversionError(f"--revision applies to Hugging Face Hub repositories, not to {source}.")
