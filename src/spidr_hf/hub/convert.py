@@ -501,7 +501,7 @@ def conversion_card(record: Mapping[str, Any], title: str) -> ModelCard:
         "```python",
         "from transformers import AutoModel",
         "",
-        f'model = AutoModel.from_pretrained("{title}", trust_remote_code=True)',
+        f'model = AutoModel.from_pretrained("path/to/{title}", trust_remote_code=True)  # or its Hub id',
         "```",
         "",
         "`spidr-hf push` replaces this card by the full one" + (f" (`--official {official}`)." if official else "."),
