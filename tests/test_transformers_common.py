@@ -296,6 +296,9 @@ else:
             SpidrForXVector,
         )
         tester_kwargs: dict = {}
+        # The mixin dates a model by a copyright line, which SpidR's files lack, and skips those "older than 2023"
+        # (HuBERT among them): SpidR is new, so it runs
+        test_can_init_all_missing_weights_before_2023 = True
 
         @classmethod
         def setUpClass(cls):
