@@ -25,4 +25,7 @@ python -m pip install -q -e ".[${extras}]"
 if [[ "$extras" == dev ]]; then
     # The reference implementation, an oracle for the parity tests only (CC BY-NC 4.0; its entry points need Python 3.12)
     python -m pip install -q --no-deps --ignore-requires-python "spidr==0.2.0"
+    # transformers' own common model tests of the installed version, from its source distribution, into a cache
+    # folder outside the repository (tests/test_transformers_common.py runs them over every SpidR class, offline)
+    python scripts/fetch_transformers_tests.py
 fi

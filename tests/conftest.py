@@ -1,21 +1,29 @@
 """Shared test setup: never touch the network, and small model configurations."""
 
+import atexit
 import importlib.util
 import os
 import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # One intra-op thread (inherited by the scripts the tests start): the test models are tiny, and on a small shared
 # machine the threads of each parallel op wait for one another at every barrier (the fast tier takes 3-4x longer)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import pytest
+# A datasets cache of this session's own (inherited by the scripts the tests start): with the shared one, `load_dataset`
+# of a test's parquet folder was seen to return the rows an earlier session had cached (another model's units) rather
+# than the folder's
+_DATASETS_CACHE = tempfile.mkdtemp(prefix="spidr-hf-tests-datasets-")
+os.environ["HF_DATASETS_CACHE"] = _DATASETS_CACHE
+atexit.register(shutil.rmtree, _DATASETS_CACHE, ignore_errors=True)
 
 TINY_CONFIG = {
     "num_hidden_layers": 4,
@@ -27,6 +35,22 @@ TINY_CONFIG = {
     "num_conv_pos_embedding_groups": 4,
     "codebook_size": 16,
 }
+
+
+# Marks that transformers' common model tests carry (tests/test_transformers_common.py); transformers' own conftest.py,
+# which is not in its source distribution, registers them
+TRANSFORMERS_TEST_MARKS = (
+    "accelerate_tests",
+    "flash_attn_test",
+    "flash_attn_3_test",
+    "flash_attn_4_test",
+    "torch_compile_test",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for mark in TRANSFORMERS_TEST_MARKS:
+        config.addinivalue_line("markers", f"{mark}: a mark of transformers' common model tests")
 
 
 class Cut(BaseException):

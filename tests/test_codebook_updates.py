@@ -106,8 +106,8 @@ def test_accumulation_equals_more_processes_equals_one_big_batch(tmp_path):
         assert not torch.allclose(expected_state[key], initial[key].to(expected_state[key]), atol=1e-4), key
 
 
-def tiny_model(**overrides) -> SpidrForPreTraining:
-    torch.manual_seed(0)
+def tiny_model(seed: int = 0, **overrides) -> SpidrForPreTraining:
+    torch.manual_seed(seed)
     config = SpidrConfig(**{**TINY_CONFIG, "hidden_dropout": 0.0, "attention_dropout": 0.0, **overrides})
     return SpidrForPreTraining(config).train()
 
@@ -196,12 +196,14 @@ def test_idle_codewords_are_restarted_by_splitting_the_most_used():
     assert health.restarted.tolist() == [4, 4]
 
 
-def simulated_perplexity(restart_after: int, frames_per_update: int, updates: int = 150) -> tuple[float, int]:
+def simulated_perplexity(
+    restart_after: int, frames_per_update: int, updates: int = 150, seed: int = 0
+) -> tuple[float, int]:
     """
     Target perplexity over the last 20 updates and codewords in use, for a 16-word codebook fed with few frames
-    per update drawn from 16 well-separated clusters, starting from the paper's random codewords.
+    per update drawn from 16 well-separated clusters, starting from the paper's random codewords (drawn with `seed`).
     """
-    model = tiny_model(codebook_restart_after=restart_after)
+    model = tiny_model(seed, codebook_restart_after=restart_after)
     codebooks = model.codebooks
     generator = torch.Generator().manual_seed(0)
     dim = model.config.hidden_size
@@ -215,12 +217,22 @@ def simulated_perplexity(restart_after: int, frames_per_update: int, updates: in
     return sum(perplexities[-20:]) / 20, int((codebooks.idle_updates[0] < 5).sum())
 
 
+@pytest.mark.slow
 def test_restarts_keep_a_small_batch_codebook_in_use():
-    """With 40 frames per update most random codewords die; restarts bring the codebook back to the clusters."""
-    paper_perplexity, paper_in_use = simulated_perplexity(restart_after=0, frames_per_update=40)
-    remedy_perplexity, remedy_in_use = simulated_perplexity(restart_after=5, frames_per_update=40)
-    assert remedy_in_use >= 14 and remedy_perplexity >= 11
-    assert paper_in_use <= 10 and remedy_perplexity > paper_perplexity + 3
+    """
+    With 40 frames per update many random codewords die; restarts bring the codebook back to the clusters. Over six
+    draws of the random codewords, not one: how many die without restarts depends on the draw (from 8 to 12 of 16 in
+    use over seeds 0-9), while restarts keep all 16 in use for every draw.
+    """
+    paper_in_use, gaps = [], []
+    for seed in range(6):
+        paper_perplexity, in_use = simulated_perplexity(restart_after=0, frames_per_update=40, seed=seed)
+        remedy_perplexity, remedy_in_use = simulated_perplexity(restart_after=5, frames_per_update=40, seed=seed)
+        assert remedy_in_use >= 14 and remedy_perplexity >= 11, seed
+        paper_in_use.append(in_use)
+        gaps.append(remedy_perplexity - paper_perplexity)
+    assert sum(paper_in_use) / 6 <= 11.5 and min(paper_in_use) <= 10
+    assert sum(gaps) / 6 > 3 and min(gaps) > 0
 
 
 def test_kmeans_codewords_find_the_clusters():

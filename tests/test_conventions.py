@@ -1,10 +1,14 @@
 """The conventions of transformers' common model tests (ModelTesterMixin, ConfigTester, the HuBERT / wav2vec2 tests)."""
 
+import re
+
 import pytest
 import torch
 from conftest import TINY_CONFIG
+from transformers import PreTrainedModel
 
 from spidr_hf import SpidrConfig, SpidrForPreTraining, SpidrModel, compute_span_mask
+from spidr_hf.model.modeling_spidr import HEAD_CLASSES
 
 NO_DROPOUT = {"hidden_dropout": 0.0, "attention_dropout": 0.0, "layerdrop": 0.0}
 SAMPLES = 6000  # 18 frames with the tiny config
@@ -157,6 +161,75 @@ def test_forward_after_casting_to_bfloat16(training):
         units = model.get_units(x)
         exact = tiny_model(**NO_DROPOUT).get_units(x)
     assert (units == exact).float().mean() >= 0.8
+
+
+# Where each class keeps fp32 whatever dtype it is loaded or built in: the pretraining state, and k-means centroids
+FP32_PREFIXES = {"SpidrForPreTraining": ("teacher.", "codebooks.", "heads.")}
+HEAD_KWARGS = {"vocab_size": 12, "pad_token_id": 0, "tdnn_dim": (16, 16), "tdnn_kernel": (3, 1)}
+HEAD_KWARGS["tdnn_dilation"] = (1, 1)
+
+
+@pytest.mark.parametrize(
+    "model_class",
+    [SpidrModel, SpidrForPreTraining, *HEAD_CLASSES.values()],
+    ids=lambda model_class: model_class.__name__,
+)
+def test_each_class_keeps_its_own_modules_in_fp32_whatever_the_dtype_asked(model_class, tmp_path):
+    """
+    transformers' `_keep_in_fp32_modules_strict` convention: each class names only modules it has, and creates them in
+    fp32, so that `_from_config(config, dtype=...)` gives the dtypes that `from_pretrained(..., dtype=...)` does.
+    """
+    torch.manual_seed(0)
+    config = SpidrConfig(**TINY_CONFIG, **HEAD_KWARGS)
+    source = SpidrForPreTraining(config)
+    source.spidr.set_kmeans_centroids(2, torch.randn(5, TINY_CONFIG["hidden_size"]))
+    source.save_pretrained(tmp_path)
+    config = SpidrConfig.from_pretrained(tmp_path)
+    kmeans = "kmeans." if model_class is SpidrModel else "spidr.kmeans."
+    fp32_prefixes = (*FP32_PREFIXES.get(model_class.__name__, ()), kmeans)
+    for dtype in (torch.float16, torch.bfloat16):
+        for how, model in (
+            ("_from_config", model_class._from_config(config, dtype=dtype)),
+            ("from_pretrained", model_class.from_pretrained(tmp_path, dtype=dtype)),
+        ):
+            state = model.state_dict()
+            for module in model._keep_in_fp32_modules_strict:  # transformers' test_keep_in_fp32_modules_exist
+                assert any(re.search(rf"(?:^|\.){module}\.", name) for name in state), (how, module)
+            wrong = {
+                name: tensor.dtype
+                for name, tensor in state.items()
+                if tensor.dtype != (torch.float32 if name.startswith(fp32_prefixes) else dtype)
+            }
+            assert not wrong, (how, dtype, wrong)
+
+
+def test_both_ways_of_building_a_model_give_the_same_buffers(monkeypatch):
+    """
+    transformers' test_init_weights_can_init_buffers: a buffer is what `__init__` makes it, whether `init_weights` runs
+    after it or after a build on the meta device (no random state in buffers), and a model built the usual way has it.
+    """
+    config = SpidrConfig(**TINY_CONFIG, kmeans_layer=2, kmeans_num_clusters=3)
+    torch.manual_seed(0)
+    built = dict(SpidrForPreTraining(config).named_buffers())
+    with monkeypatch.context() as patch:
+        patch.setattr(PreTrainedModel, "_initialize_weights", lambda *args, **kwargs: None)
+        from_init = dict(SpidrForPreTraining(config).named_buffers())
+    with torch.device("meta"):
+        meta = SpidrForPreTraining(config)
+    meta.to_empty(device="cpu")
+    meta.init_weights()
+    from_meta = dict(meta.named_buffers())
+    assert built.keys() == from_init.keys() == from_meta.keys()
+    for name, buffer in built.items():
+        for other in (from_init[name], from_meta[name]):
+            torch.testing.assert_close(other, buffer, rtol=0, atol=0, equal_nan=True, msg=name)
+    # Still the paper's random codewords: each dimension standardized over the codewords, others for another seed
+    codebook = built["codebooks.codebook"]
+    torch.testing.assert_close(codebook.mean(1), torch.zeros(()).expand(codebook.mean(1).shape), rtol=0, atol=1e-5)
+    variance = codebook.var(1, unbiased=False)  # 1 less the instance norm's epsilon
+    torch.testing.assert_close(variance, torch.ones(()).expand(variance.shape), rtol=0, atol=1e-4)
+    torch.manual_seed(1)
+    assert not torch.equal(SpidrForPreTraining(config).codebooks.codebook, codebook)
 
 
 def test_the_design_map_names_every_module():

@@ -2,6 +2,7 @@
 
 import ast
 import json
+import logging
 import math
 import os
 import subprocess
@@ -241,7 +242,7 @@ def test_attention_implementations_agree_with_eager_attention(implementation):
             assert max_diff(ours[row, :valid], eager[row, :valid]) <= 1e-5
 
 
-def test_attention_weights_need_eager_attention():
+def test_attention_weights_need_eager_attention(caplog):
     x = torch.randn(1, 5000)
     torch.manual_seed(0)
     eager = SpidrModel(SpidrConfig(**TINY_CONFIG, attn_implementation="eager")).eval()
@@ -250,9 +251,17 @@ def test_attention_weights_need_eager_attention():
     assert len(attentions) == TINY_CONFIG["num_hidden_layers"]
     assert attentions[0].shape == (1, TINY_CONFIG["num_attention_heads"], frames, frames)
     assert torch.allclose(attentions[0].sum(-1), torch.ones(()))
+    # Under SDPA, as transformers' models: the outputs without weights, and a warning (once) that says how to get them
     sdpa = SpidrModel(SpidrConfig(**TINY_CONFIG, attn_implementation="sdpa")).eval()
-    with pytest.raises(ValueError, match="eager"):
-        sdpa(x, output_attentions=True)
+    logging.Logger.warning_once.cache_clear()  # another test may have had it said already
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        asked = sdpa(x, output_attentions=True, output_hidden_states=True)
+        plain = sdpa(x, output_hidden_states=True)
+    assert asked.attentions in (None, ())
+    assert "attn_implementation='eager'" in caplog.text
+    for with_weights_asked, without in zip(asked.hidden_states, plain.hidden_states, strict=True):
+        assert torch.equal(with_weights_asked, without)
+    assert torch.equal(asked.last_hidden_state, plain.last_hidden_state)
 
 
 def test_hidden_states_by_layer_index():

@@ -131,10 +131,22 @@ def add_seed(parser: argparse.ArgumentParser, what: str) -> None:
 
 # ---- sub-commands ----
 def convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, help="official checkpoint (.pt or fairseq .ckpt)")
+    parser.add_argument(
+        "source",
+        help="a checkpoint (.pt of the reference or SpidR-Adapt, fairseq .ckpt): a file, an https:// URL, a Hugging "
+        "Face Hub repository ORG/NAME or file ORG/NAME/FILE, or a reference hub name (spidr_base, "
+        "dinosr_base_reproduced, dinosr_base_original)",
+    )
     parser.add_argument("destination", type=Path, help="new folder for the Hub-ready model")
     parser.add_argument(
         "--model-type", choices=DEFAULTS.OBJECTIVES, default=None, help="default: config.json, else spidr"
+    )
+    parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub repository (default: main)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the run's config.json (default: the one beside the checkpoint, in its folder, repository or URL base)",
     )
 
 

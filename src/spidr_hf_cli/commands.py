@@ -9,9 +9,10 @@ import argparse
 
 def convert(args: argparse.Namespace) -> int:
     from spidr_hf.hub.convert import convert as convert_checkpoint
+    from spidr_hf.hub.convert import describe_conversion
 
-    path = convert_checkpoint(args.source, args.destination, args.model_type)
-    print(f"Wrote {path} (load it with AutoModel.from_pretrained or AutoModelForPreTraining.from_pretrained)")
+    path = convert_checkpoint(args.source, args.destination, args.model_type, args.revision, args.config, progress=True)
+    print(describe_conversion(path))
     return 0
 
 

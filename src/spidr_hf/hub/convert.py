@@ -1,24 +1,29 @@
-"""Convert official SpidR / DinoSR checkpoints (reference `spidr` package or original fairseq DinoSR) to HF folders."""
+"""
+Convert SpidR / DinoSR checkpoints to Hub-ready Transformers folders: the reference `spidr` package's (its training
+checkpoints and its torch.hub models), SpidR-Adapt's (`facebookresearch/spidr-adapt`), and the original fairseq DinoSR.
+Where they are read from (a file, a URL, a Hub repository, a reference hub name): `checkpoint_sources.py`.
+"""
 
 import json
-import os
 import pickle
 import re
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import ModelCard, ModelCardData
 
+from ..io.atomic_files import check_writable, new_folder
 from ..model.configuration_spidr import OBJECTIVES, SpidrConfig
 from ..model.feature_extraction_spidr import SpidrFeatureExtractor
 from ..model.modeling_spidr import SpidrForPreTraining
-from .release import write_release_folder
+from .checkpoint_sources import ConversionError, FetchedCheckpoint, fetch_checkpoint, file_sha256, shown_origin
+from .folder import save_hub_ready
 
-
-class ConversionError(ValueError):
-    """The source is not a checkpoint this converter understands; nothing was written."""
+CONVERSION_RECORD = "conversion.json"  # what a converted folder was read from, and what was left out
 
 
 # Reference key pattern -> our key, applied in order (each rule to the result of the previous ones).
@@ -32,6 +37,8 @@ _REFERENCE_RENAMES = (
     (r"^heads\.(\d+)\.0\.", r"heads.\1."),
 )
 _REFERENCE_IGNORED = {"current_step"}  # the reference's step counter; the Trainer keeps the step here
+# SpidR-Adapt's supervised phone classifiers (one per language, `supervised_every_step` runs): no SpidR part
+_ADAPT_DROPPED_WEIGHTS = re.compile(r"^supervised_classifiers\.")
 _CODEBOOK_KEY = re.compile(r"^codebooks\.(\d+)\.(codebook|counts)$")
 
 # Reference model config field -> SpidrConfig field (values converted by `_config_value`).
@@ -63,6 +70,17 @@ _REFERENCE_CONFIG_FIELDS = {
     "freeze_step": "freeze_step",
 }
 _REFERENCE_MASKING_FIELDS = {"mask_prob": "mask_time_prob", "mask_length": "mask_time_length"}
+# SpidR-Adapt's model fields beyond SpidR's: its supervised interleaving and the Active Forgetting of SpidRWithReset,
+# training procedures that leave the SpidR model itself as it is
+_ADAPT_CONFIG_FIELDS = {
+    "supervised_every_step",
+    "supervised_layer",
+    "num_supervised_layers",
+    "supervised_languages",
+    "adapt_heads",
+}
+# Run model types of the reference and SpidR-Adapt -> objective (SpidRWithReset is SpidR trained with resets)
+_RUN_MODEL_TYPES = {"spidr": "spidr", "dinosr": "dinosr", "spidr_reset": "spidr"}
 # Reference masking options this implementation does not have, with the value that means "not used".
 _UNSUPPORTED_MASKING = {"mask_selection": "static", "no_mask_overlap": False, "mask_channel_prob": 0.0}
 _DEFAULT_CONFIG = SpidrConfig()  # its values' types are those the reference fields must have
@@ -86,6 +104,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def is_fairseq_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
     model = checkpoint.get("model")
     return isinstance(model, Mapping) and "_ema" in model and "post_extract_proj.weight" in model
+
+
+@dataclass
+class ConversionNotes:
+    """What a conversion read beside the weights and what it left out, for the folder's record and card."""
+
+    checkpoint_format: str = "reference"  # "reference", "spidr-adapt" or "fairseq"
+    assumed_config: str | None = None  # the base configuration used for lack of a config.json
+    dropped_weights: list[str] = field(default_factory=list)
+    dropped_config_fields: list[str] = field(default_factory=list)
+    ignored_entries: list[str] = field(default_factory=list)  # training state beside the weights
 
 
 def reference_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -230,9 +259,16 @@ def _check_type(name: str, value: Any, ours: str) -> Any:
     return value
 
 
-def config_from_reference(raw: Mapping[str, Any], objective: str) -> SpidrConfig:
-    """Build a SpidrConfig from the reference's `config.json` (full run config or its `model` section)."""
+def config_from_reference(raw: Mapping[str, Any], objective: str, notes: ConversionNotes | None = None) -> SpidrConfig:
+    """Build a SpidrConfig from the reference's `config.json` (full run config or its `model` section), SpidR-Adapt's
+    too (its extra fields are dropped, and listed in `notes`)."""
     model_fields = dict(raw.get("model", raw))
+    adapt_fields = sorted(set(model_fields) & _ADAPT_CONFIG_FIELDS)
+    for name in adapt_fields:
+        model_fields.pop(name)
+    if notes is not None and adapt_fields:
+        notes.checkpoint_format = "spidr-adapt"
+        notes.dropped_config_fields = adapt_fields
     kwargs: dict[str, Any] = {}
     if "extractor_conv_layer_config" in model_fields:
         layers = model_fields.pop("extractor_conv_layer_config")
@@ -274,11 +310,12 @@ def _config_value(name: str, value: Any) -> Any:
 
 
 def _objective_from_run(raw: Mapping[str, Any] | None, requested: str | None) -> str:
-    recorded = (raw or {}).get("run", {}).get("model_type")
+    run_type = (raw or {}).get("run", {}).get("model_type")
+    if run_type is not None and run_type not in _RUN_MODEL_TYPES:
+        raise ConversionError(f"Unknown run model_type {run_type!r}; expected one of {sorted(_RUN_MODEL_TYPES)}.")
+    recorded = _RUN_MODEL_TYPES.get(run_type)
     if requested and recorded and requested != recorded:
-        raise ConversionError(
-            f"--model-type {requested} contradicts the config.json beside the checkpoint ({recorded})."
-        )
+        raise ConversionError(f"--model-type {requested} contradicts the run's config.json ({run_type}).")
     objective = requested or recorded or "spidr"
     if objective not in OBJECTIVES:
         raise ConversionError(f"Unknown model type {objective!r}; expected one of {OBJECTIVES}.")
@@ -304,61 +341,190 @@ def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) 
         raise ConversionError("The checkpoint does not match the model configuration: " + "; ".join(problems))
 
 
-def load_original_model(source: str | Path, model_type: str | None = None) -> SpidrForPreTraining:
-    """Build a `SpidrForPreTraining` from an official checkpoint file (reference or fairseq DinoSR)."""
+_BESIDE = Path("config.json beside")  # `load_original_model`'s default: the config.json beside the checkpoint
+
+
+def load_original_model(
+    source: str | Path, model_type: str | None = None, config: Path | None = _BESIDE
+) -> SpidrForPreTraining:
+    """Build a `SpidrForPreTraining` from an official checkpoint file (reference, SpidR-Adapt or fairseq DinoSR),
+    configured by `config` (the reference's config.json; by default the one beside the checkpoint, if any)."""
     source = Path(source)
+    if config is _BESIDE:
+        config = source.parent / "config.json" if (source.parent / "config.json").is_file() else None
+    return read_original_model(source, model_type, config, ConversionNotes())
+
+
+def read_original_model(
+    source: Path, model_type: str | None, config_path: Path | None, notes: ConversionNotes
+) -> SpidrForPreTraining:
+    """The model of the checkpoint `source`, configured by `config_path` (None: the base configuration of its model
+    type), noting in `notes` what was assumed and left out."""
     checkpoint = load_checkpoint(source)
-    assumed = None  # the configuration that was assumed for lack of a config.json, for the error message
     if is_fairseq_checkpoint(checkpoint):
         if model_type not in (None, "dinosr"):
             raise ConversionError("A fairseq DinoSR checkpoint can only be converted with --model-type dinosr.")
         # The original DinoSR: fairseq always had q/k/v biases
         config = SpidrConfig.dinosr_base(qkv_bias=True)
         state = convert_fairseq_state_dict(checkpoint["model"])
+        notes.checkpoint_format = "fairseq"
     else:
-        config_path = source.parent / "config.json"
-        raw = read_reference_config(config_path)
+        raw = None if config_path is None else read_reference_config(config_path)
         objective = _objective_from_run(raw, model_type)
         if raw is not None:
             try:
-                config = config_from_reference(raw, objective)
+                config = config_from_reference(raw, objective, notes)
             except ConversionError as error:
                 raise ConversionError(f"{config_path}: {error}") from error
         else:
             config = SpidrConfig.dinosr_base() if objective == "dinosr" else SpidrConfig()
-        state = convert_reference_state_dict(reference_state_dict(checkpoint))
-        if raw is None:
-            assumed = f"There is no config.json beside {source}, so the {objective} base configuration was assumed"
+            notes.assumed_config = f"{objective} base"
+        state = reference_state_dict(checkpoint)
+        if "supervised_epoch" in checkpoint or any(_ADAPT_DROPPED_WEIGHTS.match(key) for key in state):
+            notes.checkpoint_format = "spidr-adapt"
+        notes.dropped_weights = sorted(key for key in state if _ADAPT_DROPPED_WEIGHTS.match(key))
+        state = convert_reference_state_dict({k: v for k, v in state.items() if k not in notes.dropped_weights})
+        if "model" in checkpoint:
+            notes.ignored_entries = sorted(key for key in checkpoint if key != "model")
     model = SpidrForPreTraining(config)
     try:
         check_state_dict(model, state)
     except ConversionError as error:
-        if assumed is None:
+        if notes.assumed_config is None:
             raise
         raise ConversionError(
-            f"{assumed} and does not fit the checkpoint: put the run's config.json next to it. {error}"
+            f"There is no config.json beside {source}, so the {notes.assumed_config} configuration was assumed and "
+            f"does not fit the checkpoint: put the run's config.json next to it, or give it with --config. {error}"
         ) from error
     model.load_state_dict(state, strict=True)
     return model.eval()
 
 
-def convert(source: str | Path, destination: str | Path, model_type: str | None = None) -> Path:
-    """Write a Hub-ready folder (weights, configs, code files, pipelines; `spidr-hf push` adds the card)."""
+def convert(
+    source: str | Path,
+    destination: str | Path,
+    model_type: str | None = None,
+    revision: str | None = None,
+    config: str | Path | None = None,
+    progress: bool = False,
+) -> Path:
+    """
+    Write a Hub-ready folder (weights, configs, code files, pipelines, a card, and `conversion.json`: what was read,
+    with its SHA-256, and what was left out) from the checkpoint `source`: a file, URL, Hub repository (`revision`) or
+    reference hub name (see `checkpoint_sources.py`). `spidr-hf push` renders the full card.
+    """
     destination = Path(destination)
-    check_destination_is_writable(destination)  # before the work, which can take a while
-    model = load_original_model(source, model_type)
+    check_writable(destination)  # before the work, which can take a while (a download, too)
+    fetched = fetch_checkpoint(str(source), revision, None if config is None else Path(config), progress)
+    if model_type and fetched.model_type and model_type != fetched.model_type:
+        raise ConversionError(f"--model-type {model_type} contradicts {source}, a {fetched.model_type} model.")
+    notes = ConversionNotes()
+    model = read_original_model(fetched.path, model_type or fetched.model_type, fetched.config, notes)
+    record = conversion_record(str(source), fetched, notes, model.config)
     try:
-        return write_release_folder(model, SpidrFeatureExtractor(), None, destination)
+        with new_folder(destination) as staging:
+            save_hub_ready(model, staging, SpidrFeatureExtractor())
+            conversion_card(record, destination.name).save(staging / "README.md")
+            (staging / CONVERSION_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     except OSError as error:  # a full disk, a read-only file system
         raise ConversionError(f"Could not write {destination}: {error}") from error
+    return destination
 
 
-def check_destination_is_writable(destination: Path) -> None:
-    """Fail in one line if `destination` cannot be created: under a file or in a folder without write permission."""
-    ancestor = destination.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ConversionError(f"Cannot create {destination}: {ancestor} is a file, not a folder.")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConversionError(f"Cannot create {destination}: no permission to write in {ancestor}.")
+def conversion_record(
+    source: str, fetched: FetchedCheckpoint, notes: ConversionNotes, config: SpidrConfig
+) -> dict[str, Any]:
+    """What `conversion.json` holds: the files read, with their SHA-256, and what the conversion assumed or dropped."""
+    from .. import __version__
+
+    return {
+        "converted_by": f"spidr-hf {__version__}",
+        "source": source,
+        "checkpoint": {"origin": fetched.origin, "sha256": fetched.sha256},
+        "config": None
+        if fetched.config is None
+        else {"origin": fetched.config_origin, "sha256": file_sha256(fetched.config)},
+        "assumed_config": notes.assumed_config,
+        "format": notes.checkpoint_format,
+        "objective": config.objective,
+        "official": fetched.official,
+        "dropped": {
+            "weights": notes.dropped_weights,
+            "config_fields": notes.dropped_config_fields,
+            "checkpoint_entries": notes.ignored_entries,
+        },
+    }
+
+
+def read_conversion_record(folder: Path) -> dict[str, Any] | None:
+    """The `conversion.json` of a converted folder, None for other folders."""
+    path = Path(folder) / CONVERSION_RECORD
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def conversion_card(record: Mapping[str, Any], title: str) -> ModelCard:
+    """A short card for a converted folder: where it came from (with SHA-256), what was left out, how to load it."""
+    family = "SpidR" if record["objective"] == "spidr" else "DinoSR"
+    official = record["official"]
+    # The official checkpoints and SpidR-Adapt's are released under CC BY-NC 4.0; others' licenses are unknown here
+    license_id = "cc-by-nc-4.0" if official in ("spidr-base", "dinosr-base-reproduced") else None
+    metadata = ModelCardData(
+        library_name="transformers", license=license_id, tags=["spidr-hf", "audio", "speech", record["objective"]]
+    )
+    checkpoint, config = record["checkpoint"], record["config"]
+    lines = [
+        f"# {title}",
+        "",
+        f"A {family} model converted to Hugging Face Transformers by `{record['converted_by']}` (`spidr-hf convert`).",
+        "",
+        "| Read | From | SHA-256 |",
+        "|---|---|---|",
+        f"| checkpoint ({record['format']}) | `{shown_origin(checkpoint['origin'])}` | `{checkpoint['sha256']}` |",
+    ]
+    if config is not None:
+        lines.append(f"| config | `{shown_origin(config['origin'])}` | `{config['sha256']}` |")
+    lines.append("")
+    if record["assumed_config"]:
+        lines += [f"No config.json came with the checkpoint: the {record['assumed_config']} configuration.", ""]
+    dropped = record["dropped"]
+    if dropped["weights"] or dropped["config_fields"]:
+        lines += [
+            "Left out (not part of the SpidR model): "
+            + ", ".join(f"`{name}`" for name in [*dropped["config_fields"], *_weight_groups(dropped["weights"])])
+            + ".",
+            "",
+        ]
+    lines += [
+        "```python",
+        "from transformers import AutoModel",
+        "",
+        f'model = AutoModel.from_pretrained("path/to/{title}", trust_remote_code=True)  # or its Hub id',
+        "```",
+        "",
+        "`spidr-hf push` replaces this card by the full one" + (f" (`--official {official}`)." if official else "."),
+        "",
+    ]
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _weight_groups(names: list[str]) -> list[str]:
+    """Dropped weights by module (`supervised_classifiers.de.*`), not one by one."""
+    return sorted({".".join(name.split(".")[:2]) + ".*" for name in names})
+
+
+def describe_conversion(folder: Path) -> str:
+    """What the conversion into `folder` read, assumed and left out, and where it wrote, in lines."""
+    record = read_conversion_record(folder)
+    lines = [f"Read {record['checkpoint']['origin']} (SHA-256 {record['checkpoint']['sha256']})"]
+    if record["assumed_config"]:
+        lines.append(
+            f"No config.json came with it: the {record['assumed_config']} configuration, which fits its weights"
+        )
+    dropped = record["dropped"]
+    if dropped["weights"] or dropped["config_fields"]:
+        left_out = [*dropped["config_fields"], *_weight_groups(dropped["weights"])]
+        lines.append(f"Left out ({record['format']}, not part of the SpidR model): {', '.join(left_out)}")
+    lines.append(f"Wrote {folder} (load it with AutoModel.from_pretrained or AutoModelForPreTraining.from_pretrained)")
+    return "\n".join(lines)

@@ -5,6 +5,7 @@ the Hub metadata, and the figures of a `spidr-hf evaluate` report as a table and
 
 import difflib
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -17,6 +18,7 @@ from ..evaluation.schema import METRICS, EvaluationReport
 from ..model.configuration_spidr import SpidrConfig
 from ..model.modeling_spidr import HEAD_AUTO_CLASSES, HEAD_PIPELINE_TASKS
 from ..model.pipeline_spidr import DEFAULT_CHUNK_LENGTH_S, DEFAULT_STRIDE_LENGTH_S
+from .checkpoint_sources import shown_origin
 
 CARD_TAGS = ["audio", "speech", "self-supervised-learning", "speech-representation", "discrete-units"]
 MODEL_INDEX_METRICS = ("abx_within", "abx_across", "pnmi")  # the unit-quality figures the paper reports
@@ -124,6 +126,7 @@ class CardOptions:
     datasets: tuple[str, ...] = ()
     base_model: str | None = None
     evaluation: Path | None = None  # results.json of `spidr-hf evaluate`
+    conversion: Mapping[str, Any] | None = None  # conversion.json of a `spidr-hf convert` folder
 
     def __post_init__(self) -> None:
         # Checked here so that `push` fails before any work (the model's config is checked against it later)
@@ -213,6 +216,17 @@ def evaluation_results(report: EvaluationReport) -> list[EvalResult]:
     return results
 
 
+def conversion_facts(record: Mapping[str, Any]) -> dict[str, str | None]:
+    """What a card says of a converted model's source: the files read (a local file by its name) and their SHA-256."""
+    config = record.get("config")
+    return {
+        "checkpoint": shown_origin(record["checkpoint"]["origin"]),
+        "sha256": record["checkpoint"]["sha256"],
+        "config": None if config is None else shown_origin(config["origin"]),
+        "config_sha256": None if config is None else config["sha256"],
+    }
+
+
 def render_model_card(config: SpidrConfig, options: CardOptions) -> ModelCard:
     """Render model_cards/template.md with the Hub metadata and, if given, the evaluation figures."""
     official = official_entry(options.official, config)
@@ -248,6 +262,7 @@ def render_model_card(config: SpidrConfig, options: CardOptions) -> ModelCard:
         title=official["title"] if official else options.repo_id.split("/")[-1],
         family=family,
         official=official,
+        conversion=None if options.conversion is None else conversion_facts(options.conversion),
         repo_id=options.repo_id,
         layer=recommended_layer(config, official),
         license=license_id,

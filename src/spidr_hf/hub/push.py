@@ -10,6 +10,7 @@ from huggingface_hub import CommitInfo, HfApi, get_token
 from huggingface_hub.errors import HFValidationError, HTTPError
 from huggingface_hub.utils import validate_repo_id
 
+from .convert import read_conversion_record
 from .model_card import CardOptions
 from .release import assemble_release
 
@@ -118,6 +119,8 @@ def push_model(
         datasets=tuple(train_datasets),
         base_model=base_model,
         evaluation=Path(evaluation) if evaluation is not None else None,
+        # A `spidr-hf convert` folder: the card names what was converted, with its SHA-256
+        conversion=read_conversion_record(Path(model)) if Path(model).is_dir() else None,
     )
     if dry_run is not None:
         return str(assemble_release(Path(model), Path(dry_run), options))

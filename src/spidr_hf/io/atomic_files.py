@@ -131,8 +131,10 @@ def replace_in_folder(folder: Path, last: str) -> Iterator[Path]:
 
 def check_writable(path: Path) -> None:
     """Before a long job: a one-line error if `path` (a folder, or its nearest existing parent) cannot be written."""
-    existing = next(folder for folder in (path, *path.parents) if folder.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
+    existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists())
+    if existing != path and not existing.is_dir():
+        raise WriteError(f"Cannot create {path}: {existing} is a file, not a folder (checked before any work)")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
         raise WriteError(f"Could not write into {existing}: permission denied (checked before any work)")
 
 

@@ -38,6 +38,10 @@ HEAD_PIPELINE_TASKS = {
 }
 NORM_EPS = 1e-5  # epsilon of the input standardization, the instance norms and the codebook initialisation
 RESTART_SPLIT = 0.05  # distance of each half of a codeword split to restart an idle one, relative to its norm
+SDPA_ATTENTIONS_WARNING = (
+    "`output_attentions=True` needs eager attention: with {} attention the outputs have no attention weights. Load "
+    "the model with `attn_implementation='eager'` (or call `model.set_attn_implementation('eager')`) for them."
+)
 
 
 class SpidrCodebookStatistics(NamedTuple):
@@ -93,8 +97,9 @@ class SpidrModelOutput(ModelOutput):
     layer_results (`tuple(torch.FloatTensor)`, returned with `output_layer_results=True`):
         One tensor per layer (entry `i - 1` for layer `i`): the feed-forward output before the residual sum. These
         are SpidR's representations; the layer-6 result (`layer_results[5]`) is the recommended feature.
-    attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True` and eager attention):
-        Attention weights of each layer.
+    attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True`):
+        Attention weights of each layer, with eager attention; other implementations compute none (an empty tuple and
+        a warning, as in transformers' models).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -526,9 +531,11 @@ class SpidrPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = True
     _no_split_modules = ["SpidrEncoderLayer", "SpidrEncoderLayerStableLayerNorm"]
-    # EMA and codebook statistics need fp32. Units are an argmax: bf16 logits tie on about 1 % of a trained model's
-    # frames (8-bit mantissa), so the heads, like the k-means centroids, keep fp32 and read bf16 features upcast
-    _keep_in_fp32_modules_strict = ["teacher", "codebooks", "heads", "kmeans"]
+    # The modules kept in fp32 whatever dtype the model is loaded in are named by each class, for the modules it has
+    # (`SpidrForPreTraining`: teacher, codebooks, heads; `SpidrModel`: its k-means centroids, when it has some; a model
+    # holding a `SpidrModel` adds those of it). Each also creates them in fp32, so that `_from_config(config,
+    # dtype=...)` and `from_pretrained(..., dtype=...)` agree.
+    _keep_in_fp32_modules_strict = []
     # SpidrEncoderLayer matches the pre-LN subclass too. Layer results are returned by the encoder itself rather than
     # recorded: the teacher, a bare encoder, needs them as well.
     _can_record_outputs = {
@@ -791,6 +798,8 @@ class SpidrModel(SpidrPreTrainedModel):
         self.feature_projection = SpidrFeatureProjection(config)
         self.encoder = SpidrEncoder(config)
         self.kmeans = SpidrKMeans(config) if config.kmeans_layer is not None else None
+        # Units are the nearest centroid: bf16 features are upcast to the fp32 centroids
+        self._keep_in_fp32_modules_strict = ["kmeans"] if self.kmeans is not None else []
         self.post_init()
 
     def set_kmeans_centroids(self, layer: int, centroids: torch.Tensor) -> None:
@@ -802,6 +811,7 @@ class SpidrModel(SpidrPreTrainedModel):
         self.config.check_values()
         self.kmeans = SpidrKMeans(self.config).to(centroids.device)
         self.kmeans.centroids.copy_(centroids)
+        self._keep_in_fp32_modules_strict.add("kmeans")
 
     @torch.no_grad()
     def get_kmeans_units(
@@ -863,9 +873,8 @@ class SpidrModel(SpidrPreTrainedModel):
             `last_hidden_state` is its output (without the final LayerNorm of pre-LN models).
         """
         if (output_attentions or self.config.output_attentions) and self.config._attn_implementation != "eager":
-            raise ValueError(
-                "Attention weights need eager attention: load the model with `attn_implementation='eager'`."
-            )
+            # As transformers' models do: the outputs come, without the weights that only eager attention computes
+            logger.warning_once(SDPA_ATTENTIONS_WARNING.format(self.config._attn_implementation))
         if num_layers is not None and not 1 <= num_layers <= self.config.num_hidden_layers:
             raise ValueError(f"`num_layers` must be in [1, {self.config.num_hidden_layers}], got {num_layers}.")
         extract_features, hidden_states, frame_mask = self.embed(input_values, attention_mask)
@@ -901,7 +910,10 @@ class SpidrKMeans(nn.Module):
 
     def __init__(self, config: SpidrConfig):
         super().__init__()
-        self.register_buffer("centroids", torch.zeros(config.kmeans_num_clusters, config.hidden_size))
+        # NaN until set or loaded (`check_fitted`), as `_init_weights` leaves them; fp32 whatever the default dtype
+        self.register_buffer(
+            "centroids", torch.full((config.kmeans_num_clusters, config.hidden_size), math.nan, dtype=torch.float32)
+        )
         self.expected_sha256 = config.kmeans_centroids_sha256
 
     def check_matches_config(self) -> None:
@@ -934,6 +946,23 @@ class SpidrKMeans(nn.Module):
         return distances.argmin(-1)
 
 
+def initial_codebook(num_codebooks: int, codebook_size: int, hidden_size: int) -> torch.Tensor:
+    """
+    The codebooks a new model starts with, `(num_codebooks, codebook_size, hidden_size)` in fp32 on the CPU: Gaussian
+    codewords, each dimension standardized over the codewords (the paper's init). They are drawn from a generator seeded
+    with the process's seed (`torch.initial_seed()`, which `torch.manual_seed` and `transformers.set_seed` set) rather
+    than from the global random stream: a buffer must be the same whether `__init__` sets it or `init_weights` does
+    after a meta-device build, whatever was drawn in between; runs seeded differently still start from different
+    codebooks. (k-means initialised codebooks, `codebook_init_batches`, replace them from the data.)
+    """
+    generator = torch.Generator().manual_seed(torch.initial_seed())
+    # On the CPU whatever the default device, where the generator is
+    draws = torch.randn(
+        num_codebooks, hidden_size, codebook_size, generator=generator, dtype=torch.float32, device="cpu"
+    )
+    return F.instance_norm(draws, eps=NORM_EPS).transpose(1, 2).contiguous()
+
+
 class SpidrCodebooks(nn.Module):
     """
     One codebook of `codebook_size` codewords per target layer, kept as EMA sums: codeword v of codebook k is
@@ -949,17 +978,19 @@ class SpidrCodebooks(nn.Module):
         super().__init__()
         self.decay = config.codebook_decay
         self.restart_after = config.codebook_restart_after
-        self.register_buffer("codebook", torch.empty(config.num_codebooks, config.codebook_size, config.hidden_size))
-        self.register_buffer("counts", torch.ones(config.num_codebooks, config.codebook_size))
+        shape = (config.num_codebooks, config.codebook_size)
+        # Every buffer starts as `_init_weights` sets it, so that both ways of building a model (`__init__`, and
+        # `init_weights` after a meta-device build) agree; all fp32 whatever the default dtype
+        codebook = initial_codebook(*shape, config.hidden_size)
+        self.register_buffer("codebook", codebook.to(torch.get_default_device()))
+        self.register_buffer("counts", torch.ones(shape, dtype=torch.float32))
         # Floats rather than integers or booleans: the module is kept in fp32 whatever dtype a model is loaded in
-        self.register_buffer("idle_updates", torch.zeros(config.num_codebooks, config.codebook_size))
-        self.register_buffer("ever_assigned", torch.zeros(config.num_codebooks, config.codebook_size))
+        self.register_buffer("idle_updates", torch.zeros(shape, dtype=torch.float32))
+        self.register_buffer("ever_assigned", torch.zeros(shape, dtype=torch.float32))
 
     def initial_codebook(self) -> torch.Tensor:
-        """Gaussian codewords, each dimension standardized over the codewords."""
-        num_codebooks, size, dim = self.codebook.shape
-        draws = torch.randn(num_codebooks, dim, size, device=self.codebook.device)
-        return F.instance_norm(draws, eps=NORM_EPS).transpose(1, 2).contiguous()
+        """The codebooks a new model starts with (see `initial_codebook`), on this module's device."""
+        return initial_codebook(*self.codebook.shape).to(self.codebook.device)
 
     def codewords(self) -> torch.Tensor:
         """The codewords, `(num_codebooks, codebook_size, hidden)`, in fp32."""
@@ -1063,6 +1094,9 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
 
     # The Trainer passes `num_items_in_batch` (masked frames of the global batch) to `forward`
     accepts_loss_kwargs = True
+    # EMA and codebook statistics need fp32. Units are an argmax: bf16 logits tie on about 1 % of a trained model's
+    # frames (8-bit mantissa), so the heads keep fp32 and read bf16 features upcast. Each is created in fp32 below
+    _keep_in_fp32_modules_strict = ["teacher", "codebooks", "heads"]
     # Codebook usage tracking came after the first releases; folders without it start from no usage
     _keys_to_ignore_on_load_missing = [r"codebooks\.idle_updates", r"codebooks\.ever_assigned"]
     # See SpidrModel's: centroids the config does not name
@@ -1072,9 +1106,12 @@ class SpidrForPreTraining(SpidrPreTrainedModel):
         super().__init__(config)
         config.check_values()
         self.spidr = SpidrModel(config)
-        self.teacher = SpidrEncoder(config)
+        # In fp32 whatever the default dtype (`_keep_in_fp32_modules_strict`); `_init_weights` draws its weights
+        self.teacher = SpidrEncoder(config).to(torch.float32)
         self.teacher.requires_grad_(False)
-        self.heads = nn.ModuleList(nn.Linear(config.hidden_size, config.codebook_size) for _ in config.codebook_layers)
+        self.heads = nn.ModuleList(
+            nn.Linear(config.hidden_size, config.codebook_size, dtype=torch.float32) for _ in config.codebook_layers
+        )
         self.codebooks = SpidrCodebooks(config)
         self.mask_embedding = nn.Parameter(torch.empty(config.hidden_size))
         self.freeze_untrained_parameters()
