@@ -2,6 +2,8 @@
 
 import json
 import logging
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +15,7 @@ import torch
 from conftest import TINY_CONFIG, load_script
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor
-from spidr_hf.errors import is_user_error
+from spidr_hf.errors import SpidrError, is_user_error
 from spidr_hf.finetuning.tasks import (
     PAD,
     AudioCollator,
@@ -230,6 +232,11 @@ def test_speaker_identification_resumes_and_its_pipeline_names_speakers(
     argv = [str(SPEAKERS_CONFIG), f"--model_name_or_path={source_dir}", f"--dataset={speakers_corpus}"]
     argv += [f"--output_dir={out}", "--test_fraction=0.3", *QUICK, "--save_steps=2"]
     finetune([*argv, "--max_steps=2"])
+    # Going on with another model (or corpus) would train the first model's run on it: refused, naming it
+    other = shutil.copytree(source_dir, tmp_path / "other-model")
+    expected = f'model_name_or_path: "{source_dir}" -> "{other}"'
+    with pytest.raises(SpidrError, match=re.escape(expected)):
+        finetune([*argv, "--max_steps=4", f"--model_name_or_path={other}"])
     metrics = finetune([*argv, "--max_steps=4"])  # the folder has a checkpoint: the run goes on from it
     assert "Resuming from" in caplog.text and (out / "checkpoint-4").is_dir()
     assert json.loads((out / "checkpoint-4/trainer_state.json").read_text())["global_step"] == 4

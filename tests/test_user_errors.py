@@ -330,6 +330,8 @@ def run_config(tmp_path) -> Path:
         ("--learning_rate=fast", "learning_rate must be a number, got 'fast'"),
         ("--bf16=1", "bf16 must be true or false, got 1"),
         ("--min_samples=null", "min_samples must be an integer, got None"),
+        ("--per_device_train_batch_size=0", "per_device_train_batch_size must be at least 1, got 0"),
+        ("--gradient_accumulation_steps=-1", "gradient_accumulation_steps must be at least 1, got -1"),
     ],
 )
 def test_training_arguments_of_the_wrong_type(run_config, override, message):

@@ -13,6 +13,7 @@ tokenizer of the phones, the model with its new head, the metric and the Trainer
 CTC predictions.
 """
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -123,6 +124,17 @@ class FinetuneArguments:
             if key in TASK_CONFIG_KEYS:
                 raise ConfigError(f"model_config cannot set {key}: the task (or its own option) decides it")
         check_known_keys(self.model_config, SpidrConfig().to_dict(), "model_config")
+
+
+def run_inputs(args: FinetuneArguments) -> dict[str, Any]:
+    """What a fine-tuning run trains on, which a resumed run must train on too (`training.resume.check_run_inputs`):
+    every field of its arguments, the model and corpus folders by their resolved paths (a rerun from elsewhere
+    matches; a Hub id stays as it is)."""
+    inputs = dataclasses.asdict(args)
+    for name in ("model_name_or_path", "dataset"):
+        if Path(inputs[name]).exists():
+            inputs[name] = str(Path(inputs[name]).resolve())
+    return inputs
 
 
 @dataclass
