@@ -308,6 +308,41 @@ def kmeans_dir(source_dir, audio_dir, tmp_path_factory) -> Path:
 KMEANS_LAYER = 3
 
 
+@pytest.mark.slow
+def test_unit_ids_beyond_int16_survive_every_units_format(source_dir, audio_dir, tmp_path):
+    """40,000 k-means centroids: ids up to 39,999, which parquet units stored as int16 wrapped to negative ones."""
+    from spidr_hf import SpidrForPreTraining
+    from spidr_hf.units.record import read_unit_sequences
+
+    model = SpidrForPreTraining.from_pretrained(source_dir).eval()
+    audio = load_audio(audio_dir / "sub/b.flac", None, SAMPLING_RATE)
+    inputs = SpidrFeatureExtractor()(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    with torch.no_grad():
+        frames = model.spidr(inputs["input_values"], output_layer_results=True).layer_results[KMEANS_LAYER - 1][0]
+    # Frames of the layer as the last 8 centroids and the first 4, the others far from any frame
+    centroids = torch.full((40_000, model.config.hidden_size), 1e3)
+    centroids[-8:], centroids[:4] = frames[::17][:8], frames[5::17][:4]
+    model.spidr.set_kmeans_centroids(KMEANS_LAYER, centroids)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    SpidrFeatureExtractor().save_pretrained(folder)
+    units = {}
+    for units_format in ("txt", "jsonl", "parquet"):
+        output = tmp_path / units_format
+        extract(folder, audio_dir, output, features=False, units="kmeans", units_format=units_format)
+        identity, units[units_format] = read_unit_sequences(output)
+        assert identity.num_units == 40_000
+    written = {id: values.tolist() for id, values in units["txt"].items()}  # text: the ids themselves
+    assert max(max(values) for values in written.values()) >= 2**15 and min(min(v) for v in written.values()) >= 0
+    for units_format in ("jsonl", "parquet"):
+        assert {id: values.tolist() for id, values in units[units_format].items()} == written, units_format
+    import pyarrow.parquet as pq
+
+    (parquet_file,) = (tmp_path / "parquet" / "units").glob("*.parquet")
+    assert str(pq.read_schema(parquet_file).field("units").type) == "list<element: int32>"
+    assert "`units` (int32)" in (tmp_path / "parquet" / "README.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("first", "rerun", "changes"),
     [

@@ -168,6 +168,27 @@ def test_unit_datasets_pack_the_files_in_id_order_whatever_the_format_or_shards(
     assert sum(sum(block["attention_mask"]) for block in train) == sum(len(source.tokens(u)) for u in few.values())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("units_format", ["txt", "parquet"])
+def test_units_of_an_unfinished_extraction_are_refused(source_dir, tmp_path, units_format):
+    """Shard 0 of 2 done, as an extraction killed midway leaves it: a unit LM would train on part of the files."""
+    from spidr_hf.slm.training import UnitLMArguments, unit_datasets
+
+    audio = tmp_path / "audio"
+    for index in range(6):
+        write_audio(audio / f"f{index}.wav", speech_like(0.4 + index / 20, index, 16000))
+    output = tmp_path / "units"
+    options = {"features": False, "units": "codebook", "units_format": units_format, "batch_seconds": 1}
+    extract(source_dir, audio, output, shard="0/2", **options)
+    reason = "no dataset card yet" if units_format == "parquet" else "the units of its shards are still in"
+    with pytest.raises(SpidrError, match=f"The extraction into {output} is not finished \\({reason}") as error:
+        unit_datasets(UnitLMArguments(units=str(output)))
+    assert "\n" not in str(error.value)
+    extract(source_dir, audio, output, shard="1/2", **options)  # the job is done
+    _, units = read_unit_sequences(output)
+    assert sorted(units) == [f"f{index}" for index in range(6)]
+
+
 def write_gold(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as file:
@@ -317,6 +338,23 @@ def test_train_then_score_a_unit_lm_end_to_end(source_dir, slm_benchmark, tmp_pa
     for not_an_lm in (source_dir, tmp_path / "missing"):
         with pytest.raises(ValueError, match=f"Cannot load the unit LM {not_an_lm}"):
             score_benchmark(not_an_lm, source_dir, slm_benchmark, tmp_path / "none", device="cpu")
+
+
+def test_units_made_in_another_dtype_are_refused_naming_the_dtype(source_dir, slm_benchmark, tmp_path):
+    from spidr_hf.units.encoder import SpidrUnitEncoder
+
+    identity = SpidrUnitEncoder.from_pretrained(source_dir, "codebook", device="cpu").identity
+    assert identity.dtype == "float32"
+    lm = tiny_lm(UnitVocabulary(identity))
+    lm.save_pretrained(tmp_path / "ulm")
+    with pytest.raises(SpidrError, match=r"other units than .* \(dtype: float32 -> bfloat16; weights_sha256"):
+        score_benchmark(tmp_path / "ulm", source_dir, slm_benchmark, tmp_path / "scores", units_dtype="bfloat16")
+    # A unit LM of an earlier spidr-hf recorded no dtype: the hash that differs says why
+    recorded = lm.config.unit_source
+    del recorded["dtype"]
+    lm.save_pretrained(tmp_path / "older-ulm")
+    with pytest.raises(SpidrError, match=r"in the dtype they run in: bfloat16 here"):
+        score_benchmark(tmp_path / "older-ulm", source_dir, slm_benchmark, tmp_path / "scores", units_dtype="bfloat16")
 
 
 def test_gold_phone_units_train_and_score_like_any_other_units(corpus, tmp_path):

@@ -99,14 +99,16 @@ def extract(
     if output.exists() and not output.is_dir():
         raise SpidrError(f"The output {output} is a file: pass a folder")
     process = this_process(parse_shard(shard))
-    units_out = None
     if units is not None:
         units_format = units_format_of(units_file, units_format)
         units_path = Path(units_file) if units_file is not None else default_units_path(output, units_format)
         check_units_path(units_path, units_format, output)
-        units_out = UnitsOutput(units_path, units_format, deduplicate)
     device = process_device(check_device(device), process)
     config = load_config(model).config  # the layer is checked before the weights load
+    units_out = None
+    if units is not None:
+        num_units = config.kmeans_num_clusters if units == "kmeans" else config.codebook_size
+        units_out = UnitsOutput(units_path, units_format, deduplicate, num_units)
     if layer is None:  # k-means units exist for one layer only: the default follows them, as in the units pipeline
         layer = default_unit_layer(config, units) if units is not None else config.default_feature_layer
     config.check_layer(layer, "hidden_states" if hidden_states else "layer_results", units)
