@@ -416,6 +416,36 @@ def test_a_units_file_extract_did_not_write_is_never_touched(source_dir, audio_d
     assert read_units(shared) == parse_units(complete)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("units_format", ["txt", "parquet"])
+def test_of_two_jobs_started_at_once_with_one_units_file_the_second_is_refused(
+    source_dir, kmeans_dir, audio_dir, tmp_path, monkeypatch, units_format
+):
+    """Job b checks the shared units file when job a has recorded it but written no unit yet: it finds it taken."""
+    from spidr_hf.errors import SpidrError
+    from spidr_hf.units.formats import UnitsOutput
+
+    shared = tmp_path / ("shared.txt" if units_format == "txt" else "shared")
+    options = {"layer": 3, "features": False, "units_file": shared, "units_format": units_format}
+    real_open = UnitsOutput.open
+
+    def open_after_job_b(self, shard):
+        monkeypatch.setattr(UnitsOutput, "open", real_open)
+        with pytest.raises(SpidrError, match="exists and was not written by spidr-hf extract into"):
+            extract(kmeans_dir, audio_dir, tmp_path / "b", units="kmeans", **options)
+        real_open(self, shard)
+
+    monkeypatch.setattr(UnitsOutput, "open", open_after_job_b)
+    extract(source_dir, audio_dir, tmp_path / "a", units="codebook", **options)
+    assert not (tmp_path / "b" / "extract.json").exists()
+    expected = tmp_path / "alone"
+    extract(source_dir, audio_dir, expected, units="codebook", **{**options, "units_file": None})
+    from spidr_hf.units.record import read_unit_sequences
+
+    ours, alone = read_unit_sequences(tmp_path / "a")[1], read_unit_sequences(expected)[1]
+    assert {id: units.tolist() for id, units in ours.items()} == {id: units.tolist() for id, units in alone.items()}
+
+
 @pytest.mark.parametrize(
     ("units_file", "foreign_line"),
     [("u.jsonl", '{"a": 1}'), ("u.jsonl", "[1, 2]"), ("u.jsonl", "not json"), ("u.txt", "no tab on this line")],

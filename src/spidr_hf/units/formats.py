@@ -149,6 +149,12 @@ class UnitsOutput:
 
     # Writing one shard -----------------------------------------------------------------------------------------
 
+    def claim(self) -> None:
+        """Make these units exist before any is written (the parts folder, or the parquet folder), so that a job into
+        another output folder that names the same units file finds it taken (`extract` does it under a lock)."""
+        with writing(self.path):
+            (self.path if self.format == "parquet" else self.parts_folder).mkdir(parents=True, exist_ok=True)
+
     def open(self, shard: Shard) -> None:
         """Start writing `shard`'s units (this process holds the shard's lock)."""
         self._shard = shard
