@@ -267,6 +267,9 @@ def test_speaker_identification_resumes_and_its_pipeline_names_speakers(
         ("--dataset={tmp}/no-phones", "The train split of {tmp}/no-phones lacks the column(s) phones"),
         ("--model_name_or_path={tmp}/no-model", "Cannot load the model {tmp}/no-model"),
         ("--model_config.final_dropot=0.1", "Unknown model_config key 'final_dropot'; did you mean 'final_dropout'?"),
+        ("--model_config.num_attention_heads=3", "`hidden_size` (64) must be divisible by `num_attention_heads` (3)"),
+        ("--model_config.hidden_size=32", "changes the shapes of the weights of {model} (hidden_size: 64 -> 32)"),
+        ("--per_device_train_batch_size=0", "per_device_train_batch_size must be at least 1, got 0"),
     ],
 )
 def test_bad_config_values_are_one_line_errors(finetune, corpus, source_dir, tmp_path, override, message):
@@ -278,7 +281,7 @@ def test_bad_config_values_are_one_line_errors(finetune, corpus, source_dir, tmp
     argv += [f"--output_dir={tmp_path / 'out'}", override.format(tmp=tmp_path)]
     with pytest.raises(ValueError) as error:
         finetune(argv)
-    assert is_user_error(error.value) and message.format(tmp=tmp_path) in str(error.value)
+    assert is_user_error(error.value) and message.format(tmp=tmp_path, model=source_dir) in str(error.value)
     assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
 
 

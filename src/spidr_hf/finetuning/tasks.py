@@ -375,6 +375,19 @@ def load_pretrained_head_model(
         raise ModelLoadError(
             f"Cannot load the model {args.model_name_or_path}: {' '.join(str(error).split())}"
         ) from error
+    except RuntimeError as error:  # transformers' refusal of weights whose shapes the config changed
+        if "mismatched" not in str(error):
+            raise
+        saved = load_config(args.model_name_or_path).config
+        changed = ", ".join(  # the sizes it changes (the rates and flags of model_config shape no weight)
+            f"{key}: {getattr(saved, key, None)!r} -> {value!r}"
+            for key, value in args.model_config.items()
+            if getattr(saved, key, None) != value and isinstance(value, int | list) and not isinstance(value, bool)
+        )
+        raise ConfigError(
+            f"model_config changes the shapes of the weights of {args.model_name_or_path} ({changed}): its sizes "
+            "are the model's; leave them out, or set random_init to train that architecture from scratch"
+        ) from error
 
 
 def build_task(args: FinetuneArguments) -> FinetuneTask:
