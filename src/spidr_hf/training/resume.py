@@ -217,8 +217,8 @@ def set_aside_incomplete(checkpoint: Path, reason: str) -> None:
     except FileNotFoundError:  # set aside by another process meanwhile
         return
     logger.warning(
-        "%s is incomplete (%s: the run was killed, or the disk was full, while it was saved): set aside as %s%s, "
-        "which may be deleted; the run resumes from the last complete checkpoint",
+        "%s is incomplete (%s: the run was killed, or the disk was full, while it was saved or deleted): set aside "
+        "as %s%s, which may be deleted; the run resumes from the last complete checkpoint",
         checkpoint,
         reason,
         aside.name,

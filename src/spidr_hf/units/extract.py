@@ -329,6 +329,11 @@ def check_output(output: Path, settings: ExtractSettings, units_out: UnitsOutput
             "folder, or the same settings"
         )
     # No record, or the record of a run that wrote nothing yet (it is replaced): any output there is not ours
+    if units_out is not None and units_out.exists() and not units_out.path.exists():  # its parts only
+        raise SpidrError(
+            f"{units_out.path} is being written by a spidr-hf extract job into another output folder than {output} "
+            "(its parts are there): choose another --units-file"
+        )
     if units_out is not None and units_out.exists():
         raise SpidrError(
             f"{units_out.path} exists and was not written by spidr-hf extract into {output}: choose another "
