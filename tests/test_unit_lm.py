@@ -87,6 +87,7 @@ def test_tokens_and_packed_blocks():
         ("llama", {"hidden_size": 32, "num_attention_heads": 3}, "hidden size (32) is not a multiple of the number of"),
         ("lama", {}, "Unknown model_type 'lama'; did you mean 'llama'?"),
         ("vit", {}, "model_type 'vit' has no causal language model in transformers"),
+        ("opt", {"dropout": 2.0}, "model_config.dropout is a dropout probability, in [0, 1]: got 2.0"),
     ],
 )  # fmt: skip
 def test_model_configs_the_model_type_does_not_take_are_one_line_errors(model_type, model_config, message):

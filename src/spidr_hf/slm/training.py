@@ -152,3 +152,7 @@ def check_model_config_keys(model_type: str, model_config: dict[str, Any], confi
     stored = config.to_dict()
     extra = [key for key in model_config if key in stored and key not in known]
     check_known_keys(extra, sorted(known), f"model_config ({model_type})")
+    # Dropout rates are checked by torch only when the model first runs, with a traceback
+    for key, value in model_config.items():
+        if ("dropout" in key or key.endswith("pdrop")) and isinstance(value, int | float) and not 0 <= value <= 1:
+            raise ConfigError(f"model_config.{key} is a dropout probability, in [0, 1]: got {value}")
