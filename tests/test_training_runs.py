@@ -212,9 +212,12 @@ def test_a_resume_on_other_units_is_refused_naming_what_differs(train_ulm, units
     assert f'units: "{units}" -> "{other}"' in message
     assert f"unit_source.weights_sha256: {json.dumps('0' * 64)} -> {json.dumps('1' * 64)}" in message
     assert sorted(path.name for path in output_dir.rglob("*")) == before  # nothing trained or written
-    # Other model sizes are other inputs too; the same inputs resume
+    # Other model sizes are other inputs too, and so is a learning rate that the checkpoint's optimizer state would
+    # silently override; the same inputs resume
     with pytest.raises(SpidrError, match=r"model_config.hidden_size: 16 -> 32"):
         train_ulm([str(ulm_config(units, output_dir, max_steps=4, model_config={"hidden_size": 32}))])
+    with pytest.raises(SpidrError, match=r"\(optimizer.learning_rate: 0.001 -> 0.01\)"):
+        train_ulm([str(ulm_config(units, output_dir, max_steps=4, learning_rate=0.01))])
     train_ulm([str(ulm_config(units, output_dir, max_steps=4))])
     assert json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
 

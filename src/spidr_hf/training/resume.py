@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 RUN_INPUTS_FILE = "training_inputs.json"  # what a run in the folder trains on, compared when it resumes
 RUN_INPUTS_WRITER = "spidr-hf training"
+# The optimizer's settings, which a resumed run takes from its checkpoint's optimizer state (its param groups), not
+# from its arguments: another value would be ignored without a word. (The schedule's length and warmup follow the
+# arguments: max_steps may grow to train further.)
+OPTIMIZER_ARGUMENTS = ("optim", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon")
 INCOMPLETE_PREFIX = "incomplete-"  # a checkpoint set aside: outside the Trainer's `checkpoint-*` names
 _CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 # The files a Trainer writes with torch.save (zip archives, whose directory comes last: a cut-off file has none)
@@ -88,10 +92,15 @@ def check_run_inputs(training_args, inputs: Mapping[str, Any]) -> None:
     """
     Compare the `inputs` of this run (what it trains on: its data, its starting model; JSON values) with those
     recorded by the run it resumes, and record them when they are new. A resume on other inputs would train the saved
-    run on them without a word: it is refused in one line naming what differs. A folder with nothing to resume (no
-    complete checkpoint, no saved model) takes the new inputs.
+    run on them without a word: it is refused in one line naming what differs. The optimizer's settings are among
+    them (`OPTIMIZER_ARGUMENTS`): a resumed run takes them from its checkpoint, whatever its arguments say. A folder
+    with nothing to resume (no complete checkpoint, no saved model) takes the new inputs.
     """
-    inputs = json.loads(json.dumps(inputs))  # as the file holds them: tuples as lists
+    optimizer = {
+        name: getattr(getattr(training_args, name), "value", getattr(training_args, name))
+        for name in OPTIMIZER_ARGUMENTS
+    }
+    inputs = json.loads(json.dumps({**inputs, "optimizer": optimizer}))  # as the file holds them: tuples as lists
     output_dir = Path(training_args.output_dir)
     folders = [output_dir]
     if training_args.resume_from_checkpoint is not None:  # a checkpoint of another run's folder
