@@ -181,7 +181,7 @@ def test_units_of_an_unfinished_extraction_are_refused(source_dir, tmp_path, uni
     output = tmp_path / "units"
     options = {"features": False, "units": "codebook", "units_format": units_format, "batch_seconds": 1}
     extract(source_dir, audio, output, shard="0/2", **options)
-    reason = "no dataset card yet" if units_format == "parquet" else "the units of its shards are still in"
+    reason = "no dataset card yet" if units_format == "parquet" else "its shards' units are in"
     with pytest.raises(SpidrError, match=f"The extraction into {output} is not finished \\({reason}") as error:
         unit_datasets(UnitLMArguments(units=str(output)))
     assert "\n" not in str(error.value)

@@ -233,10 +233,7 @@ def read_units(folder: str | Path, deduplicate: bool = False) -> tuple[UnitIdent
         )
     unfinished = unfinished_extraction(folder, units_out)
     if unfinished is not None:
-        raise SpidrError(
-            f"The extraction into {folder} is not finished ({unfinished}): run it to the end (a rerun of the same "
-            "command goes on where it stopped)"
-        )
+        raise SpidrError(unfinished)
     if units_out.num_rows() == 0:
         raise SpidrError(f"{folder} holds no units yet: run the extraction to the end")
     return identity.deduplicated(deduplicate), units_out
@@ -244,10 +241,11 @@ def read_units(folder: str | Path, deduplicate: bool = False) -> tuple[UnitIdent
 
 def unfinished_extraction(folder: Path, units_out: UnitsOutput) -> str | None:
     """
-    Why the units of `folder` are not those of a finished job (None when they are): txt/jsonl units are assembled
-    into their file, and their parts removed, when every shard is done; the parquet files of each shard are in place as
-    it goes, and the dataset card is written when every shard is done.
+    Why the units of `folder` are not known to be those of a finished job, in one line (None when they are): txt/jsonl
+    units are assembled into their file, and their parts removed, when every shard is done; the parquet files of each
+    shard are in place as it goes, and the dataset card is written when every shard is done.
     """
+    rerun = "run it to the end (a rerun of the same command goes on where it stopped)"
     if units_out.format == "parquet":
         from .card import CARD_FILE, read_card_source  # the card module reads this one's records
 
@@ -255,14 +253,16 @@ def unfinished_extraction(folder: Path, units_out: UnitsOutput) -> str | None:
             return None
         if (folder / CARD_FILE).exists():
             return (
-                f"its {CARD_FILE} is not the dataset card that spidr-hf writes when every shard is done: move it "
-                "away and run the extraction again"
+                f"{folder / CARD_FILE} is not the dataset card that spidr-hf writes once every shard of the "
+                "extraction is done, which says it is: move that file away and run the extraction again to write it"
             )
-        return "no dataset card yet: it is written when every shard is done"
+        return f"The extraction into {folder} is not finished (no dataset card yet): {rerun}"
     if units_out.parts_folder.exists():
-        return f"the units of its shards are still in {units_out.parts_folder}"
+        return (
+            f"The extraction into {folder} is not finished (its shards' units are in {units_out.parts_folder}): {rerun}"
+        )
     if not units_out.path.is_file():
-        return f"no units file {units_out.path}"
+        return f"The extraction into {folder} is not finished (no units file {units_out.path}): {rerun}"
     return None
 
 
