@@ -45,6 +45,13 @@ _CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 _TORCH_SAVED = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "pytorch_model.bin", "rng_state*.pth")
 
 
+def writes(training_args) -> bool:
+    """Whether this process writes the run's files (`should_save`), once the arguments know which process it is: until
+    their devices are set up, every process of a launched run takes itself for the first."""
+    _ = training_args.device  # sets up the processes (as the Trainer would)
+    return training_args.should_save
+
+
 def check_output_dir(output_dir: Path, resume_from_checkpoint: str | None) -> None:
     """A run writes into a new folder or resumes one; a saved model with no checkpoint to resume is left alone."""
     if output_dir.exists() and not output_dir.is_dir():
@@ -66,7 +73,7 @@ def output_dir_in_use(training_args) -> Iterator[None]:
     """
     output_dir = Path(training_args.output_dir)
     check_output_dir(output_dir, training_args.resume_from_checkpoint)
-    if not training_args.should_save:  # the other processes of a launched run write nothing
+    if not writes(training_args):  # the other processes of a launched run write nothing
         yield
         return
     created = not output_dir.exists()
@@ -119,7 +126,7 @@ def check_run_inputs(training_args, inputs: Mapping[str, Any]) -> None:
             f"{folder} holds a run on other inputs ({changes}): resume it with the same inputs, or choose another "
             "output_dir"
         )
-    if training_args.should_save and read_run_inputs(output_dir) != inputs:
+    if writes(training_args) and read_run_inputs(output_dir) != inputs:
         record = {"written_by": RUN_INPUTS_WRITER, "inputs": inputs}
         write_text_atomically(output_dir / RUN_INPUTS_FILE, json.dumps(record, indent=2) + "\n")
 
@@ -210,8 +217,8 @@ def last_complete_checkpoint(output_dir: Path, set_aside: bool = False) -> Path 
             complete = checkpoint
         elif set_aside:
             set_aside_incomplete(checkpoint, reason)
-        else:
-            logger.warning("%s is incomplete (%s): it is not resumed", checkpoint, reason)
+        else:  # said once, by the process that sets it aside
+            logger.debug("%s is incomplete (%s): it is not resumed", checkpoint, reason)
     return complete
 
 
@@ -248,7 +255,7 @@ def checkpoint_to_resume(training_args) -> str | None:
         if reason is not None:
             raise ConfigError(f"resume_from_checkpoint {checkpoint} is incomplete ({reason}): give a complete one")
         return checkpoint
-    found = last_complete_checkpoint(Path(training_args.output_dir), set_aside=training_args.should_save)
+    found = last_complete_checkpoint(Path(training_args.output_dir), set_aside=writes(training_args))
     if found is not None:
         logger.info("Resuming from %s", found)
     return str(found) if found is not None else None
