@@ -86,13 +86,21 @@ def test_same_options_have_the_same_names_and_defaults():
 
 
 @pytest.mark.parametrize(
-    "argv", [["kmeans", "m", "--audio", "a", "--batch-size", "0"], ["extract", "m", "i", "o", "--batch-seconds", "-1"]]
+    ("argv", "message"),
+    [
+        (["kmeans", "m", "--audio", "a", "--batch-size", "0"], "must be a positive"),
+        (["extract", "m", "i", "o", "--batch-seconds", "-1"], "must be a positive"),
+        (["kmeans", "m", "--audio", "a", "--seed", "-1"], "argument --seed: must be 0 or more, got -1"),
+        (["slm-benchmark", "out", "--num-workers", "0"], "argument --num-workers: must be a positive integer, got 0"),
+        (["slm-benchmark", "out", "--num-workers", "-1"], "argument --num-workers: must be a positive integer"),
+        (["corpus", "out", "--num-workers", "-2"], "argument --num-workers: must be a positive integer"),
+    ],
 )
-def test_bad_numbers_are_refused_while_parsing(argv, capsys):
+def test_bad_numbers_are_refused_while_parsing(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse(*argv)
     assert exit_info.value.code == 2
-    assert "must be a positive" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def raise_numpy_error(args) -> int:

@@ -309,6 +309,41 @@ def kmeans_dir(source_dir, audio_dir, tmp_path_factory) -> Path:
 KMEANS_LAYER = 3
 
 
+@pytest.mark.slow
+def test_unit_ids_beyond_int16_survive_every_units_format(source_dir, audio_dir, tmp_path):
+    """40,000 k-means centroids: ids up to 39,999, which parquet units stored as int16 wrapped to negative ones."""
+    from spidr_hf import SpidrForPreTraining
+    from spidr_hf.units.record import read_unit_sequences
+
+    model = SpidrForPreTraining.from_pretrained(source_dir).eval()
+    audio = load_audio(audio_dir / "sub/b.flac", None, SAMPLING_RATE)
+    inputs = SpidrFeatureExtractor()(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    with torch.no_grad():
+        frames = model.spidr(inputs["input_values"], output_layer_results=True).layer_results[KMEANS_LAYER - 1][0]
+    # Frames of the layer as the last 8 centroids and the first 4, the others far from any frame
+    centroids = torch.full((40_000, model.config.hidden_size), 1e3)
+    centroids[-8:], centroids[:4] = frames[::17][:8], frames[5::17][:4]
+    model.spidr.set_kmeans_centroids(KMEANS_LAYER, centroids)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    SpidrFeatureExtractor().save_pretrained(folder)
+    units = {}
+    for units_format in ("txt", "jsonl", "parquet"):
+        output = tmp_path / units_format
+        extract(folder, audio_dir, output, features=False, units="kmeans", units_format=units_format)
+        identity, units[units_format] = read_unit_sequences(output)
+        assert identity.num_units == 40_000
+    written = {id: values.tolist() for id, values in units["txt"].items()}  # text: the ids themselves
+    assert max(max(values) for values in written.values()) >= 2**15 and min(min(v) for v in written.values()) >= 0
+    for units_format in ("jsonl", "parquet"):
+        assert {id: values.tolist() for id, values in units[units_format].items()} == written, units_format
+    import pyarrow.parquet as pq
+
+    (parquet_file,) = (tmp_path / "parquet" / "units").glob("*.parquet")
+    assert str(pq.read_schema(parquet_file).field("units").type) == "list<element: int32>"
+    assert "`units` (int32)" in (tmp_path / "parquet" / "README.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("first", "rerun", "changes"),
     [
@@ -380,6 +415,37 @@ def test_a_units_file_extract_did_not_write_is_never_touched(source_dir, audio_d
     message = run_cli(capsys, source_dir, audio_dir, tmp_path / "b", "--units", "codebook", "--units-file", shared)
     assert "was not written by spidr-hf extract into" in message
     assert read_units(shared) == parse_units(complete)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("units_format", ["txt", "parquet"])
+def test_of_two_jobs_started_at_once_with_one_units_file_the_second_is_refused(
+    source_dir, kmeans_dir, audio_dir, tmp_path, monkeypatch, units_format
+):
+    """Job b checks the shared units file when job a has recorded it but written no unit yet: it finds it taken."""
+    from spidr_hf.errors import SpidrError
+    from spidr_hf.units.formats import UnitsOutput
+
+    shared = tmp_path / ("shared.txt" if units_format == "txt" else "shared")
+    options = {"layer": 3, "features": False, "units_file": shared, "units_format": units_format}
+    real_open = UnitsOutput.open
+
+    def open_after_job_b(self, shard):
+        monkeypatch.setattr(UnitsOutput, "open", real_open)
+        taken = "is being written by a spidr-hf extract job into another" if units_format == "txt" else "exists and was"
+        with pytest.raises(SpidrError, match=taken):
+            extract(kmeans_dir, audio_dir, tmp_path / "b", units="kmeans", **options)
+        real_open(self, shard)
+
+    monkeypatch.setattr(UnitsOutput, "open", open_after_job_b)
+    extract(source_dir, audio_dir, tmp_path / "a", units="codebook", **options)
+    assert not (tmp_path / "b" / "extract.json").exists()
+    expected = tmp_path / "alone"
+    extract(source_dir, audio_dir, expected, units="codebook", **{**options, "units_file": None})
+    from spidr_hf.units.record import read_unit_sequences
+
+    ours, alone = read_unit_sequences(tmp_path / "a")[1], read_unit_sequences(expected)[1]
+    assert {id: units.tolist() for id, units in ours.items()} == {id: units.tolist() for id, units in alone.items()}
 
 
 @pytest.mark.parametrize(

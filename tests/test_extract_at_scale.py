@@ -306,6 +306,11 @@ def test_push_units_refuses_what_is_not_a_finished_parquet_extraction(
     assert "is not finished" in refused(partial, "--repo-id", "me/units")
     assert "not an output folder of spidr-hf extract" in refused(tmp_path, "--repo-id", "me/units")
     assert "--repo-id must be ORG/NAME" in refused(one_process.with_name("parquet"), "--repo-id", "units")
+    # A dry run inside the extract folder: the documented **/*.parquet glob of the folder would read every row twice
+    finished = one_process.with_name("parquet")
+    error = refused(finished, "--repo-id", "me/units", "--dry-run", finished / "release")
+    assert f"--dry-run {finished / 'release'} is inside {finished}" in error and error.count("\n") == 1
+    assert not (finished / "release").exists()
     assert not hub_api.instances
 
 

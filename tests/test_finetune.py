@@ -2,6 +2,8 @@
 
 import json
 import logging
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +15,7 @@ import torch
 from conftest import TINY_CONFIG, load_script
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor
-from spidr_hf.errors import is_user_error
+from spidr_hf.errors import SpidrError, is_user_error
 from spidr_hf.finetuning.tasks import (
     PAD,
     AudioCollator,
@@ -230,6 +232,11 @@ def test_speaker_identification_resumes_and_its_pipeline_names_speakers(
     argv = [str(SPEAKERS_CONFIG), f"--model_name_or_path={source_dir}", f"--dataset={speakers_corpus}"]
     argv += [f"--output_dir={out}", "--test_fraction=0.3", *QUICK, "--save_steps=2"]
     finetune([*argv, "--max_steps=2"])
+    # Going on with another model (or corpus) would train the first model's run on it: refused, naming it
+    other = shutil.copytree(source_dir, tmp_path / "other-model")
+    expected = f'model_name_or_path: "{source_dir}" -> "{other}"'
+    with pytest.raises(SpidrError, match=re.escape(expected)):
+        finetune([*argv, "--max_steps=4", f"--model_name_or_path={other}"])
     metrics = finetune([*argv, "--max_steps=4"])  # the folder has a checkpoint: the run goes on from it
     assert "Resuming from" in caplog.text and (out / "checkpoint-4").is_dir()
     assert json.loads((out / "checkpoint-4/trainer_state.json").read_text())["global_step"] == 4
@@ -260,6 +267,9 @@ def test_speaker_identification_resumes_and_its_pipeline_names_speakers(
         ("--dataset={tmp}/no-phones", "The train split of {tmp}/no-phones lacks the column(s) phones"),
         ("--model_name_or_path={tmp}/no-model", "Cannot load the model {tmp}/no-model"),
         ("--model_config.final_dropot=0.1", "Unknown model_config key 'final_dropot'; did you mean 'final_dropout'?"),
+        ("--model_config.num_attention_heads=3", "`hidden_size` (64) must be divisible by `num_attention_heads` (3)"),
+        ("--model_config.hidden_size=32", "changes the shapes of the weights of {model} (hidden_size: 64 -> 32)"),
+        ("--per_device_train_batch_size=0", "per_device_train_batch_size must be at least 1, got 0"),
     ],
 )
 def test_bad_config_values_are_one_line_errors(finetune, corpus, source_dir, tmp_path, override, message):
@@ -271,7 +281,7 @@ def test_bad_config_values_are_one_line_errors(finetune, corpus, source_dir, tmp
     argv += [f"--output_dir={tmp_path / 'out'}", override.format(tmp=tmp_path)]
     with pytest.raises(ValueError) as error:
         finetune(argv)
-    assert is_user_error(error.value) and message.format(tmp=tmp_path) in str(error.value)
+    assert is_user_error(error.value) and message.format(tmp=tmp_path, model=source_dir) in str(error.value)
     assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
 
 

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -451,9 +452,15 @@ def test_kmeans_on_a_folder_skips_files_too_short_for_a_frame_and_names_them(sou
         "cpu",
         "--output",
         str(tmp_path / "m"),
+        "--kmeans-frames",
+        "1000000",
     ]
     assert main(["kmeans", str(source_dir), "--audio", str(audio), *options]) == 0
-    assert f"Skipped a file shorter than 400 samples (no frame): {audio / 'short.wav'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"Skipped a file shorter than 400 samples (no frame): {audio / 'short.wav'}" in printed
+    # What was fitted, when the folder has fewer frames than asked for
+    fitted = re.search(r"The audio has (\d+) frames, fewer than the 1000000 asked for: k-means was fitted on", printed)
+    assert fitted is not None and 0 < int(fitted[1]) < 1000000
 
 
 @pytest.mark.slow
@@ -542,3 +549,11 @@ def test_a_config_naming_centroids_the_weights_lack_is_a_one_line_error(kmeans_d
     error = capsys.readouterr().err
     assert "weights hold none" in error and "Traceback" not in error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_negative_seed_is_refused_by_the_library_too(source_dir, corpus):
+    from spidr_hf.errors import SpidrError
+    from spidr_hf.units.stored_kmeans import fit_model_kmeans
+
+    with pytest.raises(SpidrError, match="--seed must be 0 or more, got -1"):
+        fit_model_kmeans(source_dir, dataset=corpus, seed=-1)

@@ -81,3 +81,25 @@ def test_a_used_folder_is_refused(built, capsys):
     with pytest.raises(SystemExit):
         main(["slm-benchmark", str(built), *ARGUMENTS])
     assert "not an empty folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--words", "At most 9282 word / pseudo-word pairs can be made"),
+        ("--sentences", "At most 576 sentence pairs can be made"),
+    ],
+)
+def test_more_pairs_than_can_be_made_are_refused_before_flite_runs(tmp_path, monkeypatch, capsys, option, message):
+    from spidr_hf.slm import benchmark
+
+    def no_flite(*args, **kwargs):
+        raise AssertionError("flite ran")
+
+    monkeypatch.setattr(benchmark, "phones_of", no_flite)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["slm-benchmark", str(tmp_path / "out"), option, "100000"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and "100000 were asked for" in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ from test_extract import speech_like
 from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM
 
 from spidr_hf import SpidrConfig, SpidrFeatureExtractor, SpidrForPreTraining
+from spidr_hf.errors import ConfigError, SpidrError
 from spidr_hf.slm.score import (
     lexical_accuracy,
     read_gold,
@@ -22,7 +23,14 @@ from spidr_hf.slm.score import (
     score_benchmark,
     syntactic_accuracy,
 )
-from spidr_hf.slm.unit_lm import UnitVocabulary, iter_blocks, lm_identity, record_identity, sequence_log_probs
+from spidr_hf.slm.unit_lm import (
+    UnitVocabulary,
+    iter_blocks,
+    lm_identity,
+    load_unit_lm,
+    record_identity,
+    sequence_log_probs,
+)
 from spidr_hf.units.extract import extract
 from spidr_hf.units.record import UnitIdentity, read_unit_sequences
 from spidr_hf_cli import main
@@ -68,6 +76,57 @@ def test_tokens_and_packed_blocks():
     assert blocks[0]["labels"] == blocks[0]["input_ids"] and blocks[0]["attention_mask"] == [1, 1, 1]
 
 
+@pytest.mark.parametrize(
+    ("model_type", "model_config", "message"),
+    [
+        ("opt", {"num_hiden_layers": 1}, "Unknown model_config (opt) key 'num_hiden_layers'; did you mean "
+         "'num_hidden_layers'?"),
+        ("llama", {"ffn_dim": 64, "word_embed_proj_dim": 16}, "Unknown model_config (llama) key 'ffn_dim'"),
+        ("opt", {"hidden_size": 32, "num_attention_heads": 3, "word_embed_proj_dim": 32},
+         "embed_dim must be divisible by num_heads"),
+        ("llama", {"hidden_size": 32, "num_attention_heads": 3}, "hidden size (32) is not a multiple of the number of"),
+        ("lama", {}, "Unknown model_type 'lama'; did you mean 'llama'?"),
+        ("vit", {}, "model_type 'vit' has no causal language model in transformers"),
+        ("opt", {"dropout": 2.0}, "model_config.dropout is a dropout probability, in [0, 1]: got 2.0"),
+    ],
+)  # fmt: skip
+def test_model_configs_the_model_type_does_not_take_are_one_line_errors(model_type, model_config, message):
+    from spidr_hf.slm.training import UnitLMArguments, build_unit_lm
+
+    args = UnitLMArguments(units="units", model_type=model_type, model_config=model_config, block_size=32)
+    with pytest.raises(ConfigError) as error:
+        build_unit_lm(args, SOURCE.identity)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_older_names_a_config_converts_and_aliases_are_taken():
+    from spidr_hf.slm.training import UnitLMArguments, build_unit_lm
+
+    small = {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32, "num_hidden_layers": 1}
+    llama = build_unit_lm(UnitLMArguments("units", "llama", {**small, "rope_theta": 5000.0}), SOURCE.identity)
+    assert llama.config.rope_parameters["rope_theta"] == 5000.0
+    gpt2_config = {"hidden_size": 16, "n_head": 2, "n_layer": 1}  # gpt2's own names, and hidden_size for n_embd
+    gpt2 = build_unit_lm(UnitLMArguments("units", "gpt2", gpt2_config), SOURCE.identity)
+    assert gpt2.config.n_embd == 16 and gpt2.config.num_hidden_layers == 1
+
+
+def test_a_language_model_that_is_not_finite_cannot_score(tmp_path):
+    model = tiny_lm()
+    sequences = [SOURCE.tokens(np.array([1, 2, 3]))]
+    with torch.no_grad():
+        model.model.decoder.layers[0].fc1.weight[0, 0] = float("nan")
+    with pytest.raises(SpidrError, match="log-probabilities that are not finite"):
+        sequence_log_probs(model, sequences, SOURCE.pad)
+    model.save_pretrained(tmp_path / "ulm")
+    with pytest.raises(SpidrError, match=f"The unit LM {tmp_path / 'ulm'} has weights that are not finite"):
+        load_unit_lm(tmp_path / "ulm", "cpu")
+
+
+def test_units_beyond_the_number_of_units_are_named():
+    with pytest.raises(SpidrError, match=r"The units of f7 go from -25552 to 3, beyond the 16 units"):
+        SOURCE.tokens(np.array([3, -25552]), "f7")
+
+
 def test_unit_datasets_pack_the_files_in_id_order_whatever_the_format_or_shards(source_dir, tmp_path, monkeypatch):
     from spidr_hf.slm.training import UnitLMArguments, unit_datasets
     from spidr_hf.training.splits import held_out
@@ -108,6 +167,27 @@ def test_unit_datasets_pack_the_files_in_id_order_whatever_the_format_or_shards(
     _, train, _ = unit_datasets(UnitLMArguments(units=str(units["txt"]), block_size=16, eval_fraction=0.0))
     _, few = read_unit_sequences(units["txt"], deduplicate=True)
     assert sum(sum(block["attention_mask"]) for block in train) == sum(len(source.tokens(u)) for u in few.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("units_format", ["txt", "parquet"])
+def test_units_of_an_unfinished_extraction_are_refused(source_dir, tmp_path, units_format):
+    """Shard 0 of 2 done, as an extraction killed midway leaves it: a unit LM would train on part of the files."""
+    from spidr_hf.slm.training import UnitLMArguments, unit_datasets
+
+    audio = tmp_path / "audio"
+    for index in range(6):
+        write_audio(audio / f"f{index}.wav", speech_like(0.4 + index / 20, index, 16000))
+    output = tmp_path / "units"
+    options = {"features": False, "units": "codebook", "units_format": units_format, "batch_seconds": 1}
+    extract(source_dir, audio, output, shard="0/2", **options)
+    reason = "no dataset card yet" if units_format == "parquet" else "its shards' units are in"
+    with pytest.raises(SpidrError, match=f"The extraction into {output} is not finished \\({reason}") as error:
+        unit_datasets(UnitLMArguments(units=str(output)))
+    assert "\n" not in str(error.value)
+    extract(source_dir, audio, output, shard="1/2", **options)  # the job is done
+    _, units = read_unit_sequences(output)
+    assert sorted(units) == [f"f{index}" for index in range(6)]
 
 
 def write_gold(path: Path, rows: list[dict]) -> Path:
@@ -259,6 +339,23 @@ def test_train_then_score_a_unit_lm_end_to_end(source_dir, slm_benchmark, tmp_pa
     for not_an_lm in (source_dir, tmp_path / "missing"):
         with pytest.raises(ValueError, match=f"Cannot load the unit LM {not_an_lm}"):
             score_benchmark(not_an_lm, source_dir, slm_benchmark, tmp_path / "none", device="cpu")
+
+
+def test_units_made_in_another_dtype_are_refused_naming_the_dtype(source_dir, slm_benchmark, tmp_path):
+    from spidr_hf.units.encoder import SpidrUnitEncoder
+
+    identity = SpidrUnitEncoder.from_pretrained(source_dir, "codebook", device="cpu").identity
+    assert identity.dtype == "float32"
+    lm = tiny_lm(UnitVocabulary(identity))
+    lm.save_pretrained(tmp_path / "ulm")
+    with pytest.raises(SpidrError, match=r"other units than .* \(dtype: float32 -> bfloat16; weights_sha256"):
+        score_benchmark(tmp_path / "ulm", source_dir, slm_benchmark, tmp_path / "scores", units_dtype="bfloat16")
+    # A unit LM of an earlier spidr-hf recorded no dtype: the hash that differs says why
+    recorded = lm.config.unit_source
+    del recorded["dtype"]
+    lm.save_pretrained(tmp_path / "older-ulm")
+    with pytest.raises(SpidrError, match=r"in the dtype they run in: bfloat16 here"):
+        score_benchmark(tmp_path / "older-ulm", source_dir, slm_benchmark, tmp_path / "scores", units_dtype="bfloat16")
 
 
 def test_gold_phone_units_train_and_score_like_any_other_units(corpus, tmp_path):

@@ -330,6 +330,8 @@ def run_config(tmp_path) -> Path:
         ("--learning_rate=fast", "learning_rate must be a number, got 'fast'"),
         ("--bf16=1", "bf16 must be true or false, got 1"),
         ("--min_samples=null", "min_samples must be an integer, got None"),
+        ("--per_device_train_batch_size=0", "per_device_train_batch_size must be at least 1, got 0"),
+        ("--gradient_accumulation_steps=-1", "gradient_accumulation_steps must be at least 1, got -1"),
     ],
 )
 def test_training_arguments_of_the_wrong_type(run_config, override, message):
@@ -464,3 +466,31 @@ def test_push_refuses_invalid_card_hub_ids_before_any_work(source_dir, tmp_path,
     error = run_cli([*arguments, "--dry-run", str(tmp_path / "out")], capsys)
     assert option in error and value in error
     assert not (tmp_path / "out").exists()
+
+
+def cli_error(capsys, *argv: str) -> str:
+    """The one-line error of `spidr-hf ARGV` (after any progress bars)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(map(str, argv)))
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    return error.split(": error: ", 1)[1].splitlines()[0]
+
+
+def test_a_file_with_nan_samples_is_named_by_extract_and_kmeans(source_dir, tmp_path, capsys):
+    from scipy.io import wavfile
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for index in range(3):
+        samples = tone(1.0 + index / 10, RATE)
+        if index == 1:
+            samples[500] = np.nan  # a float wav holds NaN as it is
+        wavfile.write(audio / f"f{index}.wav", RATE, samples)
+    bad = audio / "f1.wav"
+    message = f"{bad} holds NaN or infinite samples"
+    assert message in cli_error(capsys, "extract", source_dir, audio, tmp_path / "out", "--layer", "3")
+    argv = ["kmeans", source_dir, "--audio", audio, "--output", tmp_path / "kmeans", "--num-clusters", "4"]
+    assert message in cli_error(capsys, *argv)
+    assert not (tmp_path / "kmeans").exists()

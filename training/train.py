@@ -13,15 +13,14 @@ or else as strings). A run whose `output_dir` holds checkpoints resumes from the
 import logging
 import os
 import sys
-from pathlib import Path
 
 from transformers import set_seed
 
 from spidr_hf import SpidrFeatureExtractor
-from spidr_hf.pretraining.data import PretrainingData
+from spidr_hf.pretraining.data import PretrainingData, run_inputs
 from spidr_hf.pretraining.setup import build_model, complete_training_arguments, parse_pretraining_config
 from spidr_hf.pretraining.trainer import SpidrTrainer
-from spidr_hf.training.resume import check_output_dir, train_or_resume
+from spidr_hf.training.resume import check_run_inputs, output_dir_in_use, save_final_model, train_or_resume
 from spidr_hf_cli import run_script
 
 logger = logging.getLogger("spidr_hf.train")
@@ -32,22 +31,23 @@ def main(argv: list[str]) -> None:
         raise SystemExit(__doc__)
     model_args, data_args, training_args = parse_pretraining_config(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    check_output_dir(Path(training_args.output_dir), training_args.resume_from_checkpoint)
-    set_seed(training_args.seed)
-    model = build_model(model_args)
-    complete_training_arguments(training_args, data_args, model.config)
-    trainer = SpidrTrainer(
-        model=model,
-        args=training_args,
-        data=PretrainingData.load(data_args, training_args),
-        processing_class=SpidrFeatureExtractor(),
-    )
-    train_or_resume(trainer)
-    if summary := trainer.codebook_summary():
-        logger.info("Codebooks at the end of training: %s", summary)
-    trainer.save_model()  # Hub-ready: model, config with auto_map, code files, preprocessor config
-    if trainer.is_world_process_zero():
-        logger.info("Saved the pretrained model to %s", training_args.output_dir)
+    with output_dir_in_use(training_args):  # one run at a time in output_dir
+        check_run_inputs(training_args, run_inputs(data_args))  # a resume goes on with the same data
+        set_seed(training_args.seed)
+        model = build_model(model_args)
+        complete_training_arguments(training_args, data_args, model.config)
+        trainer = SpidrTrainer(
+            model=model,
+            args=training_args,
+            data=PretrainingData.load(data_args, training_args),
+            processing_class=SpidrFeatureExtractor(),
+        )
+        train_or_resume(trainer)
+        if summary := trainer.codebook_summary():
+            logger.info("Codebooks at the end of training: %s", summary)
+        save_final_model(trainer)  # Hub-ready: model, config with auto_map, code files, preprocessor config
+        if trainer.is_world_process_zero():
+            logger.info("Saved the pretrained model to %s", training_args.output_dir)
     # Every process waits for the first to finish saving: a process tearing the gloo group down while another still
     # used it was seen to abort at exit (SIGABRT, "terminate called without an active exception"), once in CI
     trainer.accelerator.wait_for_everyone()

@@ -12,14 +12,14 @@ deduplication), which `spidr-hf slm-score` checks. A run whose `output_dir` hold
 
 import logging
 import sys
-from pathlib import Path
 
 from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
-from spidr_hf.slm.training import UnitLMArguments, build_unit_lm, unit_datasets
+from spidr_hf.slm.training import UnitLMArguments, build_unit_lm, run_inputs, unit_datasets
 from spidr_hf.slm.unit_lm import describe
 from spidr_hf.training.config import parse_config
-from spidr_hf.training.resume import check_output_dir, train_or_resume
+from spidr_hf.training.resume import check_run_inputs, output_dir_in_use, save_final_model, train_or_resume
+from spidr_hf.units.record import read_units
 from spidr_hf_cli import run_script
 
 logger = logging.getLogger("spidr_hf.train_ulm")
@@ -30,24 +30,26 @@ def main(argv: list[str]) -> None:
         raise SystemExit(__doc__)
     unit_args, training_args = parse_config(argv, classes=(UnitLMArguments, TrainingArguments))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    check_output_dir(Path(training_args.output_dir), training_args.resume_from_checkpoint)
-    set_seed(training_args.seed)
-    identity, train, evaluation = unit_datasets(unit_args)
-    logger.info("Units: %s; %d training blocks of %d tokens", describe(identity), len(train), unit_args.block_size)
-    model = build_unit_lm(unit_args, identity)
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        data_collator=default_data_collator,
-    )
-    train_or_resume(trainer)
-    if evaluation is not None:
-        logger.info("Held-out loss: %.4f", trainer.evaluate()["eval_loss"])
-    trainer.save_model()
-    if trainer.is_world_process_zero():
-        logger.info("Saved the unit language model to %s", training_args.output_dir)
+    with output_dir_in_use(training_args):  # one run at a time in output_dir
+        units = read_units(unit_args.units, unit_args.deduplicate)
+        check_run_inputs(training_args, run_inputs(unit_args, units[0]))  # a resume goes on with the same units
+        set_seed(training_args.seed)
+        identity, train, evaluation = unit_datasets(unit_args, units)
+        logger.info("Units: %s; %d training blocks of %d tokens", describe(identity), len(train), unit_args.block_size)
+        model = build_unit_lm(unit_args, identity)
+        trainer = Trainer(
+            model=model,
+            args=training_args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            data_collator=default_data_collator,
+        )
+        train_or_resume(trainer)
+        if evaluation is not None:
+            logger.info("Held-out loss: %.4f", trainer.evaluate()["eval_loss"])
+        save_final_model(trainer)
+        if trainer.is_world_process_zero():
+            logger.info("Saved the unit language model to %s", training_args.output_dir)
 
 
 if __name__ == "__main__":

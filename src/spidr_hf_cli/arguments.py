@@ -53,6 +53,13 @@ def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwar
     parser.add_argument(old, action=DeprecatedAlias, dest=dest, new=new, help=argparse.SUPPRESS, **kwargs)
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -126,7 +133,7 @@ def add_kmeans_options(parser: argparse.ArgumentParser, frames: int) -> None:
 
 
 def add_seed(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--seed", type=int, default=0, help=f"seed of {what} (default: 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help=f"seed of {what} (default: 0)")
 
 
 # ---- sub-commands ----
@@ -173,7 +180,9 @@ def corpus_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"speakers held out for dev (default: {DEFAULTS.CORPUS_DEV_SPEAKERS})",
     )
     add_seed(parser, "the sentence draw")
-    parser.add_argument("--num-workers", type=int, default=None, help="parallel flite processes (default: all cores)")
+    parser.add_argument(
+        "--num-workers", type=positive_int, default=None, help="parallel flite processes (default: all cores)"
+    )
 
 
 def extract_arguments(parser: argparse.ArgumentParser) -> None:
@@ -388,7 +397,9 @@ def slm_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"flite voices speaking each item (default: {DEFAULTS.BENCHMARK_VOICES})",
     )
     add_seed(parser, "the words, pseudo-words and sentences drawn")
-    parser.add_argument("--num-workers", type=int, default=None, help="parallel flite processes (default: all cores)")
+    parser.add_argument(
+        "--num-workers", type=positive_int, default=None, help="parallel flite processes (default: all cores)"
+    )
 
 
 def slm_score_arguments(parser: argparse.ArgumentParser) -> None:

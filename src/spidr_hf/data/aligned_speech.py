@@ -91,7 +91,10 @@ def _utterance(row: dict) -> Utterance:
     phones = row["phones"]
     if not isinstance(phones, list) or not all(isinstance(p, dict) and p.keys() >= _PHONE_KEYS for p in phones):
         raise ValueError(f"Utterance {row['id']}: phones must be a list of {{'phone', 'start', 'end'}} records")
-    audio = load_audio(row["audio"], None, SAMPLING_RATE)
+    try:
+        audio = load_audio(row["audio"], None, SAMPLING_RATE)
+    except ValueError as error:  # samples that are not finite, among others: the utterance named
+        raise ValueError(f"Utterance {row['id']}: {error}") from error
     utterance = Utterance(str(row["id"]), str(row["speaker"]), audio, phones)
     check_alignment(utterance)
     return utterance

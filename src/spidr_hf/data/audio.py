@@ -78,15 +78,19 @@ def file_seconds(path: Path) -> float:
 
 
 def decode(path: str | os.PathLike) -> np.ndarray:
-    """16 kHz mono float32 samples of a file FFmpeg reads; a missing or unreadable file is a one-line error."""
+    """16 kHz mono float32 samples of a file FFmpeg reads; a missing or unreadable file, or one whose samples are not
+    all finite (a float wav can hold NaN), is a one-line error naming it."""
     if torchcodec_failure() is not None:
         return decode_wav(path)
     try:
-        return load_audio(path, None, SAMPLING_RATE)
+        audio = load_audio(path, None, SAMPLING_RATE)
     except (RuntimeError, ValueError, OSError) as error:
         prefix, message = f"Could not decode {path}: ", first_line(error)
         # The pipeline's decoder already says so for files FFmpeg cannot open: not twice
         raise AudioError(message if message.startswith(prefix) else prefix + message) from error
+    if not np.isfinite(audio).all():  # else the feature extractor refuses "utterance N" of a batch, unnamed
+        raise AudioError(f"{path} holds NaN or infinite samples: repair or leave out that file")
+    return audio
 
 
 @functools.cache

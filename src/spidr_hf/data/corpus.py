@@ -194,6 +194,8 @@ def build_corpus(
         raise ValueError(f"speakers must be between 2 and {len(SPEAKERS)}, got {num_speakers}")
     if not 1 <= dev_speakers < num_speakers:
         raise ValueError(f"dev speakers must be at least 1 and fewer than the speakers ({num_speakers})")
+    if num_workers is not None and num_workers < 1:
+        raise ValueError(f"num_workers must be at least 1, got {num_workers}")
     out_dir = Path(out_dir)
     _check_destination(out_dir)
     flite = find_flite()

@@ -13,6 +13,7 @@ tokenizer of the phones, the model with its new head, the metric and the Trainer
 CTC predictions.
 """
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -123,6 +124,17 @@ class FinetuneArguments:
             if key in TASK_CONFIG_KEYS:
                 raise ConfigError(f"model_config cannot set {key}: the task (or its own option) decides it")
         check_known_keys(self.model_config, SpidrConfig().to_dict(), "model_config")
+
+
+def run_inputs(args: FinetuneArguments) -> dict[str, Any]:
+    """What a fine-tuning run trains on, which a resumed run must train on too (`training.resume.check_run_inputs`):
+    every field of its arguments, the model and corpus folders by their resolved paths (a rerun from elsewhere
+    matches; a Hub id stays as it is)."""
+    inputs = dataclasses.asdict(args)
+    for name in ("model_name_or_path", "dataset"):
+        if Path(inputs[name]).exists():
+            inputs[name] = str(Path(inputs[name]).resolve())
+    return inputs
 
 
 @dataclass
@@ -362,6 +374,19 @@ def load_pretrained_head_model(
     except OSError as error:
         raise ModelLoadError(
             f"Cannot load the model {args.model_name_or_path}: {' '.join(str(error).split())}"
+        ) from error
+    except RuntimeError as error:  # transformers' refusal of weights whose shapes the config changed
+        if "mismatched" not in str(error):
+            raise
+        saved = load_config(args.model_name_or_path).config
+        changed = ", ".join(  # the sizes it changes (the rates and flags of model_config shape no weight)
+            f"{key}: {getattr(saved, key, None)!r} -> {value!r}"
+            for key, value in args.model_config.items()
+            if getattr(saved, key, None) != value and isinstance(value, int | list) and not isinstance(value, bool)
+        )
+        raise ConfigError(
+            f"model_config changes the shapes of the weights of {args.model_name_or_path} ({changed}): its sizes "
+            "are the model's; leave them out, or set random_init to train that architecture from scratch"
         ) from error
 
 

@@ -69,6 +69,11 @@ def push_units(
     repo_id = check_repo_id(repo_id)
     output = Path(output)
     if dry_run is not None:
+        if Path(dry_run).resolve().is_relative_to(output.resolve()):
+            raise SpidrError(
+                f"--dry-run {dry_run} is inside {output}: its copies of the parquet files would be read with them by "
+                f'load_dataset("parquet", data_files=f"{{OUTPUT}}/**/*.parquet"); write it outside the extract folder'
+            )
         return str(write_hub_folder(output, Path(dry_run)))
     units_of(output)  # a folder that cannot be uploaded fails before the token is looked at
     api = hub_api()

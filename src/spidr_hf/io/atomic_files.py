@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import WriteError
+from ..errors import SpidrError, WriteError
 from .file_locks import locked_temporary_folder, remove_unlocked_folders
 
 PARTIAL_SUFFIX = ".partial"
@@ -37,16 +37,18 @@ _LOW_SPACE_BYTES = 1 << 20  # free space under which a failed write is taken for
 def writing(path: str | os.PathLike) -> Iterator[None]:
     """
     Turn the failures of writing `path` that come from the machine (a full disk, permissions) into a one-line
-    `WriteError` naming it. torch.save reports a full disk as a RuntimeError of its zip writer, told apart here by the
-    free space left.
+    `WriteError` naming it. Writers that report a full disk in their own words (torch.save's zip writer, a
+    RuntimeError "unexpected pos"; safetensors, a SafetensorError) are told apart by the free space left.
     """
     try:
         yield
+    except SpidrError:  # already the user's, in one line
+        raise
     except OSError as error:
         if error.errno not in _WRITE_ERRNOS:
             raise
         raise WriteError(f"Could not write {path}: {_WRITE_ERRNOS[error.errno]}") from error
-    except RuntimeError as error:
+    except Exception as error:
         folder = Path(path).parent
         try:
             full = shutil.disk_usage(folder).free < _LOW_SPACE_BYTES

@@ -44,6 +44,16 @@ def exclusive_lock(
         os.close(descriptor)  # closing releases the lock
 
 
+@contextmanager
+def exclusive_locks(*paths: Path) -> Iterator[None]:
+    """`exclusive_lock` (waiting) on each of `paths`, taken in one order (of their resolved paths) whoever takes them,
+    so that two processes that need the same locks cannot each hold one and wait for the other's."""
+    with contextlib.ExitStack() as stack:
+        for path in sorted({path.resolve() for path in paths}):
+            stack.enter_context(exclusive_lock(path))
+        yield
+
+
 def remove_unlocked_folders(parent: Path, prefix: str) -> None:
     """Remove the folders `parent/prefix...` that no process holds locked: left by runs that died (SIGKILL, power
     loss), whose locks died with them."""

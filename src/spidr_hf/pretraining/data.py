@@ -69,6 +69,19 @@ class DataArguments:
             )
 
 
+def run_inputs(data_args: DataArguments) -> dict[str, str | None]:
+    """What a pretraining run trains on, which a resumed run must train on too (`training.resume.check_run_inputs`):
+    the dataset (a local one by its resolved path) and the split and column it reads. How it is batched may change
+    (the batches are bounded by memory, which a resume on other devices may change)."""
+    dataset = str(Path(data_args.dataset).resolve()) if Path(data_args.dataset).exists() else data_args.dataset
+    return {
+        "dataset": dataset,
+        "dataset_config": data_args.dataset_config,
+        "train_split": data_args.train_split,
+        "audio_column": data_args.audio_column,
+    }
+
+
 def load_audio_dataset(
     source: str,
     split: str = "train",

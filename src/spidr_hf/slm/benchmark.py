@@ -75,6 +75,28 @@ def opaque_name(seed: int, *parts) -> str:
     return hashlib.sha1(f"{seed}:{':'.join(map(str, parts))}".encode()).hexdigest()[:12]
 
 
+def candidate_words(counts: Counter) -> list[str]:
+    """The words of the corpus' sentences that a pair can be made of (4 to 8 letters), in order."""
+    return sorted(word for word in counts if 4 <= len(word) <= 8)
+
+
+def check_feasible(num_words: int, num_sentences: int) -> None:
+    """More pairs than the words or templates can make are refused before flite speaks anything (it would run on
+    every candidate before finding out)."""
+    words = len(candidate_words(corpus_words(load_sentences())))
+    if num_words > words:
+        raise SpidrError(
+            f"At most {words} word / pseudo-word pairs can be made (the corpus has {words} words of 4 to 8 letters, "
+            f"and some make no pair), {num_words} were asked for"
+        )
+    templates = len(sentence_pairs(random.Random(0)))
+    if num_sentences > templates:
+        raise SpidrError(
+            f"At most {templates} sentence pairs can be made (the templates make {templates}, and some are not "
+            f"balanced), {num_sentences} were asked for"
+        )
+
+
 def lexical_items(flite: str, num_words: int, voices: list[Speaker], seed: int) -> list[Item]:
     sentences = load_sentences()
     counts = corpus_words(sentences)
@@ -87,7 +109,7 @@ def lexical_items(flite: str, num_words: int, voices: list[Speaker], seed: int) 
             "sudo apt-get install wamerican)"
         )
     rng = random.Random(seed)
-    pool = sorted(word for word in counts if 4 <= len(word) <= 8)
+    pool = candidate_words(counts)
     rng.shuffle(pool)
     items: list[Item] = []
     pairs = 0
@@ -191,6 +213,9 @@ def build_benchmark(
     voices = list(SPEAKERS[:num_voices])
     if not 1 <= num_voices <= len(SPEAKERS):
         raise SpidrError(f"num_voices must be in [1, {len(SPEAKERS)}], got {num_voices}")
+    if num_workers is not None and num_workers < 1:
+        raise SpidrError(f"num_workers must be at least 1, got {num_workers}")
+    check_feasible(num_words, num_sentences)
     flite = find_flite()
     tasks = {
         "lexical": (lexical_items(flite, num_words, voices, seed), LEXICAL_COLUMNS),

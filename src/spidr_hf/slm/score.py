@@ -212,7 +212,7 @@ def score_benchmark(
                 raise SpidrError(
                     f"{len(missing)} file(s) of {folder / 'gold.csv'} have no units in {units_dir}: {missing[0]}"
                 )
-        sequences = [vocabulary.tokens(file_units[row["filename"]]) for row in golds[task]]
+        sequences = [vocabulary.tokens(file_units[row["filename"]], row["filename"]) for row in golds[task]]
         values = sequence_log_probs(lm, sequences, vocabulary.pad, batch_size, mean=mean_per_unit)
         scores = dict(zip((row["filename"] for row in golds[task]), values, strict=True))
         write_submission(output / "submission", task, golds[task], scores)
@@ -243,11 +243,16 @@ def lm_encoder(
 
 def check_same_units(ulm: str | os.PathLike, trained: UnitIdentity, given: UnitIdentity, source) -> None:
     """One line naming what differs when `source` gives other units than those `ulm` was trained on."""
-    differences = trained.differences(given)
+    # The dtype first: it says why the weights' hash differs (weights hashed as they run)
+    differences = sorted(trained.differences(given), key=lambda difference: not difference.startswith("dtype:"))
     if differences:
+        dtype_hint = ""
+        hash_differs = any(difference.startswith("weights_sha256:") for difference in differences)
+        if trained.dtype is None and given.dtype is not None and hash_differs:
+            dtype_hint = f" (the hash is that of the weights in the dtype they run in: {given.dtype} here)"
         raise SpidrError(
-            f"{ulm} was trained on other units than {source} gives ({'; '.join(differences)}): score it with the "
-            "encoder it was trained on (the model, layer, unit kind and dtype of its units)"
+            f"{ulm} was trained on other units than {source} gives ({'; '.join(differences)}){dtype_hint}: score it "
+            "with the encoder it was trained on (the model, layer, unit kind and dtype of its units: --units-dtype)"
         )
 
 

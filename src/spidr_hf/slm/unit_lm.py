@@ -42,9 +42,16 @@ class UnitVocabulary:
     def vocab_size(self) -> int:
         return self.identity.num_units + 3
 
-    def tokens(self, units: np.ndarray) -> list[int]:
-        """BOS, the units (runs merged when the identity deduplicates), EOS."""
+    def tokens(self, units: np.ndarray, name: str = "a file") -> list[int]:
+        """BOS, the units (runs merged when the identity deduplicates), EOS; units that are no unit of the identity
+        are a one-line error naming the file (`name`)."""
         units = np.asarray(units)
+        if units.size and (units.min() < 0 or units.max() >= self.identity.num_units):
+            raise SpidrError(
+                f"The units of {name} go from {units.min()} to {units.max()}, beyond the {self.identity.num_units} "
+                "units they are said to be of (units stored by an earlier spidr-hf as int16 wrap past 32767): extract "
+                "them again"
+            )
         if self.identity.deduplicate:
             units = units[run_starts(units)]
         return [self.bos, *(int(unit) for unit in units), self.eos]
@@ -79,6 +86,11 @@ def load_unit_lm(source: str | Path, device: str):
         lm = AutoModelForCausalLM.from_pretrained(source)
     except (OSError, ValueError) as error:  # no such folder or repo, or a model that is no causal LM
         raise ModelLoadError(f"Cannot load the unit LM {source}: {' '.join(str(error).split())[:300]}") from error
+    if not all(parameter.isfinite().all() for parameter in lm.parameters() if parameter.is_floating_point()):
+        raise ModelLoadError(
+            f"The unit LM {source} has weights that are not finite (NaN or infinite: its training diverged): it "
+            "cannot score"
+        )
     return lm.to(device).eval(), lm_identity(lm.config)
 
 
@@ -133,6 +145,11 @@ def sequence_log_probs(
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         log_probs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device))[..., 0]
         log_probs = (log_probs * mask[:, 1:].to(device)).sum(-1).cpu()
+        if not log_probs.isfinite().all():  # a score of NaN would count as a lost pair: a 0 % accuracy
+            raise SpidrError(
+                "The language model gives log-probabilities that are not finite (NaN or infinite): its outputs "
+                "overflow, in its dtype, or its weights are broken"
+            )
         for row, index in enumerate(batch):
             value = log_probs[row].item()
             scores[index] = value / (len(sequences[index]) - 1) if mean else value

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
 
 from ..errors import ConfigError
 
@@ -45,9 +45,28 @@ def parse_config(
     check_value_types(values, classes)
     parser = HfArgumentParser(classes)
     try:
-        return parser.parse_dict(values, allow_extra_keys=False)
+        parsed = parser.parse_dict(values, allow_extra_keys=False)
     except ValueError as error:  # a value TrainingArguments or a dataclass refuses: the user's, in one line
         raise ConfigError(" ".join(str(error).split())) from error
+    for arguments in parsed:
+        if isinstance(arguments, TrainingArguments):
+            check_training_arguments(arguments)
+    return parsed
+
+
+# TrainingArguments' counts that must be at least 1, which it does not check itself (a batch size of 0 fails in the
+# DataLoader, with a traceback, once the data is read)
+POSITIVE_TRAINING_ARGUMENTS = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+)
+
+
+def check_training_arguments(training_args: TrainingArguments) -> None:
+    for name in POSITIVE_TRAINING_ARGUMENTS:
+        if getattr(training_args, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(training_args, name)}")
 
 
 def check_value_types(values: dict[str, Any], classes: tuple[type, ...], prefix: str = "") -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..io.atomic_files import write_text_atomically
-from .formats import UnitsOutput
+from .formats import UnitsOutput, units_dtype
 from .record import ExtractSettings
 
 CARD_FILE = "README.md"
@@ -38,7 +38,8 @@ def render_card(source: dict, data_pattern: str | None, deduplicated: bool) -> s
     data = DatasetCardData(tags=["audio", "speech", "discrete-units", "spidr"], **{CARD_KEY: source})
     if data_pattern is not None:
         data.configs = [{"config_name": "default", "data_files": [{"split": "train", "path": data_pattern}]}]
-    columns = "`id`, `units` (int16), `num_frames`" + (", `durations` (frames per unit)" if deduplicated else "")
+    dtype = units_dtype(source.get("num_units"))
+    columns = f"`id`, `units` ({dtype}), `num_frames`" + (", `durations` (frames per unit)" if deduplicated else "")
     rows = "\n".join(f"| {key} | {value} |" for key, value in source.items())
     return f"""---
 {data.to_yaml()}

@@ -153,6 +153,7 @@ class SpidrUnitEncoder(UnitEncoder):
             layer=self.layer,
             num_units=self.num_units,
             deduplicate=self.deduplicate,
+            dtype=self.dtype,
         )
 
     def card_facts(self) -> dict:

@@ -29,8 +29,8 @@ from ..data.audio import AUDIO_SUFFIXES, audio_files, file_seconds, name_some
 from ..data.audio_batches import AudioFile, check_durations, decoded_batches, default_num_workers
 from ..defaults import CHUNK_SECONDS
 from ..errors import AudioError, SpidrError
-from ..io.atomic_files import write_atomically
-from ..io.file_locks import exclusive_lock, is_locked
+from ..io.atomic_files import write_atomically, writing
+from ..io.file_locks import exclusive_lock, exclusive_locks, is_locked
 from ..io.sharding import Shard, balanced_split, parse_shard, process_device, this_process
 from ..model.loading import DTYPES, check_device, load, load_config, weights_hash
 from ..model.modeling_spidr import UNIT_KINDS
@@ -99,14 +99,16 @@ def extract(
     if output.exists() and not output.is_dir():
         raise SpidrError(f"The output {output} is a file: pass a folder")
     process = this_process(parse_shard(shard))
-    units_out = None
     if units is not None:
         units_format = units_format_of(units_file, units_format)
         units_path = Path(units_file) if units_file is not None else default_units_path(output, units_format)
         check_units_path(units_path, units_format, output)
-        units_out = UnitsOutput(units_path, units_format, deduplicate)
     device = process_device(check_device(device), process)
     config = load_config(model).config  # the layer is checked before the weights load
+    units_out = None
+    if units is not None:
+        num_units = config.kmeans_num_clusters if units == "kmeans" else config.codebook_size
+        units_out = UnitsOutput(units_path, units_format, deduplicate, num_units)
     if layer is None:  # k-means units exist for one layer only: the default follows them, as in the units pipeline
         layer = default_unit_layer(config, units) if units is not None else config.default_feature_layer
     config.check_layer(layer, "hidden_states" if hidden_states else "layer_results", units)
@@ -149,11 +151,19 @@ def extract(
     owners = balanced_split([len(batch) * batch[0].seconds for batch in batches], process.shard.count)
     mine = [batch for batch, owner in zip(batches, owners, strict=True) if owner == process.shard.index]
     output.mkdir(parents=True, exist_ok=True)
+    # A units file outside OUTPUT may be named by a job into another OUTPUT: its folder is locked too, and the units
+    # are claimed with the record, so that of two such jobs started at once the second is refused
+    shared_units = units_out is not None and not units_out.path.resolve().is_relative_to(output.resolve())
+    if shared_units:
+        with writing(units_out.path.parent):
+            units_out.path.parent.mkdir(parents=True, exist_ok=True)
     with shard_lock(output, process.shard):
-        with exclusive_lock(output):
+        with exclusive_locks(output, *([units_out.path.parent] if shared_units else [])):
             check_output(output, settings, units_out)  # again, now that no other process can write the record
             if read_record(output) != settings:  # before any output, so that every output is covered by a record
                 write_record(output, str(model), settings)
+            if shared_units:
+                units_out.claim()
         done_units = units_out.done_ids() if units_out is not None else set()
 
         def missing(file: AudioFile) -> bool:
@@ -319,6 +329,11 @@ def check_output(output: Path, settings: ExtractSettings, units_out: UnitsOutput
             "folder, or the same settings"
         )
     # No record, or the record of a run that wrote nothing yet (it is replaced): any output there is not ours
+    if units_out is not None and units_out.exists() and not units_out.path.exists():  # its parts only
+        raise SpidrError(
+            f"{units_out.path} is being written by a spidr-hf extract job into another output folder than {output} "
+            "(its parts are there): choose another --units-file"
+        )
     if units_out is not None and units_out.exists():
         raise SpidrError(
             f"{units_out.path} exists and was not written by spidr-hf extract into {output}: choose another "

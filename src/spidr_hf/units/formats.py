@@ -7,8 +7,8 @@ Where `spidr-hf extract` writes units, in three formats that every shard of a jo
   the order of the input, and removes the parts.
 - `parquet`: each shard writes files of up to `PARQUET_ROWS` rows into the units folder
   (`units/00000-of-00002-00000.parquet`), each complete or absent; `datasets.load_dataset("parquet",
-  data_files=f"{OUTPUT}/**/*.parquet")` reads them as one dataset with a row per audio file: `id`, `units` (int16),
-  `num_frames` and, deduplicated, `durations` (frames per unit).
+  data_files=f"{OUTPUT}/**/*.parquet")` reads them as one dataset with a row per audio file: `id`, `units` (int16,
+  or int32 beyond 32768 units: `units_dtype`), `num_frames` and, deduplicated, `durations` (frames per unit).
 
 Files whose units are written are found again on a rerun: a kill loses at most the lines being written (a cut-off
 last line is dropped) or the rows not yet in a parquet file.
@@ -30,6 +30,16 @@ from ..model.pipeline_spidr import run_starts
 
 PARQUET_ROWS = 1000  # rows per parquet file: a kill loses at most this many files' units
 PARTS_SUFFIX = ".parts"
+
+
+def units_dtype(num_units: int | None) -> str:
+    """The integer type of a parquet `units` column: the smallest that holds every unit id below `num_units` (int16
+    up to 32768 units, the usual sizes; int32 beyond, and when the number is not known)."""
+    if num_units is not None and num_units <= np.iinfo(np.int16).max + 1:
+        return "int16"
+    if num_units is not None and num_units > np.iinfo(np.int32).max + 1:
+        raise SpidrError(f"{num_units} units cannot be stored: at most {np.iinfo(np.int32).max + 1}")
+    return "int32"
 
 
 def default_units_path(output: Path, units_format: str) -> Path:
@@ -59,12 +69,15 @@ def check_ids(ids: Iterable[str], units_format: str) -> None:
 
 
 class UnitsOutput:
-    """The units of one job in one format at `path` (a file for txt/jsonl, a folder for parquet)."""
+    """The units of one job in one format at `path` (a file for txt/jsonl, a folder for parquet), of an encoder of
+    `num_units` units (which decides the parquet column's type: `units_dtype`)."""
 
-    def __init__(self, path: Path, units_format: str, deduplicate: bool):
+    def __init__(self, path: Path, units_format: str, deduplicate: bool, num_units: int | None = None):
         self.path = path
         self.format = units_format
         self.deduplicate = deduplicate
+        self.num_units = num_units
+        self.dtype = units_dtype(num_units)
         self._rows: list[dict] = []
         self._part: Path | None = None
         self._file = None
@@ -136,6 +149,12 @@ class UnitsOutput:
 
     # Writing one shard -----------------------------------------------------------------------------------------
 
+    def claim(self) -> None:
+        """Make these units exist before any is written (the parts folder, or the parquet folder), so that a job into
+        another output folder that names the same units file finds it taken (`extract` does it under a lock)."""
+        with writing(self.path):
+            (self.path if self.format == "parquet" else self.parts_folder).mkdir(parents=True, exist_ok=True)
+
     def open(self, shard: Shard) -> None:
         """Start writing `shard`'s units (this process holds the shard's lock)."""
         self._shard = shard
@@ -154,6 +173,8 @@ class UnitsOutput:
 
     def write(self, id: str, units: np.ndarray) -> None:
         """One file's units (frame by frame; merged into runs here when deduplicating)."""
+        if self.num_units is not None and len(units) and not 0 <= units.min() <= units.max() < self.num_units:
+            raise RuntimeError(f"The units of {id} go from {units.min()} to {units.max()}, not below {self.num_units}")
         durations = None
         if self.deduplicate:
             starts = run_starts(units)
@@ -162,7 +183,7 @@ class UnitsOutput:
         else:
             values = units
         if self.format == "parquet":
-            row = {"id": id, "units": values.astype(np.int16), "num_frames": len(units)}
+            row = {"id": id, "units": values.astype(self.dtype), "num_frames": len(units)}
             if durations is not None:
                 row["durations"] = durations.astype(np.int32)
             self._rows.append(row)
@@ -186,7 +207,7 @@ class UnitsOutput:
             return
         taken = {path.name for path in self.parquet_files()}
         number = next(n for n in range(len(taken) + 1) if f"{self._shard.name}-{n:05d}.parquet" not in taken)
-        fields = [("id", pa.string()), ("units", pa.list_(pa.int16())), ("num_frames", pa.int32())]
+        fields = [("id", pa.string()), ("units", pa.list_(pa.from_numpy_dtype(self.dtype))), ("num_frames", pa.int32())]
         if self.deduplicate:
             fields.append(("durations", pa.list_(pa.int32())))
         table = pa.Table.from_pylist(self._rows, schema=pa.schema(fields))

@@ -30,8 +30,10 @@ LM_CONFIG_KEY = "unit_source"  # the entry of a unit LM's config that holds the 
 class UnitIdentity:
     """
     What a sequence of units means, as its encoder gives it: units of another identity are another language. The
-    weights' hash decides (the model's name only informs); `layer` is None for encoders without layers (phones,
-    log-mel k-means); `deduplicate`: runs of a unit merged into one.
+    weights' hash decides (the model's name only informs; the hash is that of the weights in the `dtype` they ran
+    in, which says why two hashes of one model differ); `layer` is None for encoders without layers (phones, log-mel
+    k-means); `deduplicate`: runs of a unit merged into one. `dtype` is None where it does not apply, or where it was
+    not recorded (unit LMs of spidr-hf 0.2).
     """
 
     kind: str  # codebook, kmeans, phones or log_mel
@@ -40,13 +42,16 @@ class UnitIdentity:
     layer: int | None
     num_units: int
     deduplicate: bool
+    dtype: str | None = None
 
     def differences(self, other: "UnitIdentity") -> list[str]:
-        """'field: ours -> theirs' for every field but the model's name that differs."""
+        """'field: ours -> theirs' for every field but the model's name that differs (the dtype where both say it)."""
         return [
             f"{field.name}: {getattr(self, field.name)} -> {getattr(other, field.name)}"
             for field in dataclasses.fields(self)
-            if field.name != "model" and getattr(self, field.name) != getattr(other, field.name)
+            if field.name != "model"
+            and getattr(self, field.name) != getattr(other, field.name)
+            and not (field.name == "dtype" and None in (self.dtype, other.dtype))
         ]
 
     def deduplicated(self, deduplicate: bool = True) -> "UnitIdentity":
@@ -62,6 +67,7 @@ class UnitIdentity:
             "unit_kind": self.kind,
             "num_units": self.num_units,
             "deduplicate": self.deduplicate,
+            **({"dtype": self.dtype} if self.dtype is not None else {}),
         }
 
     @classmethod
@@ -73,6 +79,7 @@ class UnitIdentity:
             layer=recorded["layer"],
             num_units=recorded["num_units"],
             deduplicate=recorded["deduplicate"],
+            dtype=recorded.get("dtype"),
         )
 
 
@@ -127,7 +134,7 @@ class ExtractSettings:
         """The units these settings write into `folder` (None without units); an absolute units file stays as is."""
         if self.units_file is None or self.units_format is None:
             return None
-        return UnitsOutput(folder / self.units_file, self.units_format, bool(self.deduplicate))
+        return UnitsOutput(folder / self.units_file, self.units_format, bool(self.deduplicate), self.num_units)
 
     def identity(self) -> UnitIdentity | None:
         """The identity of the folder's units (None without units)."""
@@ -140,6 +147,7 @@ class ExtractSettings:
             layer=self.layer,
             num_units=self.num_units,
             deduplicate=bool(self.deduplicate),
+            dtype=self.dtype,
         )
 
 
@@ -192,7 +200,7 @@ def write_units_folder(
         units=identity.kind,
         num_units=identity.num_units,
         deduplicate=identity.deduplicate,
-        dtype=None,
+        dtype=identity.dtype,
         batch_seconds=None,
         chunk_seconds=None,
         units_format="jsonl",
@@ -223,9 +231,39 @@ def read_units(folder: str | Path, deduplicate: bool = False) -> tuple[UnitIdent
         raise SpidrError(
             f"{folder} was extracted by a spidr-hf that did not record the number of units: extract it again"
         )
+    unfinished = unfinished_extraction(folder, units_out)
+    if unfinished is not None:
+        raise SpidrError(unfinished)
     if units_out.num_rows() == 0:
         raise SpidrError(f"{folder} holds no units yet: run the extraction to the end")
     return identity.deduplicated(deduplicate), units_out
+
+
+def unfinished_extraction(folder: Path, units_out: UnitsOutput) -> str | None:
+    """
+    Why the units of `folder` are not known to be those of a finished job, in one line (None when they are): txt/jsonl
+    units are assembled into their file, and their parts removed, when every shard is done; the parquet files of each
+    shard are in place as it goes, and the dataset card is written when every shard is done.
+    """
+    rerun = "run it to the end (a rerun of the same command goes on where it stopped)"
+    if units_out.format == "parquet":
+        from .card import CARD_FILE, read_card_source  # the card module reads this one's records
+
+        if read_card_source(folder) is not None:
+            return None
+        if (folder / CARD_FILE).exists():
+            return (
+                f"{folder / CARD_FILE} is not the dataset card that spidr-hf writes once every shard of the "
+                "extraction is done, which says it is: move that file away and run the extraction again to write it"
+            )
+        return f"The extraction into {folder} is not finished (no dataset card yet): {rerun}"
+    if units_out.parts_folder.exists():
+        return (
+            f"The extraction into {folder} is not finished (its shards' units are in {units_out.parts_folder}): {rerun}"
+        )
+    if not units_out.path.is_file():
+        return f"The extraction into {folder} is not finished (no units file {units_out.path}): {rerun}"
+    return None
 
 
 def read_unit_sequences(folder: str | Path, deduplicate: bool = False) -> tuple[UnitIdentity, dict[str, np.ndarray]]:

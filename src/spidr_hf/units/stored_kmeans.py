@@ -112,6 +112,8 @@ def fit_centroids(
     if too_short and shard.index == 0:
         files = "a file" if len(too_short) == 1 else f"{len(too_short)} files"
         print(f"Skipped {files} shorter than {min_samples} samples (no frame): {name_some(too_short)}")
+    if seen < max_frames and shard.index == 0:
+        print(f"The audio has {seen} frames, fewer than the {max_frames} asked for: k-means was fitted on all {seen}")
     return torch.from_numpy(kmeans.centroids()).float() if kmeans is not None else None
 
 
@@ -173,6 +175,8 @@ def fit_model_kmeans(
             raise SpidrError(f"{name} must be positive, got {value}")
     if num_clusters < 2:
         raise SpidrError(f"--num-clusters must be at least 2, got {num_clusters}")
+    if seed < 0:
+        raise SpidrError(f"--seed must be 0 or more, got {seed}")
     if num_clusters > memory_frames:
         raise SpidrError(
             f"--kmeans-memory-frames ({memory_frames}) must be at least --num-clusters ({num_clusters}): the first "
