@@ -28,8 +28,9 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from ..errors import ConfigError, SpidrError, WriteError
-from ..io.atomic_files import write_text_atomically, writing
+from ..io.atomic_files import writing
 from ..io.file_locks import exclusive_lock
+from ..io.json_records import read_json_record, write_json_record
 
 logger = logging.getLogger(__name__)
 
@@ -127,22 +128,14 @@ def check_run_inputs(training_args, inputs: Mapping[str, Any]) -> None:
             "output_dir"
         )
     if writes(training_args) and read_run_inputs(output_dir) != inputs:
-        record = {"written_by": RUN_INPUTS_WRITER, "inputs": inputs}
-        write_text_atomically(output_dir / RUN_INPUTS_FILE, json.dumps(record, indent=2) + "\n")
+        write_json_record(output_dir / RUN_INPUTS_FILE, RUN_INPUTS_WRITER, {"inputs": inputs})
 
 
 def read_run_inputs(folder: Path) -> dict[str, Any] | None:
     """The inputs recorded in `folder` (None: no record, as in the folders of earlier spidr-hf versions)."""
-    path = folder / RUN_INPUTS_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        record = None
-    if not (isinstance(record, dict) and record.get("written_by") == RUN_INPUTS_WRITER):
-        raise SpidrError(f"{path} is not a record of spidr-hf's training inputs: choose another output_dir")
-    return record.get("inputs")
+    return read_json_record(
+        folder / RUN_INPUTS_FILE, RUN_INPUTS_WRITER, "inputs", "a record of spidr-hf's training inputs"
+    )
 
 
 def _flattened(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

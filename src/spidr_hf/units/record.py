@@ -18,6 +18,7 @@ import numpy as np
 from ..defaults import UNITS_FORMATS
 from ..errors import SpidrError
 from ..io.atomic_files import write_text_atomically
+from ..io.json_records import read_json_record, write_json_record
 from .formats import UnitsOutput, units_format_of
 
 RECORD_FILE = "extract.json"  # a units folder's record of the settings its outputs were written with
@@ -162,22 +163,14 @@ def recorded_units_file(folder: Path, units_path: Path) -> str:
 def read_record(folder: Path) -> ExtractSettings | None:
     """The settings recorded in `folder` (None when there is no record); a file that is not a record is an error."""
     path = folder / RECORD_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        record = None
-    is_record = isinstance(record, dict) and record.get("written_by") == RECORD_WRITER
-    if not (is_record and isinstance(record.get("settings"), dict)):
-        raise SpidrError(f"{path} is not a settings record of spidr-hf extract: choose another output folder")
-    return ExtractSettings.from_dict(record["settings"], path)
+    settings = read_json_record(path, RECORD_WRITER, "settings", "a settings record of spidr-hf extract")
+    return None if settings is None else ExtractSettings.from_dict(settings, path)
 
 
 def write_record(folder: Path, model_as_given: str, settings: ExtractSettings) -> None:
-    """Written aside, then renamed: the record is never cut off."""
-    record = {"written_by": RECORD_WRITER, "model_as_given": model_as_given, "settings": settings.to_dict()}
-    write_text_atomically(folder / RECORD_FILE, json.dumps(record, indent=2) + "\n")
+    write_json_record(
+        folder / RECORD_FILE, RECORD_WRITER, {"model_as_given": model_as_given, "settings": settings.to_dict()}
+    )
 
 
 def write_units_folder(
