@@ -44,10 +44,10 @@ def benchmark_phone_units(benchmark: str | Path, output: str | Path) -> Path:
     output = Path(output)
     flite, voices = find_flite(), {speaker.name: speaker for speaker in SPEAKERS}
     for task, files in spoken_files(benchmark).items():
-        spoken: dict[tuple[str, str], list[str]] = {}
-        for file in files:
-            if (file.text, file.voice) not in spoken:
-                spoken[file.text, file.voice] = phones_of(flite, file.text, voices[file.voice])
+        said = list(dict.fromkeys((file.text, file.voice) for file in files))
+        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # one flite process each
+            phones = pool.map(lambda text_voice: phones_of(flite, text_voice[0], voices[text_voice[1]]), said)
+            spoken = dict(zip(said, phones, strict=True))
         sequences = {file.id: spoken[file.text, file.voice] for file in files}
         PhoneUnitEncoder().write(output / task, sequences, str(files[0].path.parent))
     return output
