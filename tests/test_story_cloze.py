@@ -152,6 +152,34 @@ def test_scores_sum_and_mean_per_unit_as_computed_by_hand_with_reproducible_inte
     assert json.loads((tmp_path / "out/scores.json").read_text())["bootstrap"]["seed"] == 0
 
 
+def test_missing_or_unreadable_audio_leaves_its_pairs_out_named_in_one_line(source_dir, tmp_path, capsys):
+    from test_unit_lm import lexical_row, write_gold
+
+    from spidr_hf.units.encoder import SpidrUnitEncoder
+
+    encoder = SpidrUnitEncoder.from_pretrained(source_dir, "codebook", 3, deduplicate=True)
+    tiny_lm(UnitVocabulary(encoder.identity)).save_pretrained(tmp_path / "ulm")
+    # sLM21: 3 word pairs, the audio of one word missing; a story folder of 3 pairs, one file not audio
+    data, rows = tmp_path / "data", []
+    for id in range(3):
+        for correct in ("1", "0"):
+            rows.append(lexical_row(str(id), "v1", f"w{id}", correct, "3" if correct == "1" else ""))
+            if rows[-1]["filename"] != "1_v1_1":
+                write_audio(data / "lexical/dev" / f"{rows[-1]['filename']}.wav", speech_like(0.5, len(rows), 16000))
+    write_gold(data / "lexical/dev/gold.csv", rows)
+    wavs(data / "sSC", ["0_t", "1_f", "2_t", "3_f", "4_t", "5_f"])
+    (data / "sSC/3_f.wav").write_bytes(b"RIFF, but not audio")
+    capsys.readouterr()
+
+    results = score_benchmark(tmp_path / "ulm", source_dir, data, tmp_path / "out", device="cpu")
+    assert results["swuggy"]["pairs"] == 2 and results["swuggy"]["left_out"] == {"1_v1_1": "missing"}
+    assert results["ssc"]["pairs"] == 2 and list(results["ssc"]["left_out"]) == ["3_f"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "left out" in line]
+    assert len(lines) == 2 and "1_v1_1 (missing)" in lines[0] and "3_f (Could not decode" in lines[1]
+    submitted = (tmp_path / "out/submission/lexical/dev.txt").read_text().split()[::2]
+    assert sorted(submitted) == sorted(row["filename"] for row in rows if row["filename"] != "1_v1_1")
+
+
 def test_bootstrap_intervals_are_reproducible_and_cover_the_mean():
     values = np.random.default_rng(0).choice([0.0, 0.5, 1.0], size=200, p=[0.3, 0.1, 0.6])
     interval = bootstrap_interval(values, seed=3)

@@ -352,8 +352,9 @@ def score_benchmark(
             "mean": {id: value / (len(tokens) - 1) for id, value, tokens in zip(ids, sums, sequences, strict=True)},
         }
         write_file_scores(output / FILE_SCORES / f"{task.name}.tsv", ids, sums, sequences)
-        if task.gold is not None:
-            write_submission(output / "submission", task.name, task.gold, file_scores[primary])
+        if task.gold is not None:  # a line per scored file (the toolkit will name the files left out)
+            scored = [row for row in task.gold if row["filename"] in file_units]
+            write_submission(output / "submission", task.name, scored, file_scores[primary])
         by_score = {}
         for kind, scores in file_scores.items():
             by_score[kind] = task.accuracy(scores) | {"ci95": list(bootstrap_interval(task.item_scores(scores), seed))}
