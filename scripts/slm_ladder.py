@@ -72,6 +72,7 @@ def main() -> None:
     for name, value in FULL.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"(default: {value})")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--encode-group", choices=("model", "random_init"), help=argparse.SUPPRESS)
     cores = os.cpu_count() or 1
     parser.add_argument("--threads", type=int, default=cores, help=f"threads of a single step (default: {cores})")
     parser.add_argument(
@@ -85,6 +86,9 @@ def main() -> None:
     settings = {name: getattr(args, name) if getattr(args, name) is not None else scale[name] for name in FULL}
     ladder = Ladder(args.work.resolve(), args.hours, args.model, settings, args.seed, args.tiny)
     ladder.threads, ladder.jobs = args.threads, args.jobs
+    if args.encode_group is not None:  # one step of the units stage, in a process of its own
+        ladder.encode_group(args.encode_group)
+        return
     ladder.run()
 
 
@@ -233,31 +237,44 @@ class Ladder:
         folder = self.sources / name
         return (folder / "train-units/extract.json").is_file() and (folder / "benchmark-units").is_dir()
 
-    def units_stage(self) -> bool:
-        from spidr_hf.slm import baselines
-        from spidr_hf.slm.ladder import encode_sources
-        from spidr_hf.units.encoder import SpidrUnitEncoder
-
-        did_work = False
+    def unit_groups(self) -> dict[str, dict[str, tuple[Path, str, int]]]:
+        """The SpidR sources by the network that runs them: (model folder, unit kind, layer) of each."""
         models = {
             name: self.model if kind == "codebook" else self.work / "models" / f"kmeans_l{layer}"
             for name, (kind, layer) in SPIDR_SOURCES.items()
         }
-        groups = {
+        return {
             "model": {name: (models[name], *SPIDR_SOURCES[name]) for name in SPIDR_SOURCES},
             "random_init": {"random_init": (self.work / "models/random_init", "codebook", 6)},
         }
-        for group, sources in groups.items():
-            if all(self.units_done(name) for name in sources):
-                continue
-            for name in sources:  # a cut-short write of the folders: written again, from the cache
-                shutil.rmtree(self.sources / name, ignore_errors=True)
-            encoders = {
-                name: SpidrUnitEncoder.from_pretrained(folder, kind, layer, device="cpu")
-                for name, (folder, kind, layer) in sources.items()
-            }
-            encode_sources(encoders, self.corpus, self.benchmark, self.sources, self.work / "cache" / group)
-            did_work = True
+
+    def encode_group(self, group: str) -> None:
+        """The units of one network's sources, from one pass over the corpus and the benchmark (`--encode-group`:
+        the units stage runs each network in a process of its own)."""
+        from spidr_hf.slm.ladder import encode_sources
+        from spidr_hf.units.encoder import SpidrUnitEncoder
+
+        sources = self.unit_groups()[group]
+        for name in sources:  # a cut-short write of the folders: written again, from the cache
+            shutil.rmtree(self.sources / name, ignore_errors=True)
+        encoders = {
+            name: SpidrUnitEncoder.from_pretrained(folder, kind, layer, device="cpu", num_workers=0)
+            for name, (folder, kind, layer) in sources.items()
+        }
+        encode_sources(encoders, self.corpus, self.benchmark, self.sources, self.work / "cache" / group)
+
+    def units_stage(self) -> bool:
+        from spidr_hf.slm import baselines
+
+        commands = []
+        for group, sources in self.unit_groups().items():
+            if not all(self.units_done(name) for name in sources):
+                command = [sys.executable, str(Path(__file__).resolve()), "--work", self.work, "--encode-group", group]
+                command += ["--model", self.model] + (["--tiny"] if self.tiny else [])
+                commands.append((command, self.work / "logs" / f"units-{group}.log"))
+        # The two networks' passes at once, a thread each (see `run_parallel`)
+        self.run_parallel(commands, self.jobs)
+        did_work = bool(commands)
         if not self.units_done("log_mel"):
             shutil.rmtree(self.sources / "log_mel", ignore_errors=True)
             folder = self.sources / "log_mel"
