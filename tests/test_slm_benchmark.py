@@ -1,5 +1,6 @@
 """The built-in spoken-LM benchmark: the sLM21 layout, spoken by flite, balanced pairs, deterministic."""
 
+import csv
 import wave
 from collections import defaultdict
 
@@ -11,7 +12,7 @@ from spidr_hf.slm import benchmark as slm_benchmark
 from spidr_hf.slm.score import read_gold
 from spidr_hf_cli import main
 
-ARGUMENTS = ["--words", "8", "--sentences", "8", "--voices", "2"]
+ARGUMENTS = ["--words", "8", "--sentences", "8", "--voices", "2", "--stories", "6"]
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +71,42 @@ def test_the_same_seed_builds_the_same_benchmark_and_another_seed_another(built,
     again, other = tmp_path / "again", tmp_path / "other"
     assert main(["slm-benchmark", str(again), *ARGUMENTS]) == 0
     assert main(["slm-benchmark", str(other), *ARGUMENTS, "--seed", "1"]) == 0
-    for task in ("lexical", "syntactic"):
-        assert (again / task / "dev/gold.csv").read_bytes() == (built / task / "dev/gold.csv").read_bytes()
-        assert (other / task / "dev/gold.csv").read_bytes() != (built / task / "dev/gold.csv").read_bytes()
+    for listing in ("lexical/dev/gold.csv", "syntactic/dev/gold.csv", "sSC/stories.csv", "tSC/stories.csv"):
+        assert (again / listing).read_bytes() == (built / listing).read_bytes()
+        assert (other / listing).read_bytes() != (built / listing).read_bytes()
     wav = next((built / "lexical/dev").glob("*.wav"))
     assert (again / "lexical/dev" / wav.name).read_bytes() == wav.read_bytes()
+
+
+@pytest.mark.parametrize("story_set", ["sSC", "tSC"])
+def test_story_pairs_end_coherently_or_not_with_as_many_phones_in_slamkits_layout(built, story_set):
+    from spidr_hf.slm import stories
+    from spidr_hf.slm.story_cloze import StoryPair, folder_story_cloze
+
+    with open(built / story_set / "stories.csv", newline="") as file:
+        rows = {row["filename"]: row for row in csv.DictReader(file)}
+    pairs = folder_story_cloze(built / story_set).pairs  # slamkit's pairing: 2i and 2i+1, the true ending first
+    assert pairs == [StoryPair(f"{2 * pair}_true", f"{2 * pair + 1}_false") for pair in range(6)]
+    flite, voices = find_flite(), {speaker.name: speaker for speaker in SPEAKERS}
+    for pair in pairs:
+        true, false = rows[pair.true], rows[pair.false]
+        assert (true["correct"], false["correct"]) == ("1", "0") and true["voice"] == false["voice"]
+        # The same story, then another ending
+        context = true["text"].rsplit(". ", 1)[0]
+        assert false["text"].rsplit(". ", 1)[0] == context and true["text"] != false["text"]
+        assert true["situation"] == false["situation"] == true["ending_situation"]
+        opposite = stories.opposite(true["situation"])
+        if story_set == "sSC":  # the opposite situation's ending contradicts the story
+            assert false["ending_situation"] == opposite
+        else:  # another topic's
+            assert false["ending_situation"] not in (true["situation"], opposite)
+        # As many phones, as flite speaks them, and the audio is that speech
+        voice = voices[true["voice"]]
+        spoken = [len(phones_of(flite, row["text"], voice)) for row in (true, false)]
+        assert spoken[0] == spoken[1] == int(true["phones"]) == int(false["phones"])
+        for row in (true, false):
+            assert seconds(built / story_set / f"{row['filename']}.wav") > 2.0
+    assert len({rows[pair.true]["voice"] for pair in pairs}) == 2  # the voices take turns
 
 
 def test_a_used_folder_is_refused(built, capsys):
@@ -87,7 +119,8 @@ def test_a_used_folder_is_refused(built, capsys):
     ("option", "message"),
     [
         ("--words", "At most 9282 word / pseudo-word pairs can be made"),
-        ("--sentences", "At most 576 sentence pairs can be made"),
+        ("--sentences", "At most 2304 sentence pairs can be made"),
+        ("--stories", "At most 576 story pairs of each set can be made"),
     ],
 )
 def test_more_pairs_than_can_be_made_are_refused_before_flite_runs(tmp_path, monkeypatch, capsys, option, message):

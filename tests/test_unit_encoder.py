@@ -177,3 +177,38 @@ def test_an_interrupted_slm_score_goes_on_from_its_cache_with_the_same_scores(
     )
     header = json.loads(cache.read_text().splitlines()[0])["identity"]
     assert header["weights_sha256"] != encoder.identity.weights_sha256
+
+
+def test_a_joint_encoder_gives_every_encoders_own_units_and_resumes_from_its_cache(
+    source_dir, kmeans_model, audio, tmp_path
+):
+    from spidr_hf.units.joint import JointUnitEncoder, cached_joint_units
+
+    options = {"batch_seconds": 4.0, "chunk_seconds": CHUNK_SECONDS}
+    encoders = {
+        "codebook_3": SpidrUnitEncoder.from_pretrained(source_dir, "codebook", 3, **options),
+        "codebook_4": SpidrUnitEncoder.from_pretrained(source_dir, "codebook", 4, **options),
+        "kmeans_3": SpidrUnitEncoder.from_pretrained(kmeans_model, "kmeans", 3, **options),
+    }
+    files = audio_files(audio)  # batches of several files, and one file in chunks (each encoder alone)
+    joint = cached_joint_units(JointUnitEncoder(encoders), files, tmp_path / "cache")
+    for name, encoder in encoders.items():
+        alone = encoder.encode_files(files)
+        assert sorted(joint[name]) == sorted(alone)
+        for id, units in alone.items():
+            assert np.array_equal(joint[name][id], units), (name, id)
+    assert not np.array_equal(joint["codebook_3"]["f0"], joint["codebook_4"]["f0"])  # other layers, other units
+    # Cut short (a line half written, one cache shorter than the others): the rerun gives the same units
+    cache = tmp_path / "cache" / "kmeans_3.jsonl"
+    lines = cache.read_text().splitlines(keepends=True)
+    cache.write_text("".join(lines[:3]) + lines[3][:10])
+    again = cached_joint_units(JointUnitEncoder(encoders), files, tmp_path / "cache")
+    assert all(np.array_equal(again[n][id], joint[n][id]) for n in encoders for id in joint[n])
+    assert json.loads(cache.read_text().splitlines()[0])["identity"] == encoders["kmeans_3"].identity.to_dict()
+    # Encoders of other weights cannot share a pass
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    SpidrForPreTraining(SpidrConfig.from_pretrained(source_dir)).save_pretrained(other)
+    SpidrFeatureExtractor().save_pretrained(other)
+    with pytest.raises(ValueError, match="runs other weights"):
+        JointUnitEncoder({**encoders, "other": SpidrUnitEncoder.from_pretrained(other, "codebook", 4, **options)})

@@ -373,7 +373,7 @@ def test_gold_phone_units_train_and_score_like_any_other_units(corpus, tmp_path)
     spoken = [INVENTORY.index(phone["phone"]) for phone in row["phones"] if phone["phone"] != "pau"]
     assert units[row["id"]].tolist() == spoken
 
-    benchmark = build_benchmark(tmp_path / "benchmark", num_words=3, num_sentences=3, num_voices=1)
+    benchmark = build_benchmark(tmp_path / "benchmark", num_words=3, num_sentences=3, num_voices=1, num_stories=0)
     benchmark_units = benchmark_phone_units(benchmark, tmp_path / "benchmark-units")
     lm = tiny_lm(source)
     lm.save_pretrained(tmp_path / "ulm")

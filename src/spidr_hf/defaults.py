@@ -39,5 +39,10 @@ CORPUS_DEV_SPEAKERS = 2
 BENCHMARK_WORDS = 100
 BENCHMARK_SENTENCES = 100
 BENCHMARK_VOICES = 4
+BENCHMARK_STORIES = 100  # story pairs of each of the built-in sSC-like and tSC-like sets
 
 SLM_SCORE_BATCH_SIZE = 16  # unit sequences per language-model forward pass
+# The audio columns of a story-cloze dataset's true and false endings: those of the Hub's speed/sStoryCloze and
+# speed/tStoryCloze
+STORY_TRUE_COLUMN = "positive"
+STORY_FALSE_COLUMN = "negative"

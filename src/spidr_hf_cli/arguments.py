@@ -396,7 +396,14 @@ def slm_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS.BENCHMARK_VOICES,
         help=f"flite voices speaking each item (default: {DEFAULTS.BENCHMARK_VOICES})",
     )
-    add_seed(parser, "the words, pseudo-words and sentences drawn")
+    parser.add_argument(
+        "--stories",
+        type=non_negative_int,
+        default=DEFAULTS.BENCHMARK_STORIES,
+        help="story pairs of each of the sSC-like and tSC-like sets, 0 for none (default: "
+        f"{DEFAULTS.BENCHMARK_STORIES})",
+    )
+    add_seed(parser, "the words, pseudo-words, sentences and stories drawn")
     parser.add_argument(
         "--num-workers", type=positive_int, default=None, help="parallel flite processes (default: all cores)"
     )
@@ -414,10 +421,29 @@ def slm_score_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--data",
-        required=True,
         type=Path,
-        help="a benchmark in the ZeroSpeech 2021 sLM21 layout (lexical/dev, syntactic/dev)",
+        help="a benchmark in the ZeroSpeech 2021 sLM21 layout (lexical/dev, syntactic/dev), with story-cloze folders "
+        "sSC/ and tSC/ in slamkit's layout when there (spidr-hf slm-benchmark writes all four)",
     )
+    for benchmark, name in (("ssc", "sStoryCloze"), ("tsc", "tStoryCloze")):
+        parser.add_argument(
+            f"--{benchmark}",
+            metavar="FOLDER_OR_DATASET",
+            help=f"{name} pairs: a folder of wav files in slamkit's layout (sorted by the number before '_', files 2i "
+            "and 2i+1 a pair, the true ending first), or a datasets dataset (a local folder or a Hub id, e.g. "
+            f"speed/{name}) with the true and false endings' audio in two columns",
+        )
+    parser.add_argument(
+        "--true-column",
+        default=DEFAULTS.STORY_TRUE_COLUMN,
+        help=f"a story-cloze dataset's audio column of the true ending (default: {DEFAULTS.STORY_TRUE_COLUMN})",
+    )
+    parser.add_argument(
+        "--false-column",
+        default=DEFAULTS.STORY_FALSE_COLUMN,
+        help=f"a story-cloze dataset's audio column of the false ending (default: {DEFAULTS.STORY_FALSE_COLUMN})",
+    )
+    parser.add_argument("--split", help="a story-cloze dataset's split (default: its only one)")
     parser.add_argument(
         "--output",
         type=Path,
@@ -430,7 +456,8 @@ def slm_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mean-per-unit",
         action="store_true",
-        help="score a file by its mean log-probability per unit instead of the sum (the ZeroSpeech 2021 baselines')",
+        help="submit and print first the mean log-probability per unit (slamkit's) instead of the sum (the ZeroSpeech "
+        "2021 baselines'); scores.json has both",
     )
     parser.add_argument(
         "--batch-size",
@@ -447,3 +474,4 @@ def slm_score_arguments(parser: argparse.ArgumentParser) -> None:
     )
     # --dtype set the units model's dtype, while in every other command it is the dtype of the command's model
     deprecated_alias(parser, "--dtype", "--units-dtype", choices=DEFAULTS.DTYPE_NAMES)
+    add_seed(parser, "the bootstrap intervals' draws of pairs")

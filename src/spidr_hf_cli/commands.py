@@ -156,8 +156,11 @@ def evaluate(args: argparse.Namespace) -> int:
 def slm_benchmark(args: argparse.Namespace) -> int:
     from spidr_hf.slm.benchmark import build_benchmark
 
-    folder = build_benchmark(args.output, args.words, args.sentences, args.voices, args.seed, args.num_workers)
-    print(f"Wrote the benchmark to {folder} (lexical/dev and syntactic/dev, sLM21 layout)")
+    folder = build_benchmark(
+        args.output, args.words, args.sentences, args.voices, args.seed, args.num_workers, num_stories=args.stories
+    )
+    stories = " and sSC/ and tSC/ (story cloze, slamkit's layout)" if args.stories else ""
+    print(f"Wrote the benchmark to {folder}: lexical/dev and syntactic/dev (sLM21 layout){stories}")
     return 0
 
 
@@ -175,7 +178,14 @@ def slm_score(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         units=args.units,
+        ssc=args.ssc,
+        tsc=args.tsc,
+        true_column=args.true_column,
+        false_column=args.false_column,
+        split=args.split,
+        seed=args.seed,
     )
     print(format_scores(results))
-    print(f"Submission folder: {args.output / 'submission'}; scores: {args.output / SCORES_FILE}")
+    submission = f"; submission folder: {args.output / 'submission'}" if args.data is not None else ""
+    print(f"Scores: {args.output / SCORES_FILE}{submission}")
     return 0

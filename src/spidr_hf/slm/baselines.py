@@ -24,10 +24,7 @@ from ..errors import SpidrError
 from ..units.log_mel import DEFAULT_CLUSTERS, LogMelUnitEncoder
 from ..units.phones import PhoneUnitEncoder
 from ..units.record import write_units_folder
-from .score import read_gold
-
-# The benchmark's tasks and the gold column that holds what each file says
-SPOKEN_TEXT = {"lexical": "word", "syntactic": "transcription"}
+from .benchmark import spoken_files
 
 
 def corpus_phone_units(corpus: str | Path, output: str | Path) -> Path:
@@ -42,18 +39,17 @@ def corpus_phone_units(corpus: str | Path, output: str | Path) -> Path:
 
 
 def benchmark_phone_units(benchmark: str | Path, output: str | Path) -> Path:
-    """The phones flite spoke for every file of a `spidr-hf slm-benchmark` folder (output/lexical, output/syntactic)."""
-    benchmark, output = Path(benchmark), Path(output)
+    """The phones flite spoke for every file of a `spidr-hf slm-benchmark` folder, a units folder per task
+    (output/lexical, output/syntactic, and output/ssc, output/tsc when it has story cloze)."""
+    output = Path(output)
     flite, voices = find_flite(), {speaker.name: speaker for speaker in SPEAKERS}
-    for task, text_column in SPOKEN_TEXT.items():
-        rows = read_gold(benchmark / task / "dev" / "gold.csv", task)
-        spoken: dict[tuple[str, str], list[str]] = {}
-        for row in rows:
-            key = (row[text_column], row["voice"])
-            if key not in spoken:
-                spoken[key] = phones_of(flite, row[text_column], voices[row["voice"]])
-        sequences = {row["filename"]: spoken[row[text_column], row["voice"]] for row in rows}
-        PhoneUnitEncoder().write(output / task, sequences, str(benchmark / task))
+    for task, files in spoken_files(benchmark).items():
+        said = list(dict.fromkeys((file.text, file.voice) for file in files))
+        with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # one flite process each
+            phones = pool.map(lambda text_voice: phones_of(flite, text_voice[0], voices[text_voice[1]]), said)
+            spoken = dict(zip(said, phones, strict=True))
+        sequences = {file.id: spoken[file.text, file.voice] for file in files}
+        PhoneUnitEncoder().write(output / task, sequences, str(files[0].path.parent))
     return output
 
 
@@ -101,11 +97,10 @@ def corpus_log_mel_units(
 
 
 def benchmark_log_mel_units(encoder: LogMelUnitEncoder, benchmark: str | Path, output: str | Path) -> Path:
-    """The units of every file of a `spidr-hf slm-benchmark` folder (output/lexical, output/syntactic)."""
-    benchmark, output = Path(benchmark), Path(output)
-    for task in SPOKEN_TEXT:
-        folder = benchmark / task / "dev"
-        rows = read_gold(folder / "gold.csv", task)
-        units = {row["filename"]: encoder.encode(decode(folder / f"{row['filename']}.wav")) for row in tqdm(rows)}
-        write_units_folder(output / task, encoder.identity, units, str(benchmark / task))
+    """The units of every file of a `spidr-hf slm-benchmark` folder, a units folder per task (as
+    `benchmark_phone_units`)."""
+    output = Path(output)
+    for task, files in spoken_files(benchmark).items():
+        units = {file.id: encoder.encode(decode(file.path)) for file in tqdm(files, desc=f"Log-mel units, {task}")}
+        write_units_folder(output / task, encoder.identity, units, str(files[0].path.parent))
     return output
