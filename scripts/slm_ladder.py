@@ -54,7 +54,7 @@ SPIDR_SOURCES = {  # name -> (unit kind, layer) of the pretrained model
 KMEANS_LAYERS = (2, 4, 6)
 # The scale of a full run and of --tiny (CI: minutes on two cores)
 FULL = {
-    "words": 1000, "sentences": 1000, "stories": 300, "voices": 2, "pretrain_steps": 800, "ulm_steps": 1200,
+    "words": 1000, "sentences": 1000, "stories": 300, "voices": 2, "pretrain_steps": 800, "ulm_steps": 2400,
     "clusters": 64, "kmeans_frames": 30000, "abx_utterances": 400, "text_sentences": None,
 }  # fmt: skip
 TINY = {
@@ -210,7 +210,7 @@ class Ladder:
         return True
 
     def kmeans_stage(self) -> bool:
-        did_work = False
+        commands = []
         for layer in KMEANS_LAYERS:
             folder = self.work / "models" / f"kmeans_l{layer}"
             if not (folder / "config.json").is_file():
@@ -219,8 +219,11 @@ class Ladder:
                     f"--kmeans-frames={self.settings['kmeans_frames']}",
                 ]
                 where = ["--dataset", self.corpus, "--output", folder, "--device", "cpu"]
-                self.spidr_hf("kmeans", self.model, "--layer", layer, *fit, *where)
-                did_work = True
+                kmeans = [sys.executable, "-m", "spidr_hf", "kmeans", self.model, "--layer", layer, *fit, *where]
+                commands.append((kmeans, self.work / "logs" / f"kmeans-l{layer}.log"))
+        # The layers' fits at once, a thread each: each process spends seconds starting up (see `run_parallel`)
+        self.run_parallel(commands, self.jobs)
+        did_work = bool(commands)
         random_init = self.work / "models" / "random_init"
         if not (random_init / "config.json").is_file():
             import torch
