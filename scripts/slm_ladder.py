@@ -3,7 +3,7 @@ The spoken-LM ladder on CPU, one resumable command (`scripts/ladder.sh` runs thi
 pretrained on it (or one given), and for each unit source a unit LM trained on the corpus' units and scored on
 sWUGGY-, sBLIMP-, sSC- and tSC-like pairs with 95 % intervals, beside the ABX and PNMI of the same units.
 
-    scripts/ladder.sh [--hours 10] [--work runs/ladder] [--model FOLDER] [--tiny]
+    scripts/ladder.sh [--hours 10.5] [--work runs/ladder] [--model FOLDER] [--tiny]
 
 Stages, each skipped when its output is complete (a rerun goes on where a run stopped; a stage cut short resumes
 inside when its tool does: the corpus, pretraining, the unit pass and the unit LMs do); their times, with the load
@@ -57,6 +57,7 @@ FULL = {
     "words": 1000, "sentences": 1000, "stories": 300, "voices": 2, "pretrain_steps": 800, "ulm_steps": 2400,
     "clusters": 64, "kmeans_frames": 30000, "abx_utterances": 400, "text_sentences": None,
 }  # fmt: skip
+FULL_HOURS, TINY_HOURS = 10.5, 0.03
 TINY = {
     "words": 6, "sentences": 6, "stories": 4, "voices": 1, "pretrain_steps": 2, "ulm_steps": 3,
     "clusters": 8, "kmeans_frames": 1000, "abx_utterances": 6, "text_sentences": 40,
@@ -64,27 +65,40 @@ TINY = {
 
 
 def main() -> None:
+    from spidr_hf_cli.arguments import non_negative_int, positive_float, positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hours", type=float, default=10.5, help="hours of speech in the corpus (default: 10.5)")
+    parser.add_argument(
+        "--hours",
+        type=positive_float,
+        help=f"hours of speech in the corpus (default: {FULL_HOURS}, --tiny: {TINY_HOURS})",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "runs/ladder", help="output folder (default: runs/ladder)")
     parser.add_argument("--model", type=Path, help="a pretrained SpidR to reuse instead of pretraining one")
     parser.add_argument("--tiny", action="store_true", help="a tiny ladder for CI: a few items, steps and frames")
     for name, value in FULL.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"(default: {value})")
-    parser.add_argument("--seed", type=int, default=0)
+        kind = non_negative_int if name == "stories" else positive_int  # 0 stories: no story cloze
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"(default: {value})")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--encode-group", choices=("model", "random_init"), help=argparse.SUPPRESS)
     cores = os.cpu_count() or 1
-    parser.add_argument("--threads", type=int, default=cores, help=f"threads of a single step (default: {cores})")
+    parser.add_argument("--threads", type=positive_int, default=cores, help=f"threads of one step (default: {cores})")
     parser.add_argument(
         "--jobs",
-        type=int,
+        type=positive_int,
         default=cores,
         help=f"unit LMs trained and scored at once, one thread each (default: {cores})",
     )
     args = parser.parse_args()
+    # Checked before the first stage, which takes minutes: a later failure would leave a half-made WORK
+    if args.work.exists() and not args.work.is_dir():
+        parser.error(f"--work {args.work} is a file: give a new folder, or the folder of a run to resume")
+    if args.model is not None and not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model} has no config.json: give a saved SpidR folder, or leave --model out")
     scale = TINY if args.tiny else FULL
     settings = {name: getattr(args, name) if getattr(args, name) is not None else scale[name] for name in FULL}
-    ladder = Ladder(args.work.resolve(), args.hours, args.model, settings, args.seed, args.tiny)
+    hours = args.hours if args.hours is not None else TINY_HOURS if args.tiny else FULL_HOURS
+    ladder = Ladder(args.work.resolve(), hours, args.model, settings, args.seed, args.tiny)
     ladder.threads, ladder.jobs = args.threads, args.jobs
     if args.encode_group is not None:  # one step of the units stage, in a process of its own
         ladder.encode_group(args.encode_group)
@@ -176,7 +190,8 @@ class Ladder:
                         other.terminate()
                     if log is not None:
                         print(log.read_text()[-3000:])
-                    raise SystemExit(f"{command[1]} failed ({process.returncode})" + (f": see {log}" if log else ""))
+                    step = command[3] if command[1:3] == ["-m", "spidr_hf"] else Path(command[1]).name  # the tool
+                    raise SystemExit(f"{step} failed ({process.returncode})" + (f": see {log}" if log else ""))
 
     def spidr_hf(self, *arguments) -> None:
         self.run_command([sys.executable, "-m", "spidr_hf", *arguments])

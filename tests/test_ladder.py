@@ -16,7 +16,7 @@ STAGES = ("corpus", "benchmark", "pretrain", "kmeans", "units", "ulm", "score", 
 
 
 def ladder(work: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(ROOT / "scripts/slm_ladder.py"), "--tiny", "--hours", "0.03", "--work", str(work)]
+    command = [sys.executable, str(ROOT / "scripts/slm_ladder.py"), "--tiny", "--work", str(work)]
     return subprocess.run([*command, "--threads", "1", "--jobs", "2"], capture_output=True, text=True)
 
 
@@ -58,3 +58,27 @@ def test_the_tiny_ladder_scores_every_source_with_intervals_and_a_rerun_resumes(
     assert "$ " not in again.stdout  # no command ran
     assert (work / "stages.json").read_bytes() == stages  # no stage did any work
     assert (work / "sources/kmeans_l4/score/scores.json").read_bytes() == scores
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--hours", "-1"], "argument --hours: must be a positive number, got -1"),
+        (["--jobs", "0"], "argument --jobs: must be a positive integer, got 0"),
+        (["--threads", "0"], "argument --threads: must be a positive integer, got 0"),
+        (["--ulm-steps", "0"], "argument --ulm-steps: must be a positive integer, got 0"),
+        (["--work", "{file}"], "is a file: give a new folder"),
+        (["--model", "{missing}"], "has no config.json: give a saved SpidR folder"),
+    ],
+)
+def test_the_ladder_refuses_bad_arguments_before_any_stage(tmp_path, arguments, message):
+    """The probes of issue 36's second round: a traceback, a hang (--jobs 0), or a model pretrained into a typo."""
+    (tmp_path / "a_file").write_text("mine")
+    places = {"file": tmp_path / "a_file", "missing": tmp_path / "typo_model"}
+    arguments = [argument.format(**places) for argument in arguments]
+    work = [] if "--work" in arguments else ["--work", str(tmp_path / "work")]
+    command = [sys.executable, str(ROOT / "scripts/slm_ladder.py"), "--tiny", *work, *arguments]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2 and message in completed.stderr.strip().splitlines()[-1], completed.stderr
+    assert not (tmp_path / "work").exists() and not (tmp_path / "typo_model").exists()
+    assert (tmp_path / "a_file").read_text() == "mine"

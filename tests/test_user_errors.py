@@ -494,3 +494,121 @@ def test_a_file_with_nan_samples_is_named_by_extract_and_kmeans(source_dir, tmp_
     argv = ["kmeans", source_dir, "--audio", audio, "--output", tmp_path / "kmeans", "--num-clusters", "4"]
     assert message in cli_error(capsys, *argv)
     assert not (tmp_path / "kmeans").exists()
+
+
+# Found by probing the commands again after issue 36's fixes: each was a traceback or a misleading line
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    path = tmp_path / "a_file"
+    path.write_text("the user's")
+    return path
+
+
+@pytest.mark.parametrize("command", ["extract", "extract --units-file", "kmeans", "slm-benchmark", "slm-score"])
+def test_an_output_under_a_file_is_refused_before_any_work(source_dir, tmp_path, capsys, a_file, command):
+    audio = tmp_path / "audio"
+    write_audio(audio / "a.wav", tone(1.0, RATE))
+    model, inside = str(source_dir), str(a_file / "out")
+    arguments = {
+        "extract": ["extract", model, str(audio), inside],
+        "extract --units-file": [
+            "extract", model, str(audio), str(tmp_path / "out"), "--units", "codebook", "--layer", "4",
+            "--units-file", str(a_file / "units.txt"),
+        ],
+        "kmeans": ["kmeans", model, "--audio", str(audio), "--layer", "2", "--num-clusters", "2", "--output", inside],
+        "slm-benchmark": ["slm-benchmark", inside, "--words", "1", "--sentences", "1"],
+        "slm-score": [
+            "slm-score", str(tmp_path / "ulm"), "--units-model", model, "--ssc", str(audio), "--output", inside,
+        ],
+    }[command]  # fmt: skip
+    error = run_cli(arguments, capsys)
+    # A units file's folder is checked (the file itself may be there already, for a run to resume)
+    named = f"{a_file}: it is" if command == "extract --units-file" else f"{a_file / 'out'}: {a_file} is"
+    assert f"Cannot write into {named} a file, not a folder (checked before any work)" in error
+    assert a_file.read_text() == "the user's" and not (tmp_path / "out").exists()
+
+
+def test_a_staged_folder_under_a_file_is_one_line(a_file):
+    from spidr_hf.io.atomic_files import new_folder
+
+    with (
+        pytest.raises(ValueError, match=re.escape(f"{a_file} is a file, not a folder")) as error,
+        new_folder(a_file / "release"),
+    ):
+        pass
+    assert one_line(str(error.value))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\xff\xfeid,filename", "is not UTF-8 text"),
+        (b"id,filename,voice,frequency,word,correct\n", "has a header but no rows"),
+        (b"id,filename,voice,frequency,word,correct\n1,a,v,abc,w,1\n", "gold.csv:2: frequency 'abc' is not a number"),
+        (b"id,filename\n1,a\n", "lacks the column(s) correct, frequency, voice, word"),
+    ],
+)
+def test_a_gold_csv_that_cannot_be_scored_is_named(tmp_path, content, message):
+    from spidr_hf.slm.score import read_gold
+
+    path = tmp_path / "gold.csv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        read_gold(path, "lexical")
+    assert str(path) in str(error.value) and one_line(str(error.value))
+
+
+@pytest.mark.parametrize("dataset", ["no rows", "columns naming missing files"])
+def test_a_story_cloze_dataset_without_a_readable_pair_is_one_line(tmp_path, dataset):
+    from datasets import Audio, Dataset, Features
+
+    from spidr_hf.slm.story_cloze import dataset_story_cloze
+
+    folder = tmp_path / "stories"
+    if dataset == "no rows":
+        features = Features({"positive": Audio(sampling_rate=RATE), "negative": Audio(sampling_rate=RATE)})
+        Dataset.from_dict({"positive": [], "negative": []}, features=features).save_to_disk(str(folder))
+        message = f"{folder} is a damaged or empty save_to_disk dataset folder"
+    else:
+        missing = {"positive": [str(tmp_path / "gone-true.wav")], "negative": [str(tmp_path / "gone-false.wav")]}
+        Dataset.from_dict(missing).save_to_disk(str(folder))
+        message = f"{folder} has no story-cloze pair whose two audios can be read: row 0 ("
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        dataset_story_cloze(str(folder), tmp_path / "cache", true_column="positive", false_column="negative")
+    assert one_line(str(error.value))
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.yaml", "dataset: [unclosed\n", "cannot be parsed at line 2, column 1"),
+        ("bad.json", '{"max_steps": 3,}', "cannot be parsed at line 1, column 17"),
+        ("bad.yaml", "\tmax_steps: 3\n", "cannot be parsed at line 1, column 1"),
+    ],
+)
+def test_a_config_file_that_cannot_be_parsed_is_named_with_its_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(f"Config file {path} {message}")) as error:
+        read_config_file(path)
+    assert one_line(str(error.value))
+
+
+@pytest.mark.parametrize("max_steps", [0, -2])
+def test_max_steps_below_one_other_than_minus_one_is_refused(run_config, max_steps):
+    with pytest.raises(ValueError, match=re.escape("max_steps must be at least 1 (or -1: num_train_epochs)")):
+        parse_pretraining_config([str(run_config), f"--max_steps={max_steps}"])
+
+
+@pytest.mark.parametrize("reader", ["corpus split", "pretraining dataset"])
+def test_a_damaged_saved_dataset_is_one_line(tmp_path, reader):
+    from spidr_hf.data.aligned_speech import open_corpus_split
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "dataset_dict.json").write_text("")  # a copy cut short
+    with pytest.raises(ValueError, match=re.escape(f"{folder} is a damaged or empty save_to_disk dataset")) as error:
+        open_corpus_split(folder, "dev") if reader == "corpus split" else load_audio_dataset(str(folder))
+    assert one_line(str(error.value))

@@ -39,12 +39,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]
     ),
     "slm-benchmark": (
         "slm_benchmark",
-        "speak a spoken-LM benchmark (words vs pseudo-words, grammatical vs not) with flite, in the sLM21 layout",
+        "speak a spoken-LM benchmark (words vs pseudo-words, grammatical vs not, story endings) with flite",
         arguments.slm_benchmark_arguments,
     ),
     "slm-score": (
         "slm_score",
-        "score a unit LM zero-shot on an sLM21-layout benchmark (sWUGGY, sBLIMP), with a ZeroSpeech submission",
+        "score a unit LM zero-shot on sWUGGY, sBLIMP, sSC and tSC pairs, with a ZeroSpeech submission",
         arguments.slm_score_arguments,
     ),
     "push-units": (

@@ -15,6 +15,7 @@ from ..errors import SpidrError
 from ..model.configuration_spidr import SAMPLING_RATE
 from ..model.pipeline_spidr import load_audio
 from .audio import AudioCollection, draw_audio
+from .saved_datasets import load_saved_dataset
 
 REQUIRED_COLUMNS = ("audio", "id", "speaker", "phones")
 _PHONE_KEYS = {"phone", "start", "end"}
@@ -35,7 +36,7 @@ def open_corpus_split(dataset_dir: str | os.PathLike, split: str, columns: Seque
     A split of a corpus saved with `save_to_disk` (`spidr-hf corpus`), with `columns` only (checked; the evaluation's
     by default), its audio decoding to 16 kHz mono lazily: nothing is decoded before a row's samples are asked for.
     """
-    from datasets import Audio, DatasetDict, load_from_disk
+    from datasets import Audio, DatasetDict
 
     path = Path(dataset_dir)
     if not path.is_dir():
@@ -45,7 +46,7 @@ def open_corpus_split(dataset_dir: str | os.PathLike, split: str, columns: Seque
         )
     if not (path / "dataset_dict.json").is_file():
         raise SpidrError(f"{path} is not a dataset saved with DatasetDict.save_to_disk (see `spidr-hf corpus`)")
-    corpus = load_from_disk(str(path))
+    corpus = load_saved_dataset(path)
     if not isinstance(corpus, DatasetDict) or split not in corpus:
         raise SpidrError(f"dataset {path} has no {split!r} split (it has {', '.join(corpus)})")
     dataset = corpus[split]

@@ -45,7 +45,7 @@ def audio_files(folder: str | os.PathLike) -> list[Path]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise AudioError(f"Audio folder {folder} not found")
+        raise AudioError(f"Audio folder {folder} " + ("is a file, not a folder" if folder.exists() else "not found"))
     return sorted(
         path
         for path in folder.rglob("*")

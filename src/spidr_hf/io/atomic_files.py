@@ -103,6 +103,8 @@ def new_folder(destination: Path) -> Iterator[Path]:
     """
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise ValueError(f"{destination} exists and is not an empty folder; choose a new one.")
+    for folder in (destination, destination.parent):  # the staging folder goes beside `destination`
+        check_writable(folder)
     destination.parent.mkdir(parents=True, exist_ok=True)
     with staging_folder(destination.parent, f".{destination.name}.staging-") as staging:
         yield Path(staging)
@@ -134,8 +136,9 @@ def replace_in_folder(folder: Path, last: str) -> Iterator[Path]:
 def check_writable(path: Path) -> None:
     """Before a long job: a one-line error if `path` (a folder, or its nearest existing parent) cannot be written."""
     existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists())
-    if existing != path and not existing.is_dir():
-        raise WriteError(f"Cannot create {path}: {existing} is a file, not a folder (checked before any work)")
+    if not existing.is_dir():
+        where = "it" if existing == path else str(existing)
+        raise WriteError(f"Cannot write into {path}: {where} is a file, not a folder (checked before any work)")
     if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
         raise WriteError(f"Could not write into {existing}: permission denied (checked before any work)")
 

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import IterableDataset as TorchIterableDataset
 
 from ..data.audio import audio_duration, name_some
+from ..data.saved_datasets import is_saved_dataset, load_saved_dataset
 from ..model.configuration_spidr import SAMPLING_RATE, SpidrConfig
 from ..model.feature_extraction_spidr import SpidrFeatureExtractor
 from ..model.modeling_spidr import compute_span_mask, conv_output_lengths
@@ -107,11 +108,11 @@ def load_audio_dataset(
 
 def _open_dataset(source: str, split: str, config_name: str | None, streaming: bool):
     """The `split` of `source`, opened the way its kind needs (see `load_audio_dataset`)."""
-    from datasets import DatasetDict, load_dataset, load_from_disk
+    from datasets import DatasetDict, load_dataset
 
     path = Path(source)
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        dataset = load_from_disk(source)
+    if is_saved_dataset(path):
+        dataset = load_saved_dataset(path)
         if isinstance(dataset, DatasetDict):
             if split not in dataset:
                 raise ValueError(f"{source} has splits {list(dataset)}, not {split!r}.")

@@ -35,7 +35,7 @@ from ..data.audio import file_seconds, first_line, name_some
 from ..data.audio_batches import AudioFile
 from ..defaults import SLM_SCORE_BATCH_SIZE
 from ..errors import AudioError, SpidrError
-from ..io.atomic_files import write_text_atomically, writing
+from ..io.atomic_files import check_writable, write_text_atomically, writing
 from ..model.loading import check_device
 from ..model.modeling_spidr import UNIT_KINDS
 from ..units.encoder import SpidrUnitEncoder, UnitEncoder
@@ -65,12 +65,26 @@ STORY_FOLDERS = {"ssc": "sSC", "tsc": "tSC"}  # the story-cloze folders of `spid
 
 
 def read_gold(path: Path, task: str) -> list[dict[str, str]]:
-    """The rows of a gold.csv, checked for the columns the task's scoring reads."""
-    with open(path, newline="", encoding="utf-8") as file:
-        rows = list(csv.DictReader(file))
-    missing = GOLD_COLUMNS[task] - set(rows[0] if rows else ())
+    """The rows of a gold.csv, checked for the columns the task's scoring reads (and sWUGGY's frequencies)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            rows = list(reader)
+    except UnicodeDecodeError as error:
+        raise SpidrError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): is it a gold.csv?"
+        ) from None
+    missing = GOLD_COLUMNS[task] - set(reader.fieldnames or ())
     if missing:
         raise SpidrError(f"{path} lacks the column(s) {', '.join(sorted(missing))} of a {task} gold.csv")
+    if not rows:
+        raise SpidrError(f"{path} has a header but no rows: no pair to score")
+    for line, row in enumerate(rows, start=2):
+        if "frequency" in GOLD_COLUMNS[task] and row["frequency"].strip():
+            try:
+                float(row["frequency"])
+            except ValueError:
+                raise SpidrError(f"{path}:{line}: frequency {row['frequency']!r} is not a number") from None
     return rows
 
 
@@ -260,7 +274,8 @@ def benchmark_tasks(
     tasks = []
     if data is not None:
         if not data.is_dir():
-            raise SpidrError(f"The benchmark folder {data} does not exist")
+            what = "is a file, not a folder" if data.exists() else "does not exist"
+            raise SpidrError(f"The benchmark folder {data} {what}")
         folders = {task: data / task / "dev" for task in BENCHMARK_OF_TASK}
         tasks = [slm21_task(folder, task) for task, folder in folders.items() if (folder / "gold.csv").is_file()]
         for benchmark, folder in STORY_FOLDERS.items():
@@ -316,6 +331,7 @@ def score_benchmark(
     data, output = (Path(data) if data is not None else None), Path(output)
     if (output / SCORES_FILE).exists() and not overwrite:
         raise SpidrError(f"{output} already holds scores ({SCORES_FILE}): pass --overwrite, or choose another --output")
+    check_writable(output)  # before the models load and the units are encoded
     stories = {"ssc": ssc, "tsc": tsc}
     tasks = benchmark_tasks(data, output, stories, true_column=true_column, false_column=false_column, split=split)
     device = check_device(device)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.audio import first_line
+from ..data.audio import first_line, name_some
+from ..data.saved_datasets import is_saved_dataset, load_saved_dataset
 from ..defaults import STORY_FALSE_COLUMN, STORY_TRUE_COLUMN
 from ..errors import AudioError, SpidrError
 from ..io.atomic_files import write_atomically
@@ -143,12 +144,10 @@ def open_dataset(source: str, split: str | None):
     """A split of a `datasets` dataset: a `save_to_disk` folder, a folder of data files, or a Hub id."""
     import datasets
 
-    path = Path(source)
     try:
-        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-            loaded = datasets.load_from_disk(source)
-        else:
-            loaded = datasets.load_dataset(source, split=split)
+        loaded = load_saved_dataset(source) if is_saved_dataset(source) else datasets.load_dataset(source, split=split)
+    except SpidrError:
+        raise
     except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
         raise SpidrError(
             f"{source} is neither a folder of story-cloze wav files nor a dataset `datasets` can load: "
@@ -210,6 +209,9 @@ def dataset_story_cloze(
                 write_atomically(paths[side], lambda partial, audio=audio: write_pcm_wav(partial, audio))
         files |= {ids[side]: paths[side] for side in ids}
         pairs.append(StoryPair(ids["true"], ids["false"]))
+    if not pairs:
+        why = name_some([f"{row} ({reason})" for row, reason in left_out.items()]) if left_out else "it has no rows"
+        raise SpidrError(f"{source} has no story-cloze pair whose two audios can be read: {why}")
     return StoryClozeSet(source, pairs, files, left_out)
 
 

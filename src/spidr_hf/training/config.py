@@ -67,6 +67,10 @@ def check_training_arguments(training_args: TrainingArguments) -> None:
     for name in POSITIVE_TRAINING_ARGUMENTS:
         if getattr(training_args, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(training_args, name)}")
+    # TrainingArguments reads any max_steps below 1 as "train num_train_epochs": -1 says so, 0 is a slip that would
+    # train whole epochs
+    if training_args.max_steps == 0 or training_args.max_steps < -1:
+        raise ConfigError(f"max_steps must be at least 1 (or -1: num_train_epochs), got {training_args.max_steps}")
 
 
 def check_value_types(values: dict[str, Any], classes: tuple[type, ...], prefix: str = "") -> None:
@@ -131,7 +135,16 @@ def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"Config file {path} not found.")
     if path.resolve() in seen:
         raise ConfigError(f"Config file {path} extends itself (through {' -> '.join(map(str, seen))}).")
-    values = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text()) or {}
+    try:
+        values = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text()) or {}
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        mark = getattr(error, "problem_mark", None)  # YAML's line and column, 0-based; JSON's are 1-based
+        line, column = (
+            (mark.line + 1, mark.column + 1) if mark else (getattr(error, "lineno", 0), getattr(error, "colno", 0))
+        )
+        at = f" at line {line}, column {column}" if line else ""
+        reason = getattr(error, "problem", None) or getattr(error, "msg", None) or type(error).__name__
+        raise ConfigError(f"Config file {path} cannot be parsed{at}: {reason}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of option names to values.")
     base = values.pop("extends", None)

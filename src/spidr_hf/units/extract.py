@@ -29,7 +29,7 @@ from ..data.audio import AUDIO_SUFFIXES, audio_files, file_seconds, name_some
 from ..data.audio_batches import AudioFile, check_durations, decoded_batches, default_num_workers
 from ..defaults import CHUNK_SECONDS
 from ..errors import AudioError, SpidrError
-from ..io.atomic_files import write_atomically, writing
+from ..io.atomic_files import check_writable, write_atomically, writing
 from ..io.file_locks import exclusive_lock, exclusive_locks, is_locked
 from ..io.sharding import Shard, balanced_split, parse_shard, process_device, this_process
 from ..model.loading import DTYPES, check_device, load, load_config, weights_hash
@@ -103,6 +103,8 @@ def extract(
         units_format = units_format_of(units_file, units_format)
         units_path = Path(units_file) if units_file is not None else default_units_path(output, units_format)
         check_units_path(units_path, units_format, output)
+    for folder in (output, *([units_path.parent] if units is not None else [])):
+        check_writable(folder)  # before the weights load
     device = process_device(check_device(device), process)
     config = load_config(model).config  # the layer is checked before the weights load
     units_out = None

@@ -205,8 +205,8 @@ def fit_model_kmeans(
         )
     if output is not None and destination.exists() and any(destination.iterdir()):
         raise SpidrError(f"{destination} is not empty: choose a new or empty folder (or leave --output out: in place)")
-    # In place, the staging folder goes beside the model folder: both must be writable, known before the fit
-    for folder in (destination, destination.parent) if output is None else (destination.parent,):
+    # The staging folder goes beside the destination: both must be writable, known before the fit
+    for folder in (destination, destination.parent):
         check_writable(folder)
     process = this_process()  # torchrun / accelerate launch: the processes share the forward passes
     device = process_device(check_device(device), process)
