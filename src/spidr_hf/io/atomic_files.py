@@ -101,10 +101,7 @@ def new_folder(destination: Path) -> Iterator[Path]:
     or be an empty folder), with the modes a plain mkdir and open would have given. On error nothing is left (after a
     SIGKILL, the next run removes what was left).
     """
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise ValueError(f"{destination} exists and is not an empty folder; choose a new one.")
-    for folder in (destination, destination.parent):  # the staging folder goes beside `destination`
-        check_writable(folder)
+    check_new_folder(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     with staging_folder(destination.parent, f".{destination.name}.staging-") as staging:
         yield Path(staging)
@@ -131,6 +128,14 @@ def replace_in_folder(folder: Path, last: str) -> Iterator[Path]:
             # The replaced file's mode (some writers, safetensors' among them, create files 0600), else the umask's
             path.chmod(target.stat().st_mode & 0o777 if target.exists() else default_mode)
             os.replace(path, target)
+
+
+def check_new_folder(destination: Path) -> None:
+    """Before a long job: `new_folder(destination)` will not be refused (absent or empty, in a writable place)."""
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise ValueError(f"{destination} exists and is not an empty folder; choose a new one.")
+    for folder in (destination, destination.parent):  # the staging folder goes beside `destination`
+        check_writable(folder)
 
 
 def check_writable(path: Path) -> None:

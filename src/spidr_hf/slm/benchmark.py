@@ -35,7 +35,7 @@ from ..data.flite import SPEAKERS, Speaker, find_flite, phones_of
 from ..data.sentences import load_sentences
 from ..defaults import BENCHMARK_SENTENCES, BENCHMARK_STORIES, BENCHMARK_VOICES, BENCHMARK_WORDS
 from ..errors import SpidrError
-from ..io.atomic_files import new_folder
+from ..io.atomic_files import check_new_folder, new_folder
 from . import stories
 
 VOWELS = "aeiou"
@@ -343,6 +343,7 @@ def build_benchmark(
 ) -> Path:
     """Write the benchmark to `output` (a new or empty folder), all or nothing; `num_stories` 0: no story cloze."""
     output = Path(output)
+    check_new_folder(output)  # before the items are drawn, which runs flite for minutes at full size
     if num_words < 1 or num_sentences < 1:
         raise SpidrError("The benchmark needs at least one word pair and one sentence pair")
     if num_stories < 0:
