@@ -144,7 +144,7 @@ def check_writable(path: Path) -> None:
     if not existing.is_dir():
         where = "it" if existing == path else str(existing)
         raise WriteError(f"Cannot write into {path}: {where} is a file, not a folder (checked before any work)")
-    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise WriteError(f"Could not write into {existing}: permission denied (checked before any work)")
 
 

@@ -79,12 +79,12 @@ def read_gold(path: Path, task: str) -> list[dict[str, str]]:
         raise SpidrError(f"{path} lacks the column(s) {', '.join(sorted(missing))} of a {task} gold.csv")
     if not rows:
         raise SpidrError(f"{path} has a header but no rows: no pair to score")
-    for line, row in enumerate(rows, start=2):
-        if "frequency" in GOLD_COLUMNS[task] and row["frequency"].strip():
-            try:
-                float(row["frequency"])
-            except ValueError:
-                raise SpidrError(f"{path}:{line}: frequency {row['frequency']!r} is not a number") from None
+    frequencies = [row["frequency"] for row in rows] if "frequency" in GOLD_COLUMNS[task] else []
+    for line, frequency in enumerate(frequencies, start=2):
+        try:
+            float(frequency.strip() or "0")  # blank: no frequency (`frequency_band`)
+        except ValueError:
+            raise SpidrError(f"{path}:{line}: frequency {frequency!r} is not a number") from None
     return rows
 
 

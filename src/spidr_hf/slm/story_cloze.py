@@ -144,15 +144,16 @@ def open_dataset(source: str, split: str | None):
     """A split of a `datasets` dataset: a `save_to_disk` folder, a folder of data files, or a Hub id."""
     import datasets
 
-    try:
-        loaded = load_saved_dataset(source) if is_saved_dataset(source) else datasets.load_dataset(source, split=split)
-    except SpidrError:
-        raise
-    except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
-        raise SpidrError(
-            f"{source} is neither a folder of story-cloze wav files nor a dataset `datasets` can load: "
-            f"{first_line(error)}"
-        ) from error
+    if is_saved_dataset(source):
+        loaded = load_saved_dataset(source)  # a damaged folder is its own one-line error
+    else:
+        try:
+            loaded = datasets.load_dataset(source, split=split)
+        except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
+            raise SpidrError(
+                f"{source} is neither a folder of story-cloze wav files nor a dataset `datasets` can load: "
+                f"{first_line(error)}"
+            ) from error
     if isinstance(loaded, datasets.DatasetDict):
         if split is None and len(loaded) == 1:
             split = next(iter(loaded))
